@@ -1,0 +1,45 @@
+# vdsm-imageio: the two commands of a fresh machine are `make run` and `make test`.
+
+SYSTEM_PYTHON := /usr/bin/python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Debian packages the service and its tests need; the VM lane adds its own below.
+APT_PACKAGES := python3-venv python3-pip python3-sanlock python3-libnbd python3-pyudev \
+	qemu-utils curl util-linux openssl
+PIP_PACKAGES := pytest pytest-timeout mypy ruff
+LOCAL_DIR ?= ./var
+
+.PHONY: deps apt-deps run test test-unit test-integration lint typecheck clean
+
+deps: apt-deps $(VENV)/.installed
+
+# Installs only what is missing, so a second run takes a second.
+apt-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check $(PIP_PACKAGES)
+	$(PY) -m pip install -q --disable-pip-version-check -e .
+	touch $@
+
+run: deps
+	$(VENV)/bin/vdsm-imageio serve --local $(LOCAL_DIR)
+
+lint: deps
+	$(VENV)/bin/ruff check vdsm_imageio verbs storage tests
+
+typecheck: deps
+	$(VENV)/bin/mypy
+
+test: deps lint typecheck
+	$(PY) -m pytest tests
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

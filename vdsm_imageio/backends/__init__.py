@@ -1,0 +1,73 @@
+"""The storage side of a transfer: one protocol, several backends.
+
+A backend is opened per HTTP connection for one ticket and owned by that
+connection. I/O is positional (no shared file position), so the handlers
+never seek. Buffers passed to ``readinto`` and ``write`` come from
+``Backend.buffer()`` when the caller wants the fast path: they are aligned
+for O_DIRECT; any other buffer works too, at the cost of a copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ZeroExtent:
+    start: int
+    length: int
+    zero: bool
+    hole: bool
+
+    def to_json(self) -> dict[str, object]:
+        return {"start": self.start, "length": self.length,
+                "zero": self.zero, "hole": self.hole}
+
+
+@dataclass(frozen=True)
+class DirtyExtent:
+    start: int
+    length: int
+    dirty: bool
+    zero: bool
+
+    def to_json(self) -> dict[str, object]:
+        return {"start": self.start, "length": self.length,
+                "dirty": self.dirty, "zero": self.zero}
+
+
+class Backend(Protocol):
+    """What the HTTP handlers need from storage."""
+
+    @property
+    def size(self) -> int:
+        """Size of the image in bytes."""
+
+    @property
+    def block_size(self) -> int:
+        """Alignment of offsets and lengths for direct I/O (1 when none)."""
+
+    def buffer(self, size: int) -> memoryview:
+        """A writable buffer of ``size`` bytes aligned for this backend."""
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        """Read up to len(buf) bytes at offset; 0 only at end of image."""
+
+    def write(self, offset: int, buf: memoryview) -> int:
+        """Write all of buf at offset; returns len(buf)."""
+
+    def zero(self, offset: int, length: int, *, punch_hole: bool) -> None:
+        """Make the range read as zeros, deallocating it if punch_hole."""
+
+    def flush(self) -> None:
+        """Make written data durable (fsync / NBD flush)."""
+
+    def extents(
+        self, context: str, start: int, length: int
+    ) -> Iterator[ZeroExtent | DirtyExtent]:
+        """Extents covering [start, start+length) for context zero or dirty."""
+
+    def close(self) -> None:
+        """Release the backend's resources; idempotent."""

@@ -1,0 +1,133 @@
+"""Domain errors of the service.
+
+Each error names who is at fault in its class name and carries structured
+fields; the message is rendered from a template so the text stays uniform.
+The HTTP edge (``vdsm_imageio.http.errors``) and the JSON-RPC edge
+(``verbs.errors``) each map these classes to their status or code in one
+table; nothing else builds a status from a domain error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ImageioError(Exception):
+    """Base of all domain errors."""
+
+    template = "internal error"
+
+    def __init__(self, **fields: Any) -> None:
+        self.fields = fields
+        super().__init__(self.template.format(**fields))
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+# Caused by the caller of the control channel.
+
+
+class InvalidTicket(ImageioError):
+    template = "Invalid ticket field {field!r}: {reason}"
+
+    @property
+    def field(self) -> str:
+        return str(self.fields["field"])
+
+
+class InvalidParam(ImageioError):
+    template = "Invalid parameter {field!r}: {reason}"
+
+    @property
+    def field(self) -> str:
+        return str(self.fields["field"])
+
+
+class TicketNotFound(ImageioError):
+    template = "No such ticket: {uuid}"
+
+
+class TicketConflict(ImageioError):
+    template = "Ticket {uuid} exists with different content (field {field!r})"
+
+
+class TicketBusy(ImageioError):
+    template = (
+        "Ticket {uuid} still has {running} running requests after "
+        "{timeout} seconds; retry the removal"
+    )
+
+
+# Caused by the data client: the request is not allowed.
+
+
+class Forbidden(ImageioError):
+    """The request is not authorized by any live ticket."""
+
+    template = "{reason}"
+
+
+class TicketCanceled(Forbidden):
+    template = "Transfer {transfer_id} was canceled"
+
+
+# Caused by the data client: the request is malformed.
+
+
+class BadRequest(ImageioError):
+    template = "Invalid {field}: {reason}"
+
+
+class NotFound(ImageioError):
+    template = "No resource at {path}"
+
+
+class MethodNotAllowed(ImageioError):
+    template = "Method {method} is not allowed on {path}"
+
+
+class RangeNotSatisfiable(ImageioError):
+    template = "Requested range is outside the image (size {size})"
+
+
+class PayloadTooLarge(ImageioError):
+    template = "Request body of {length} bytes exceeds the limit of {limit} bytes"
+
+
+class HeadersTooLarge(ImageioError):
+    template = "{reason}"
+
+
+class LengthRequired(ImageioError):
+    template = "Content-Length or chunked Transfer-Encoding is required"
+
+
+class UnsupportedMediaType(ImageioError):
+    template = "{reason}"
+
+
+# Caused by load: try again later.
+
+
+class TooManyConnections(ImageioError):
+    template = (
+        "Too many {kind} connections for transfer {transfer_id} "
+        "(limit {limit}); retry when one closes"
+    )
+
+
+class ServiceBusy(ImageioError):
+    template = "Service has {limit} open connections; retry later"
+
+
+# Caused by the storage or the peer.
+
+
+class BackendError(ImageioError):
+    template = "Storage I/O failed: {reason}"
+
+
+class PeerClosed(ImageioError):
+    template = "Client closed the connection: {reason}"
