@@ -131,3 +131,30 @@ class BackendError(ImageioError):
 
 class PeerClosed(ImageioError):
     template = "Client closed the connection: {reason}"
+
+
+# Caused by the storage plane or a hook: the control request cannot proceed.
+
+
+class VolumeNotFound(ImageioError):
+    template = "Volume {vol_id} of image {img_id} not found in domain {sd_id}"
+
+
+class VolumeError(ImageioError):
+    """Prepare or teardown failed; ``reason`` carries the tool's message."""
+
+    template = "Cannot {action} volume {vol_id} of domain {sd_id}: {reason}"
+
+
+class LeaseBusy(ImageioError):
+    template = "Lease of volume {vol_id} in domain {sd_id} is held elsewhere"
+
+
+class LockspaceUnavailable(ImageioError):
+    template = "Lockspace of domain {sd_id} is not joined: {reason}"
+
+
+class HookFailed(ImageioError):
+    """A ``before_*`` hook vetoed; ``stderr`` carries what it printed."""
+
+    template = "Hook {hook!r} vetoed {event} with exit code {status}"
