@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from . import ticketspec
 from .errors import (
     Forbidden,
+    InvalidTicket,
     TicketBusy,
     TicketCanceled,
     TicketConflict,
@@ -350,7 +351,7 @@ class Registry:
 
 def _url_only(spec: TicketSpec) -> str:
     if spec.url is None:
-        raise ticketspec.InvalidTicket(
+        raise InvalidTicket(
             field="volume", reason="volume tickets need the storage plane")
     return spec.url
 

@@ -1,0 +1,121 @@
+"""The ``vdsm-imageio`` command: serve, call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import logging.handlers
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from . import config as configmod
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_DIR = Path("/etc/vdsm-imageio")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "call":
+        from . import callclient
+        return callclient.main(args[1:])
+    parser = _parser()
+    ns = parser.parse_args(args)
+    if ns.command == "serve":
+        return serve(ns)
+    parser.print_help()
+    return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vdsm-imageio",
+                                     description="Disk image transfer service for oVirt hosts")
+    sub = parser.add_subparsers(dest="command")
+    serve_p = sub.add_parser("serve", help="run the service")
+    serve_p.add_argument("--config-dir", action="append", type=Path, default=[],
+                         help="read DIR/conf.d/*.conf (repeatable; later wins)")
+    serve_p.add_argument("--local", type=Path, metavar="DIR",
+                         help="self-contained profile: everything under DIR, loopback only")
+    serve_p.add_argument("--port", type=int, help="TLS port (0 picks a free port)")
+    serve_p.add_argument("--show-config", action="store_true",
+                         help="print the effective configuration as JSON and exit")
+    sub.add_parser("call", help="call a control-channel verb (see call --help)")
+    return parser
+
+
+def effective_config(ns: argparse.Namespace) -> configmod.Config:
+    cfg = configmod.Config()
+    dirs: list[Path] = list(ns.config_dir)
+    if ns.local is not None:
+        cfg = configmod.local_profile(cfg, ns.local)
+        dirs.insert(0, ns.local)
+    elif not dirs:
+        dirs = [DEFAULT_CONFIG_DIR]
+    cfg = configmod.load(cfg, dirs)
+    if ns.port is not None:
+        cfg = configmod.update(cfg, {"tls": {"port": ns.port}})
+    return cfg
+
+
+def serve(ns: argparse.Namespace) -> int:
+    try:
+        cfg = effective_config(ns)
+    except configmod.ConfigError as e:
+        print(f"vdsm-imageio: configuration error: {e}", file=sys.stderr)
+        return 2
+    if ns.show_config:
+        print(json.dumps(cfg.to_json(), indent=2))
+        return 0
+    _setup_logging(cfg)
+    if ns.local is not None:
+        _prepare_local(ns.local)
+    from .services import Services
+    services = Services(cfg)
+    stop = threading.Event()
+
+    def on_signal(signo: int, frame: FrameType | None) -> None:
+        log.info("SIGNAL signo=%d stopping", signo)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        services.start()
+    except OSError as e:
+        log.error("START failed reason=%s", e)
+        services.stop()
+        return 1
+    print(f"ready data={services.data_url} control={cfg.control.socket}",
+          file=sys.stderr, flush=True)
+    log.info("READY data=%s control=%s", services.data_url, cfg.control.socket)
+    while not stop.wait(3600):
+        pass
+    services.stop()
+    log.info("STOPPED")
+    return 0
+
+
+def _prepare_local(local_dir: Path) -> None:
+    from .pki import ensure_local_pki
+    for sub in ("images", "hooks", "run", "conf.d"):
+        (local_dir / sub).mkdir(parents=True, exist_ok=True)
+    ensure_local_pki(local_dir / "pki")
+
+
+def _setup_logging(cfg: configmod.Config) -> None:
+    handler: logging.Handler
+    if cfg.logging.file:
+        handler = logging.handlers.RotatingFileHandler(
+            cfg.logging.file, maxBytes=20 * 1024**2, backupCount=10)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)-7s (%(threadName)s) [%(name)s] %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(cfg.logging.level.upper())

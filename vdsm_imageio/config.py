@@ -1,0 +1,197 @@
+"""Configuration: every option declared once, with its default and why.
+
+Sources, later wins: the built-in defaults below, the ``--local DIR``
+profile, then every ``*.conf`` in each config dir's ``conf.d/`` ordered by
+file name, then command-line flags. Conf files are INI; an unknown section
+or option, or a value of the wrong type, is an error that names the file,
+the section and the option: a typo must not silently keep a default.
+
+Socket addresses: a value starting with ``@`` names an abstract unix
+socket (``@/org/ovirt/imageio`` is ``"\\0/org/ovirt/imageio"``); anything
+else is a path; an empty value disables the listener.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _opt(default: Any, why: str) -> Any:
+    return field(default=default, metadata={"why": why})
+
+
+@dataclass(frozen=True)
+class Daemon:
+    run_dir: str = _opt("/run/vdsm-imageio", "runtime state: links of prepared volumes, nbd sockets")
+    user: str = _opt("", "drop privileges to this user after binding (empty: stay)")
+    group: str = _opt("", "drop privileges to this group after binding (empty: stay)")
+    remove_timeout: float = _opt(30.0, "seconds Ticket.remove waits for requests to stop before TicketBusy")
+    drop_privileges: bool = _opt(False, "whether to switch to user/group after binding")
+
+
+@dataclass(frozen=True)
+class Tls:
+    enable: bool = _opt(True, "serve HTTPS; engine and remote clients need it")
+    host: str = _opt("", "address to bind; empty binds every address like ovirt-imageio")
+    port: int = _opt(54322, "the port engine and clients expect for image transfer")
+    key_file: str = _opt("/etc/pki/vdsm/keys/vdsmkey.pem", "server private key")
+    cert_file: str = _opt("/etc/pki/vdsm/certs/vdsmcert.pem", "server certificate")
+    ca_file: str = _opt("/etc/pki/vdsm/certs/cacert.pem", "CA for client certificates")
+    enable_client_auth: bool = _opt(False, "require client certificates signed by ca_file")
+    handshake_timeout: float = _opt(10.0, "seconds a client has to finish the TLS handshake")
+
+
+@dataclass(frozen=True)
+class Local:
+    enable: bool = _opt(True, "serve plain HTTP on a unix socket for local clients (faster)")
+    socket: str = _opt("@/org/ovirt/imageio", "abstract socket clients find via OPTIONS")
+
+
+@dataclass(frozen=True)
+class Control:
+    socket: str = _opt("/run/vdsm-imageio/control.sock", "JSON-RPC control channel for vdsm")
+    mode: int = _opt(0o660, "permissions of the control socket: vdsm's group may use it")
+
+
+@dataclass(frozen=True)
+class Http:
+    buffer_size: int = _opt(8 * 1024**2, "I/O buffer per connection; large buffers amortize syscalls")
+    max_connections: int = _opt(256, "connections served at once, over every listener")
+    max_readers: int = _opt(8, "reading connections per ticket, advertised and enforced")
+    max_writers: int = _opt(8, "writing connections per ticket, advertised and enforced")
+    header_timeout: float = _opt(10.0, "seconds a connection has to send a complete request head")
+    max_header_bytes: int = _opt(16 * 1024, "request head limit; larger heads get 431")
+    max_json_body: int = _opt(4096, "PATCH body limit; larger bodies get 413 unread")
+    default_inactivity_timeout: int = _opt(60, "idle seconds before an authorized connection closes")
+
+
+@dataclass(frozen=True)
+class Storage:
+    file_root: str = _opt("/rhev/data-center/mnt", "where file storage domains are mounted")
+
+
+@dataclass(frozen=True)
+class Hooks:
+    dir: str = _opt("/etc/vdsm-imageio/hooks", "hook executables, one directory per event")
+
+
+@dataclass(frozen=True)
+class Logging:
+    level: str = _opt("INFO", "root log level")
+    file: str = _opt("", "log file with rotation; empty logs to stderr")
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: Daemon = field(default_factory=Daemon)
+    tls: Tls = field(default_factory=Tls)
+    local: Local = field(default_factory=Local)
+    control: Control = field(default_factory=Control)
+    http: Http = field(default_factory=Http)
+    storage: Storage = field(default_factory=Storage)
+    hooks: Hooks = field(default_factory=Hooks)
+    logging: Logging = field(default_factory=Logging)
+
+    def to_json(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(Exception):
+    pass
+
+
+def local_profile(config: Config, local_dir: Path) -> Config:
+    """Everything under local_dir, on loopback only (DESIGN.md section 4)."""
+    d = local_dir.resolve()
+    # Two local daemons must not share the abstract data socket.
+    tag = hashlib.sha256(str(d).encode()).hexdigest()[:16]
+    return update(config, {
+        "daemon": {"run_dir": str(d / "run")},
+        "tls": {"host": "127.0.0.1", "key_file": str(d / "pki/server.key"),
+                "cert_file": str(d / "pki/server.pem"), "ca_file": str(d / "pki/ca.pem")},
+        "local": {"socket": f"@/org/vdsm-imageio/local/{tag}"},
+        "control": {"socket": str(d / "control.sock")},
+        "storage": {"file_root": str(d / "images")},
+        "hooks": {"dir": str(d / "hooks")},
+        "logging": {"file": ""},
+    })
+
+
+def load(config: Config, config_dirs: list[Path]) -> Config:
+    for config_dir in config_dirs:
+        for path in sorted((config_dir / "conf.d").glob("*.conf")):
+            config = update(config, read_file(path), source=str(path))
+    return config
+
+
+def read_file(path: Path) -> dict[str, dict[str, str]]:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except (OSError, configparser.Error) as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return {s: dict(parser.items(s)) for s in parser.sections()}
+
+
+def update(config: Config, values: dict[str, dict[str, Any]], source: str = "") -> Config:
+    """Return config with values (strings from files, or typed) applied."""
+    where = f"{source}: " if source else ""
+    sections = {f.name: f for f in dataclasses.fields(config)}
+    changes: dict[str, Any] = {}
+    for section_name, options in values.items():
+        if section_name not in sections:
+            raise ConfigError(f"{where}unknown section [{section_name}]")
+        section = getattr(config, section_name)
+        known = {f.name: f for f in dataclasses.fields(section)}
+        typed = {}
+        for name, value in options.items():
+            if name not in known:
+                raise ConfigError(f"{where}unknown option {name!r} in [{section_name}]")
+            typed[name] = _convert(value, type(getattr(section, name)),
+                                   f"{where}[{section_name}] {name}")
+        changes[section_name] = dataclasses.replace(
+            changes.get(section_name, section), **typed)
+    return dataclasses.replace(config, **changes)
+
+
+def _convert(value: Any, kind: type, where: str) -> Any:
+    if not isinstance(value, str):
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if type(value) is not kind:
+            raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+        return value
+    text = value.strip()
+    try:
+        if kind is bool:
+            return {"true": True, "yes": True, "1": True,
+                    "false": False, "no": False, "0": False}[text.lower()]
+        if kind is int:
+            return int(text, 0)
+        if kind is float:
+            return float(text)
+    except (KeyError, ValueError):
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}") from None
+    return text
+
+
+def socket_address(value: str) -> str:
+    """Conf-file socket notation to a bind address ('@name' is abstract)."""
+    return "\0" + value[1:] if value.startswith("@") else value
+
+
+def describe() -> dict[str, dict[str, str]]:
+    """Every option with its why, for --help-config style output and docs."""
+    out: dict[str, dict[str, str]] = {}
+    defaults = Config()
+    for section in dataclasses.fields(Config):
+        value = getattr(defaults, section.name)
+        out[section.name] = {f.name: f.metadata["why"] for f in dataclasses.fields(value)}
+    return out

@@ -1,0 +1,272 @@
+"""One client connection: the request loop, replies, and what it owns.
+
+Theory of operation: a connection runs in its own worker thread. It reads a
+request head under the server's header deadline (until it has been
+authorized by a ticket; from then on the ticket's inactivity timeout bounds
+every wait), dispatches it through the router, and replies. It owns, and
+closes on exit: its socket, the backend opened for its current ticket, the
+I/O buffer (allocated once, reused by every request), and its slot in the
+ticket's reader/writer accounting. Canceling a ticket calls ``abort()``,
+which shuts the socket down so a request blocked on a slow peer fails at
+once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mmap
+import socket
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any
+
+from ..backends import Backend
+from ..errors import ImageioError, PeerClosed
+from ..tickets import Ticket
+from . import errors as http_errors
+from .message import Body, Request, read_head
+
+if TYPE_CHECKING:
+    from .server import Server
+
+log = logging.getLogger(__name__)
+
+REASONS = {
+    200: "OK", 204: "No Content", 206: "Partial Content", 400: "Bad Request",
+    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+    411: "Length Required", 413: "Payload Too Large", 415: "Unsupported Media Type",
+    416: "Range Not Satisfiable", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 503: "Service Unavailable",
+}
+# Unread body bytes we read and drop to keep a connection after an error.
+MAX_DRAIN = 64 * 1024
+
+
+class Connection:
+    def __init__(self, sock: socket.socket, peer: str, server: Server) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.server = server
+        self.ticket: Ticket | None = None
+        self._backend: Backend | None = None
+        self._buffer: mmap.mmap | None = None
+        self._rfile = sock.makefile("rb", buffering=256 * 1024)
+        self._close = False
+        self._head_sent = False
+        self._aborted = False
+        self._origin: str | None = None
+        self.request: Request | None = None
+        self.body: Body | None = None
+
+    # Ownership.
+
+    def abort(self) -> None:
+        """Stop this connection now; safe from any thread."""
+        self._aborted = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def bind(self, ticket: Ticket, kind: str) -> None:
+        """Attach to ticket as a reader or writer; enforces the limits."""
+        if self.ticket is not ticket:
+            self._release_ticket()
+        http = self.server.config.http
+        limit = http.max_writers if kind == "write" else http.max_readers
+        ticket.attach(self, kind, limit)
+        self.ticket = ticket
+        ticket.touch()
+        # From now on the ticket's inactivity timeout bounds every wait.
+        self.sock.settimeout(ticket.spec.inactivity_timeout or None)
+
+    def backend(self, ticket: Ticket) -> Backend:
+        if self._backend is None:
+            self._backend = self.server.open_backend(ticket)
+        return self._backend
+
+    def buffer(self) -> memoryview:
+        if self._buffer is None:
+            # mmap memory is page aligned, as O_DIRECT needs.
+            self._buffer = mmap.mmap(-1, self.server.config.http.buffer_size)
+        return memoryview(self._buffer)
+
+    def _release_ticket(self) -> None:
+        if self._backend is not None:
+            backend, self._backend = self._backend, None
+            backend.close()
+        if self.ticket is not None:
+            self.ticket.detach(self)
+            self.ticket = None
+
+    def close(self) -> None:
+        try:
+            self._release_ticket()
+        finally:
+            if self._buffer is not None:
+                self._buffer.close()
+                self._buffer = None
+            self._rfile.close()
+            self.sock.close()
+
+    # The request loop.
+
+    def run(self) -> None:
+        try:
+            while not self._close and not self._aborted:
+                if not self._serve_one():
+                    break
+        finally:
+            self.close()
+
+    def _serve_one(self) -> bool:
+        self._head_sent = False
+        self.request = None
+        try:
+            self._arm()
+            try:
+                req = read_head(self._rfile, self.server.config.http.max_header_bytes)
+            finally:
+                self.server.deadlines.disarm(self)
+            if req is None:
+                return False
+            self.request = req
+            self._origin = req.header("Origin")
+            self._close = not req.keep_alive
+            self.body = Body(self._rfile, req, self._peer_error)
+            self.server.router.dispatch(self, req)
+            self._finish_body()
+        except (OSError, PeerClosed) as e:
+            self._log_peer_error(e)
+            return False
+        except ImageioError as e:
+            reply = http_errors.reply_for(e) or http_errors.INTERNAL
+            self._error(reply, e)
+        except Exception:
+            log.exception("INTERNAL error peer=%s request=%s", self.peer, self._what())
+            self._error(http_errors.INTERNAL, None)
+        return True
+
+    def _arm(self) -> None:
+        http = self.server.config.http
+        if self.ticket is None:
+            self.sock.settimeout(http.header_timeout)
+            self.server.deadlines.arm(self, http.header_timeout)
+        else:
+            idle = self.ticket.spec.inactivity_timeout
+            self.sock.settimeout(idle or None)
+
+    def _finish_body(self) -> None:
+        if self.body is None or self.body.done:
+            return
+        if self._close:
+            return
+        # A handler that replied without reading the whole body leaves the
+        # stream out of sync; drop a small rest, else close.
+        sink = memoryview(bytearray(MAX_DRAIN))
+        if self.body.readinto(sink) == MAX_DRAIN and not self.body.done:
+            self._close = True
+
+    def _error(self, reply: http_errors.Reply, error: Exception | None) -> None:
+        status = reply.status
+        level = logging.WARNING if status >= 500 else logging.INFO
+        log.log(level, "ERROR status=%d peer=%s request=%s transfer=%s reason=%s",
+                status, self.peer, self._what(), self._transfer(), reply.message)
+        if self._head_sent:
+            # The reply is already on the wire: the client learns from the
+            # short body and the closed connection.
+            self._close = True
+            return
+        if reply.close:
+            self._close = True
+        else:
+            self._finish_body_after_error()
+        try:
+            self.reply(status, (reply.message + "\n").encode(), "text/plain; charset=utf-8",
+                       reply.headers)
+        except (OSError, PeerClosed) as e:
+            self._log_peer_error(e)
+            self._close = True
+
+    def _finish_body_after_error(self) -> None:
+        try:
+            self._finish_body()
+        except (ImageioError, OSError):
+            self._close = True
+
+    # Replies.
+
+    def send_head(self, status: int, headers: dict[str, str], length: int) -> None:
+        lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
+                 "Server: vdsm-imageio", f"Date: {formatdate(usegmt=True)}",
+                 f"Content-Length: {length}"]
+        lines.extend(f"{k}: {v}" for k, v in headers.items())
+        lines.extend(f"{k}: {v}" for k, v in self._cors_headers().items())
+        if self._close:
+            lines.append("Connection: close")
+        self._head_sent = True
+        self.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
+    def sendall(self, data: bytes | memoryview) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as e:
+            raise self._peer_error(e) from e
+
+    def reply(self, status: int, body: bytes = b"",
+              content_type: str = "text/plain; charset=utf-8",
+              headers: dict[str, str] | None = None) -> None:
+        all_headers = dict(headers or {})
+        if body:
+            all_headers.setdefault("Content-Type", content_type)
+        self.send_head(status, all_headers, len(body))
+        if body:
+            self.sendall(body)
+
+    def reply_json(self, obj: Any, status: int = 200,
+                   headers: dict[str, str] | None = None) -> None:
+        body = json.dumps(obj).encode() + b"\n"
+        self.reply(status, body, "application/json", headers)
+
+    def close_after_reply(self) -> None:
+        self._close = True
+
+    def _cors_headers(self) -> dict[str, str]:
+        if not self._origin:
+            return {}
+        # Browser uploads from the engine UI (another origin) need these;
+        # a ticket id in the URL is the only credential, no cookies.
+        out = {"Access-Control-Allow-Origin": "*",
+               "Access-Control-Expose-Headers": "Content-Range, Content-Length, Allow"}
+        req = self.request
+        if req is not None and req.header("Access-Control-Request-Method"):
+            out["Access-Control-Allow-Methods"] = "OPTIONS, GET, PUT, PATCH"
+            out["Access-Control-Allow-Headers"] = "*"
+            out["Access-Control-Max-Age"] = "86400"
+        return out
+
+    # Errors and logs.
+
+    def _peer_error(self, e: OSError) -> Exception:
+        return PeerClosed(reason=e.strerror or type(e).__name__)
+
+    def _log_peer_error(self, e: Exception) -> None:
+        if self._aborted:
+            log.info("ABORTED peer=%s transfer=%s", self.peer, self._transfer())
+        else:
+            log.info("CLOSED peer=%s transfer=%s reason=%s", self.peer,
+                     self._transfer(), e)
+
+    def _transfer(self) -> str:
+        return self.ticket.transfer_id if self.ticket is not None else "-"
+
+    def _what(self) -> str:
+        req = self.request
+        if req is None:
+            return "-"
+        # Never log the path: it holds the ticket id, which is the secret.
+        return f"{req.method}:{self.server.router.route_name(req.path)}"
+
+
+Opener = Callable[[Ticket], Backend]

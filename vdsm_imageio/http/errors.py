@@ -1,0 +1,67 @@
+"""The one table from domain errors to HTTP statuses.
+
+Handlers raise domain errors; the connection turns them into a response
+here. Errors the service did not anticipate become a 500 that says "see the
+log" while the log gets the traceback: a 5xx never exposes internals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import errors as e
+
+# Most specific class first: the first match wins.
+STATUS: tuple[tuple[type[e.ImageioError], int], ...] = (
+    (e.Forbidden, 403),
+    (e.BadRequest, 400),
+    (e.InvalidParam, 400),
+    (e.NotFound, 404),
+    (e.MethodNotAllowed, 405),
+    (e.LengthRequired, 411),
+    (e.PayloadTooLarge, 413),
+    (e.UnsupportedMediaType, 415),
+    (e.RangeNotSatisfiable, 416),
+    (e.HeadersTooLarge, 431),
+    (e.TooManyConnections, 503),
+    (e.ServiceBusy, 503),
+    (e.BackendError, 500),
+)
+
+# A client that was refused access must reconnect to try again (and cannot
+# keep probing ticket ids on one connection); an oversized request was not
+# read, so the stream is no longer in sync.
+CLOSES_CONNECTION = frozenset({403, 413, 431, 500})
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    message: str
+    headers: dict[str, str]
+    close: bool
+
+
+def reply_for(error: Exception) -> Reply | None:
+    """The reply for a domain error, or None for an unexpected error."""
+    if not isinstance(error, e.ImageioError):
+        return None
+    for cls, status in STATUS:
+        if isinstance(error, cls):
+            return Reply(status, error.message, _headers(error, status),
+                         status in CLOSES_CONNECTION)
+    return None
+
+
+INTERNAL = Reply(500, "Internal server error, see the log", {}, True)
+
+
+def _headers(error: e.ImageioError, status: int) -> dict[str, str]:
+    if status == 416:
+        # RFC 7233 section 4.4: tell the client the current length.
+        return {"Content-Range": f"bytes */{error.fields['size']}"}
+    if status == 405:
+        return {"Allow": str(error.fields.get("allow", ""))}
+    if status == 503:
+        return {"Retry-After": "1"}
+    return {}

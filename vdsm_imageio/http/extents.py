@@ -1,0 +1,66 @@
+"""The /images/<ticket>/extents resource: where the data and holes are.
+
+``context=zero`` lets a client skip holes and zeros (sparse download);
+``context=dirty`` lists the blocks changed since a checkpoint (incremental
+backup) and needs a ``dirty`` ticket. ``start`` and ``length`` restrict the
+answer to part of the image, so a client of a huge sparse image can page.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from ..backends import ZeroExtent
+from ..errors import BadRequest, NotFound, RangeNotSatisfiable
+from ..tickets import Registry
+from .message import Request
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+log = logging.getLogger(__name__)
+
+CONTEXTS = ("zero", "dirty")
+
+
+class Extents:
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def get(self, conn: Connection, req: Request, ticket_id: str) -> None:
+        context = req.query.get("context", "zero")
+        if context not in CONTEXTS:
+            raise BadRequest(field="context", reason=f"expected zero or dirty, got {context!r}")
+        ticket = self._registry.authorize(ticket_id, "read")
+        conn.bind(ticket, "read")
+        if context == "dirty" and not ticket.spec.dirty:
+            raise NotFound(reason="The ticket does not support dirty extents")
+        size = ticket.spec.size
+        start = _query_int(req, "start", 0)
+        length = _query_int(req, "length", size - start if start < size else 0)
+        if start > size or (start == size and size > 0) or start + length > size:
+            raise RangeNotSatisfiable(size=size)
+        backend = conn.backend(ticket)
+        log.info("EXTENTS transfer=%s context=%s start=%d length=%d",
+                 ticket.transfer_id, context, start, length)
+        with ticket.operation(start, 0):
+            extents = [e.to_json() for e in backend.extents(context, start, length)]
+            # A file shorter than the ticket reads as zeros past its end.
+            covered = min(backend.size, start + length)
+            end = start + length
+            if context == "zero" and covered < end:
+                tail = ZeroExtent(max(start, covered), end - max(start, covered),
+                                  zero=True, hole=True)
+                extents.append(tail.to_json())
+        conn.reply_json(extents)
+
+
+def _query_int(req: Request, name: str, default: int) -> int:
+    value = req.query.get(name)
+    if value is None:
+        return default
+    if not value.isdigit():
+        raise BadRequest(field=f"query parameter {name!r}",
+                         reason=f"expected an integer >= 0, got {value!r}")
+    return int(value)

@@ -1,0 +1,243 @@
+"""The /images/<ticket> resource: stream, random I/O, zero and flush.
+
+Compatible with ovirt-imageio 2.x clients: OPTIONS advertises features,
+the unix socket and the connection limits; GET honours one Range; PUT takes
+Content-Length or a chunked body with an optional Content-Range; PATCH does
+zero and flush. Every data request runs as an operation of its ticket, so
+progress, expiry and cancel apply chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..errors import (
+    BadRequest,
+    PayloadTooLarge,
+    RangeNotSatisfiable,
+    UnsupportedMediaType,
+)
+from ..tickets import Operation, Registry, Ticket
+from .message import Request
+from .ranges import ByteRange, parse_content_range, parse_range
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+log = logging.getLogger(__name__)
+
+READ_FEATURES = ["extents"]
+WRITE_FEATURES = ["extents", "zero", "flush"]
+# Zero in steps so that cancel and progress apply to huge ranges too.
+ZERO_STEP = 1024**3
+
+
+class Images:
+    def __init__(self, registry: Registry, *, unix_socket: str | None,
+                 max_json_body: int) -> None:
+        self._registry = registry
+        self._unix_socket = unix_socket
+        self._max_json_body = max_json_body
+
+    # OPTIONS
+
+    def options(self, conn: Connection, req: Request, ticket_id: str) -> None:
+        options: dict[str, Any] = {}
+        if self._unix_socket:
+            options["unix_socket"] = self._unix_socket
+        if ticket_id == "*":
+            allow, options["features"] = "OPTIONS,GET,PUT,PATCH", WRITE_FEATURES
+        else:
+            ticket = self._registry.authorize(ticket_id, "read")
+            conn.bind(ticket, "read")
+            writable = ticket.spec.allows("write")
+            allow = "OPTIONS,GET,PUT,PATCH" if writable else "OPTIONS,GET"
+            options["features"] = WRITE_FEATURES if writable else READ_FEATURES
+            http = conn.server.config.http
+            options["max_readers"] = http.max_readers
+            options["max_writers"] = http.max_writers if writable else 0
+            log.info("OPTIONS transfer=%s", ticket.transfer_id)
+        conn.reply_json(options, headers={"Allow": allow})
+
+    # GET
+
+    def get(self, conn: Connection, req: Request, ticket_id: str) -> None:
+        close = _flag(req, "close", default=False)
+        ticket = self._registry.authorize(ticket_id, "read")
+        conn.bind(ticket, "read")
+        backend = conn.backend(ticket)
+        available = min(ticket.spec.size, backend.size)
+        header = req.header("Range")
+        if header is not None:
+            r = parse_range(header, available)
+            status = 206
+            headers = {"Content-Range": r.content_range(available)}
+        else:
+            r, status, headers = ByteRange(0, available), 200, {}
+        headers["Content-Type"] = "application/octet-stream"
+        disposition = "attachment"
+        if ticket.spec.filename:
+            disposition += f'; filename="{_quoted(ticket.spec.filename)}"'
+        headers["Content-Disposition"] = disposition
+        if close:
+            conn.close_after_reply()
+        log.debug("READ size=%d offset=%d transfer=%s", r.length, r.start,
+                  ticket.transfer_id)
+        with ticket.operation(r.start, r.length) as op:
+            conn.send_head(status, headers, r.length)
+            self._send(conn, ticket, op, r)
+
+    def _send(self, conn: Connection, ticket: Ticket, op: Operation,
+              r: ByteRange) -> None:
+        backend = conn.backend(ticket)
+        buf = conn.buffer()
+        offset = r.start
+        while offset < r.end:
+            n = backend.readinto(offset, buf[:min(len(buf), r.end - offset)])
+            if n == 0:
+                raise BadRequest(field="image", reason="image ended before the range")
+            conn.sendall(buf[:n])
+            offset += n
+            ticket.progress(op, n)
+
+    # PUT
+
+    def put(self, conn: Connection, req: Request, ticket_id: str) -> None:
+        flush = _flag(req, "flush", default=True)
+        close = _flag(req, "close", default=False)
+        ticket = self._registry.authorize(ticket_id, "write")
+        conn.bind(ticket, "write")
+        if close:
+            conn.close_after_reply()
+        start, length = _put_range(req)
+        size = ticket.spec.size
+        if start + (length or 0) > size:
+            raise RangeNotSatisfiable(size=size)
+        log.debug("WRITE size=%s offset=%d flush=%s transfer=%s",
+                  length, start, flush, ticket.transfer_id)
+        backend = conn.backend(ticket)
+        with ticket.operation(start, length if length is not None else size - start) as op:
+            written = self._receive(conn, ticket, op, start, size)
+            if length is not None and written != length:
+                raise BadRequest(field="body",
+                                 reason=f"got {written} bytes, Content-Range says {length}")
+            if flush:
+                backend.flush()
+        conn.reply(200)
+
+    def _receive(self, conn: Connection, ticket: Ticket, op: Operation,
+                 start: int, size: int) -> int:
+        assert conn.body is not None
+        backend = conn.backend(ticket)
+        buf = conn.buffer()
+        offset = start
+        while not conn.body.done:
+            n = conn.body.readinto(buf[:min(len(buf), size - offset + 1)])
+            if n == 0:
+                break
+            if offset + n > size:
+                # Only a chunked body of unknown length can get here.
+                raise RangeNotSatisfiable(size=size)
+            backend.write(offset, buf[:n])
+            offset += n
+            ticket.progress(op, n)
+        return offset - start
+
+    # PATCH
+
+    def patch(self, conn: Connection, req: Request, ticket_id: str) -> None:
+        ticket = self._registry.authorize(ticket_id, "write")
+        conn.bind(ticket, "write")
+        msg = self._json_body(conn, req)
+        op = msg.get("op")
+        if op == "zero":
+            self._zero(conn, ticket, msg)
+        elif op == "flush":
+            log.info("FLUSH transfer=%s", ticket.transfer_id)
+            with ticket.operation(0, 0):
+                conn.backend(ticket).flush()
+        else:
+            raise BadRequest(field="op", reason=f"expected 'zero' or 'flush', got {op!r}")
+        conn.reply(200)
+
+    def _json_body(self, conn: Connection, req: Request) -> dict[str, Any]:
+        ctype = (req.header("Content-Type") or "application/json").split(";")[0]
+        if ctype.strip().lower() != "application/json":
+            raise UnsupportedMediaType(reason=f"Expected application/json, got {ctype!r}")
+        limit = self._max_json_body
+        if req.content_length is not None and req.content_length > limit:
+            raise PayloadTooLarge(length=req.content_length, limit=limit)
+        assert conn.body is not None
+        try:
+            data = conn.body.read(limit)
+        except BadRequest:
+            raise PayloadTooLarge(length="more than the limit of", limit=limit) from None
+        try:
+            msg = json.loads(data)
+        except ValueError as e:
+            raise BadRequest(field="JSON body", reason=str(e)) from None
+        if not isinstance(msg, dict):
+            raise BadRequest(field="JSON body", reason="expected an object")
+        return msg
+
+    def _zero(self, conn: Connection, ticket: Ticket, msg: dict[str, Any]) -> None:
+        size = _json_int(msg, "size", None)
+        offset = _json_int(msg, "offset", 0)
+        flush = msg.get("flush", False)
+        if not isinstance(flush, bool):
+            raise BadRequest(field="flush", reason=f"expected true or false, got {flush!r}")
+        if offset + size > ticket.spec.size:
+            raise RangeNotSatisfiable(size=ticket.spec.size)
+        log.debug("ZERO size=%d offset=%d flush=%s transfer=%s", size, offset, flush,
+                  ticket.transfer_id)
+        backend = conn.backend(ticket)
+        with ticket.operation(offset, size) as op:
+            end = offset + size
+            while offset < end:
+                step = min(ZERO_STEP, end - offset)
+                backend.zero(offset, step, punch_hole=ticket.spec.sparse)
+                offset += step
+                ticket.progress(op, step)
+            if flush:
+                backend.flush()
+
+
+def _put_range(req: Request) -> tuple[int, int | None]:
+    """Start and length of a PUT (length None: a chunked body without range)."""
+    header = req.header("Content-Range")
+    if not req.chunked and req.content_length is None:
+        raise BadRequest(field="Content-Length",
+                         reason="required (or Transfer-Encoding: chunked)")
+    if header is None:
+        return 0, req.content_length
+    r, _ = parse_content_range(header)
+    if req.content_length is not None and req.content_length != r.length:
+        raise BadRequest(
+            field="Content-Range",
+            reason=f"range of {r.length} bytes but Content-Length is {req.content_length}")
+    return r.start, r.length
+
+
+def _flag(req: Request, name: str, *, default: bool) -> bool:
+    value = req.query.get(name)
+    if value is None:
+        return default
+    if value not in ("y", "n"):
+        raise BadRequest(field=f"query parameter {name!r}",
+                         reason=f"expected 'y' or 'n', got {value!r}")
+    return value == "y"
+
+
+def _json_int(msg: dict[str, Any], name: str, default: int | None) -> int:
+    value = msg.get(name, default)
+    if value is None:
+        raise BadRequest(field=name, reason="is required")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadRequest(field=name, reason=f"expected an integer >= 0, got {value!r}")
+    return value
+
+
+def _quoted(name: str) -> str:
+    return name.replace("\\", "\\\\").replace('"', '\\"')

@@ -1,0 +1,149 @@
+"""The wiring diagram of the daemon: what is built, from what, in what order.
+
+The control plane (the ``verbs`` package) depends on this package, never
+the other way round; it is found through the ``vdsm_imageio.control`` entry
+point group and handed the registry, so the data plane can be started and
+tested alone and the import graph stays one-way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+from . import __version__, tls
+from .backends import Backend
+from .backends.file import open_file
+from .config import Config, socket_address
+from .errors import BackendError, InvalidTicket
+from .http.extents import Extents
+from .http.images import WRITE_FEATURES, Images
+from .http.router import Router, route
+from .http.server import Server, tcp_listener, unix_listener
+from .tickets import Registry, Ticket
+from .ticketspec import TicketSpec
+
+log = logging.getLogger(__name__)
+
+
+class ControlPlane(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+ControlFactory = Callable[[Registry, str, Callable[[], dict[str, Any]]], ControlPlane]
+
+
+class Services:
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic,
+                 control_factory: ControlFactory | None = None) -> None:
+        self.config = config
+        self.started = clock()
+        self._clock = clock
+        self.registry = Registry(
+            clock=clock,
+            remove_timeout=config.daemon.remove_timeout,
+            default_inactivity_timeout=config.http.default_inactivity_timeout,
+            resolve_url=resolve_url,
+        )
+        unix = socket_address(config.local.socket) if config.local.enable else None
+        self.unix_socket = unix or None
+        images = Images(self.registry, unix_socket=self.unix_socket,
+                        max_json_body=config.http.max_json_body)
+        extents = Extents(self.registry)
+        router = Router([
+            route("images-options", r"/images/(\*)/?", options=images.options),
+            route("images", r"/images/([^/]+)/?", options=images.options,
+                  get=images.get, put=images.put, patch=images.patch),
+            route("extents", r"/images/([^/]+)/extents/?", get=extents.get),
+            route("info", r"/info/?", get=self._info),
+        ])
+        self.server = Server(config, router, open_backend)
+        self.tls_port: int | None = None
+        factory = control_factory or _control_factory()
+        self.control = factory(self.registry, config.control.socket, self.info)
+
+    def start(self) -> None:
+        cfg = self.config
+        if cfg.tls.enable:
+            ctx = tls.server_context(
+                cfg.tls.cert_file, cfg.tls.key_file,
+                ca_file=cfg.tls.ca_file or None,
+                require_client_cert=cfg.tls.enable_client_auth)
+            listener = tcp_listener(cfg.tls.host, cfg.tls.port, ctx)
+            self.tls_port = listener.port
+            self.server.add_listener(listener)
+        if self.unix_socket:
+            self.server.add_listener(unix_listener(self.unix_socket))
+        self.server.start()
+        Path(cfg.control.socket).parent.mkdir(parents=True, exist_ok=True)
+        self.control.start()
+
+    def stop(self) -> None:
+        self.registry.cancel_all()
+        self.server.stop()
+        self.control.stop()
+
+    @property
+    def data_url(self) -> str | None:
+        if self.tls_port is None:
+            return None
+        host = self.config.tls.host or "localhost"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"https://{host}:{self.tls_port}/images/"
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "features": WRITE_FEATURES,
+            "data_url": self.data_url,
+            "unix_socket": self.unix_socket,
+            "uptime": int(self._clock() - self.started),
+            "tickets": len(self.registry.list()),
+            "connections": self.server.connections(),
+        }
+
+    def _info(self, conn: Any, req: Any) -> None:
+        conn.reply_json({"version": __version__})
+
+
+def resolve_url(spec: TicketSpec) -> str:
+    """The URL a ticket serves; checks that a file URL names a usable file."""
+    if spec.url is None:
+        raise InvalidTicket(field="volume", reason="volume tickets need the storage plane")
+    parts = urlsplit(spec.url)
+    if parts.scheme != "file":
+        raise InvalidTicket(field="url",
+                            reason=f"{parts.scheme} URLs are not supported by this service")
+    path = unquote(parts.path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise InvalidTicket(field="url", reason=f"cannot use {path}: {e.strerror}") from None
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        raise InvalidTicket(field="url", reason=f"{path} is not a file or block device")
+    return spec.url
+
+
+def open_backend(ticket: Ticket) -> Backend:
+    parts = urlsplit(ticket.url)
+    if parts.scheme != "file":
+        raise BackendError(reason=f"no backend for {parts.scheme} URLs")
+    mode = "rw" if ticket.spec.allows("write") else "r"
+    return open_file(unquote(parts.path), mode=mode, sparse=ticket.spec.sparse)
+
+
+def _control_factory() -> ControlFactory:
+    found = list(entry_points(group="vdsm_imageio.control"))
+    if not found:
+        raise RuntimeError("no control plane installed (entry point vdsm_imageio.control)")
+    factory: ControlFactory = found[0].load()
+    return factory
