@@ -1,14 +1,10 @@
 """The control socket: JSON-RPC 2.0 lines on a unix stream socket.
 
 Theory of operation: one thread accepts; each connection gets a thread
-that reads lines and answers them one after the other, so replies on a
-connection come in request order, and a verb that blocks (Ticket.remove
-waiting for requests to drain) blocks only its own connection. Other
-threads push notifications with ``Connection.notify``; it shares the
-connection's writer lock with the replies, so lines never interleave. A
-peer that stops reading is dropped after ``SEND_TIMEOUT`` rather than
-blocking the notifier. A line longer than ``MAX_LINE`` gets an error and
-the connection is closed, so a broken client cannot eat memory.
+(``connection.Connection``) that answers its lines one after the other, so
+a verb that blocks (Ticket.remove waiting for requests to drain) blocks
+only its own connection. Other threads push notifications with
+``Connection.notify``.
 
 Every method is called with the Connection as its first argument
 (jsonrpcserver's context); ``verbs.errors.verb`` hides it from verbs that
@@ -25,138 +21,20 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import protocol
+from .connection import MAX_LINE, Connection
+
+__all__ = ["MAX_LINE", "Connection", "ControlServer", "send_notification"]
 
 log = logging.getLogger(__name__)
 
-MAX_LINE = 1024**2
-SEND_TIMEOUT = 30.0
 JOIN_TIMEOUT = 10.0
 MAX_CONNECTIONS = 64
-RECV_SIZE = 65536
 # Out of descriptors or memory: the listener is fine, retry later
 # instead of giving up on the control channel.
 ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-
-CloseCallback = Callable[["Connection"], None]
-
-
-class Connection:
-    """One client of the control socket; owns its socket."""
-
-    def __init__(self, sock: socket.socket, ident: int) -> None:
-        self.ident = ident
-        self._sock = sock
-        self._wlock = threading.Lock()
-        self._closed = False
-        self._callbacks: list[CloseCallback] = []
-        # Blocking reads loop on the timeout; it bounds sends.
-        sock.settimeout(SEND_TIMEOUT)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def on_close(self, callback: CloseCallback) -> None:
-        """Call callback once when the connection ends (subscriptions end)."""
-        with self._wlock:
-            if not self._closed:
-                self._callbacks.append(callback)
-                return
-        callback(self)
-
-    def notify(self, method: str, params: Any) -> bool:
-        """Push a notification; False if the connection is gone."""
-        return self.send_line(protocol.notification_line(method, params))
-
-    def send_line(self, text: str) -> bool:
-        data = text.encode("utf-8") + b"\n"
-        with self._wlock:
-            if self._closed:
-                return False
-            try:
-                self._sock.sendall(data)
-                return True
-            except OSError as e:
-                log.warning("DROP connection=%d reason=%s", self.ident, e)
-                self._shutdown_locked()
-                return False
-
-    def close(self) -> None:
-        """Stop the connection; its reader thread releases the socket."""
-        with self._wlock:
-            self._shutdown_locked()
-
-    def serve(self, methods: protocol.Methods) -> None:
-        try:
-            for line in self._lines():
-                if line.strip():
-                    reply = protocol.respond(line, methods, self)
-                    if reply is not None and not self.send_line(reply):
-                        break
-        except OSError as e:
-            log.warning("DROP connection=%d reason=%s", self.ident, e)
-        finally:
-            self._release()
-
-    def _lines(self) -> Iterator[bytes]:
-        buf = bytearray()
-        scanned = 0
-        while True:
-            nl = buf.find(b"\n", scanned)
-            if nl >= 0:
-                line = bytes(buf[:nl])
-                del buf[: nl + 1]
-                scanned = 0
-                if len(line) > MAX_LINE:
-                    self._refuse_long_line()
-                    return
-                yield line
-                continue
-            if len(buf) > MAX_LINE:
-                self._refuse_long_line()
-                return
-            scanned = len(buf)
-            try:
-                chunk = self._sock.recv(RECV_SIZE)
-            except TimeoutError:
-                continue  # an idle client is fine
-            if not chunk:
-                return
-            buf += chunk
-
-    def _refuse_long_line(self) -> None:
-        log.warning("REFUSE connection=%d reason=line-too-long limit=%d",
-                    self.ident, MAX_LINE)
-        self.send_line(protocol.error_line(
-            protocol.INVALID_REQUEST, "Invalid request",
-            f"request line exceeds {MAX_LINE} bytes"))
-
-    def _shutdown_locked(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # the peer is already gone
-
-    def _release(self) -> None:
-        # Closed under the writer lock so no notifier is inside sendall on
-        # a descriptor number the kernel may hand out again.
-        with self._wlock:
-            self._shutdown_locked()
-            self._sock.close()
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            try:
-                callback(self)
-            except Exception:
-                log.exception("CLOSE callback failed connection=%d", self.ident)
-        log.debug("CLOSE connection=%d", self.ident)
 
 
 class ControlServer:
