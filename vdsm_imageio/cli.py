@@ -119,3 +119,7 @@ def _setup_logging(cfg: configmod.Config) -> None:
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(cfg.logging.level.upper())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

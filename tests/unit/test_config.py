@@ -1,0 +1,99 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vdsm_imageio import config
+from vdsm_imageio.config import Config, ConfigError
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_every_option_has_a_why():
+    described = config.describe()
+    for section, options in described.items():
+        assert options, section
+        for name, why in options.items():
+            assert why.strip(), f"{section}.{name}"
+
+
+def test_dropins_apply_in_file_name_order(tmp_path):
+    write(tmp_path / "conf.d/20-b.conf", "[http]\nmax_readers = 3\n")
+    write(tmp_path / "conf.d/10-a.conf", "[http]\nmax_readers = 2\nmax_writers = 5\n")
+    cfg = config.load(Config(), [tmp_path])
+    assert cfg.http.max_readers == 3
+    assert cfg.http.max_writers == 5
+
+
+def test_later_config_dir_wins(tmp_path):
+    write(tmp_path / "a/conf.d/99.conf", "[tls]\nport = 1000\n")
+    write(tmp_path / "b/conf.d/00.conf", "[tls]\nport = 2000\n")
+    cfg = config.load(Config(), [tmp_path / "a", tmp_path / "b"])
+    assert cfg.tls.port == 2000
+
+
+def test_files_not_ending_in_conf_are_ignored(tmp_path):
+    write(tmp_path / "conf.d/50.conf.rpmsave", "[tls]\nport = 1\n")
+    assert config.load(Config(), [tmp_path]).tls.port == 54322
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[nope]\nx = 1\n", "unknown section [nope]"),
+    ("[tls]\nprot = 1\n", "unknown option 'prot' in [tls]"),
+    ("[tls]\nport = many\n", "[tls] port: expected int"),
+    ("[tls]\nenable = maybe\n", "[tls] enable: expected bool"),
+    ("[tls\nport = 1\n", "50.conf"),
+])
+def test_bad_dropin_names_file_section_option(tmp_path, text, message):
+    write(tmp_path / "conf.d/50.conf", text)
+    with pytest.raises(ConfigError) as e:
+        config.load(Config(), [tmp_path])
+    assert message in str(e.value)
+    assert "50.conf" in str(e.value)
+
+
+def test_typed_values_are_converted(tmp_path):
+    write(tmp_path / "conf.d/1.conf",
+          "[daemon]\nremove_timeout = 2\n[control]\nmode = 0o600\n[tls]\nenable = no\n")
+    cfg = config.load(Config(), [tmp_path])
+    assert cfg.daemon.remove_timeout == 2.0
+    assert cfg.control.mode == 0o600
+    assert cfg.tls.enable is False
+
+
+def test_abstract_socket_is_written_with_at():
+    assert config.socket_address("@/org/ovirt/imageio") == "\0/org/ovirt/imageio"
+    assert config.socket_address("/run/x.sock") == "/run/x.sock"
+
+
+def test_local_profile_puts_everything_under_dir(tmp_path):
+    cfg = config.local_profile(Config(), tmp_path)
+    assert cfg.tls.host == "127.0.0.1"
+    assert cfg.tls.ca_file == str(tmp_path / "pki/ca.pem")
+    assert cfg.control.socket == str(tmp_path / "control.sock")
+    assert cfg.storage.file_root == str(tmp_path / "images")
+    assert cfg.hooks.dir == str(tmp_path / "hooks")
+
+
+def test_local_profiles_of_two_dirs_use_different_data_sockets(tmp_path):
+    a = config.local_profile(Config(), tmp_path / "a")
+    b = config.local_profile(Config(), tmp_path / "b")
+    assert a.local.socket.startswith("@")
+    assert a.local.socket != b.local.socket
+
+
+def test_show_config_prints_effective_json(tmp_path):
+    write(tmp_path / "conf.d/50.conf", "[http]\nbuffer_size = 1048576\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "vdsm_imageio.cli", "serve", "--local", str(tmp_path),
+         "--port", "0", "--show-config"],
+        check=True, capture_output=True, text=True, timeout=30).stdout
+    shown = json.loads(out)
+    assert shown["http"]["buffer_size"] == 1048576
+    assert shown["tls"]["port"] == 0
+    assert shown["control"]["socket"] == str(tmp_path.resolve() / "control.sock")
