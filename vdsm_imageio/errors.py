@@ -73,6 +73,12 @@ class TicketCanceled(Forbidden):
     template = "Transfer {transfer_id} was canceled"
 
 
+class StorageReadOnly(Forbidden):
+    """The backend was opened for reading only; the write never reached it."""
+
+    template = "Storage of this transfer is read-only; cannot {op}"
+
+
 # Caused by the data client: the request is malformed.
 
 
@@ -106,6 +112,12 @@ class LengthRequired(ImageioError):
 
 class UnsupportedMediaType(ImageioError):
     template = "{reason}"
+
+
+class UnsupportedContext(ImageioError):
+    """Extents were asked for a context this backend cannot report."""
+
+    template = "No {context!r} extents: {reason}"
 
 
 # Caused by load: try again later.

@@ -1,0 +1,261 @@
+"""Storage targets for the backend conformance suite.
+
+Every backend passes the same tests on every target. A target is an image
+of IMAGE_SIZE zero bytes on some storage, an opener that returns a Backend
+for it, and independent ways to look at what is stored (plain buffered
+reads of the backing file, SEEK_HOLE, st_blocks), so the tests never judge a
+backend only by itself.
+
+To add a backend or a storage, write a context manager that yields a Target
+and add it to TARGETS (with the marks it needs); ``backend_factory`` runs
+every conformance test on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from vdsm_imageio.backends import Backend
+from vdsm_imageio.backends.file import open_file
+
+from .images import MiB
+
+IMAGE_SIZE = 8 * MiB
+CMD_TIMEOUT = 60
+
+# Tests run from the repository root (pyproject's testpaths); .cache is
+# ignored by git. tmp_path may be on tmpfs, which is not what a disk is.
+CACHE_DIR = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, ".cache")
+
+
+@dataclass
+class Target:
+    """An image on some storage, and ways to look at it from outside."""
+
+    name: str
+    size: int
+    open: Callable[[str, bool], Backend]
+    read_back: Callable[[int, int], bytes]
+    # Regular files grow when written past the end; devices do not.
+    growable: bool
+    # Block size the backend must report, when the storage fixes it.
+    block_size: int | None = None
+    # Path of the stored image when it is a file whose holes and
+    # allocation the tests may inspect (None: the storage has no holes).
+    sparse_path: str | None = None
+
+
+@dataclass
+class BackendFactory:
+    """Opens backends on one target and closes them all at teardown."""
+
+    target: Target
+    opened: list[Backend] = field(default_factory=list)
+
+    def __call__(self, mode: str = "rw", *, sparse: bool = True) -> Backend:
+        backend = self.target.open(mode, sparse)
+        self.opened.append(backend)
+        return backend
+
+    def close_all(self) -> None:
+        for backend in self.opened:
+            backend.close()
+
+
+def run(*argv: str) -> str:
+    return subprocess.run(
+        argv, check=True, capture_output=True, text=True, timeout=CMD_TIMEOUT
+    ).stdout.strip()
+
+
+def needs_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for loop devices and mounts")
+
+
+@contextlib.contextmanager
+def loop_device(backing: str, *, sector_size: int) -> Iterator[str]:
+    device = run(
+        "losetup", "--find", "--show", "--direct-io=on",
+        f"--sector-size={sector_size}", backing,
+    )
+    try:
+        yield device
+    finally:
+        run("losetup", "--detach", device)
+
+
+@contextlib.contextmanager
+def mounted(directory: str, *argv: str) -> Iterator[str]:
+    os.makedirs(directory, exist_ok=True)
+    run("mount", *argv, directory)
+    try:
+        yield directory
+    finally:
+        run("umount", directory)
+        os.rmdir(directory)
+
+
+def make_image(directory: str, size: int = IMAGE_SIZE, *, allocate: bool = False) -> str:
+    """A file of size zero bytes: a hole, or written zeros if allocate."""
+    path = os.path.join(directory, f"{uuid.uuid4().hex}.img")
+    with open(path, "wb") as f:
+        if allocate:
+            for _ in range(size // MiB):
+                f.write(bytes(MiB))
+        f.truncate(size)
+    return path
+
+
+def read_file(path: str) -> Callable[[int, int], bytes]:
+    def read_back(offset: int, length: int) -> bytes:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    return read_back
+
+
+def file_opener(path: str) -> Callable[[str, bool], Backend]:
+    return lambda mode, sparse: open_file(path, mode=mode, sparse=sparse)
+
+
+# Session-wide storage: one directory per run, file systems mounted once.
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Iterator[str]:
+    path = os.path.abspath(os.path.join(CACHE_DIR, "tests", uuid.uuid4().hex))
+    os.makedirs(path)
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.fixture(scope="session")
+def ext4_4k_dir(cache_dir: str) -> Iterator[str]:
+    """ext4 on a device with 4096-byte sectors: direct I/O must align to 4096."""
+    needs_root()
+    backing = make_image(cache_dir, 64 * MiB)
+    with loop_device(backing, sector_size=4096) as device:
+        run("mkfs.ext4", "-q", "-F", device)
+        with mounted(os.path.join(cache_dir, "ext4-4k"), device) as path:
+            yield path
+    os.unlink(backing)
+
+
+@pytest.fixture(scope="session")
+def tmpfs_dir(cache_dir: str) -> Iterator[str]:
+    needs_root()
+    with mounted(
+        os.path.join(cache_dir, "tmpfs"), "-t", "tmpfs", "-o", "size=64m", "tmpfs"
+    ) as path:
+        yield path
+
+
+@pytest.fixture(scope="session")
+def ramfs_dir(cache_dir: str) -> Iterator[str]:
+    """ramfs has neither direct I/O nor fallocate: every fallback path runs."""
+    needs_root()
+    with mounted(os.path.join(cache_dir, "ramfs"), "-t", "ramfs", "ramfs") as path:
+        yield path
+
+
+# Targets.
+
+
+@contextlib.contextmanager
+def file_target(
+    name: str, directory: str, *, block_size: int | None = None,
+    holes: bool = True, allocate: bool = False,
+) -> Iterator[Target]:
+    path = make_image(directory, allocate=allocate)
+    try:
+        yield Target(
+            name=name, size=IMAGE_SIZE, open=file_opener(path),
+            read_back=read_file(path), growable=True, block_size=block_size,
+            sparse_path=path if holes else None,
+        )
+    finally:
+        os.unlink(path)
+
+
+@contextlib.contextmanager
+def loop_target(name: str, directory: str, *, sector_size: int) -> Iterator[Target]:
+    needs_root()
+    backing = make_image(directory)
+    try:
+        with loop_device(backing, sector_size=sector_size) as device:
+            yield Target(
+                name=name, size=IMAGE_SIZE, open=file_opener(device),
+                read_back=read_file(backing), growable=False,
+                block_size=sector_size,
+            )
+    finally:
+        os.unlink(backing)
+
+
+TargetMaker = Callable[[pytest.FixtureRequest], contextlib.AbstractContextManager[Target]]
+
+TARGETS: dict[str, TargetMaker] = {
+    "file": lambda r: file_target("file", r.getfixturevalue("cache_dir")),
+    # Data at the start lets the probe find the disk's own (smaller) alignment.
+    "file-prealloc": lambda r: file_target(
+        "file-prealloc", r.getfixturevalue("cache_dir"), allocate=True
+    ),
+    "file-4k": lambda r: file_target(
+        "file-4k", r.getfixturevalue("ext4_4k_dir"), block_size=4096
+    ),
+    "file-tmpfs": lambda r: file_target("file-tmpfs", r.getfixturevalue("tmpfs_dir")),
+    "file-ramfs": lambda r: file_target(
+        "file-ramfs", r.getfixturevalue("ramfs_dir"), block_size=1, holes=False
+    ),
+    "loop-512": lambda r: loop_target(
+        "loop-512", r.getfixturevalue("cache_dir"), sector_size=512
+    ),
+    "loop-4k": lambda r: loop_target(
+        "loop-4k", r.getfixturevalue("cache_dir"), sector_size=4096
+    ),
+}
+
+FILE_TARGETS = [name for name in TARGETS if name.startswith("file")]
+DEVICE_TARGETS = [name for name in TARGETS if name.startswith("loop")]
+
+
+def _param(name: str) -> Any:
+    unprivileged = name in ("file", "file-prealloc")
+    return pytest.param(name, marks=[] if unprivileged else [pytest.mark.loop])
+
+
+def _factory(request: pytest.FixtureRequest) -> Iterator[BackendFactory]:
+    with TARGETS[request.param](request) as target:
+        factory = BackendFactory(target)
+        try:
+            yield factory
+        finally:
+            factory.close_all()
+
+
+@pytest.fixture(params=[_param(name) for name in TARGETS])
+def backend_factory(request: pytest.FixtureRequest) -> Iterator[BackendFactory]:
+    """Opens backends on each target in turn: the conformance suite's fixture."""
+    yield from _factory(request)
+
+
+@pytest.fixture(params=[_param(name) for name in FILE_TARGETS])
+def file_factory(request: pytest.FixtureRequest) -> Iterator[BackendFactory]:
+    """Regular-file targets only, for what only files do (grow, holes)."""
+    yield from _factory(request)
+
+
+@pytest.fixture(params=[_param(name) for name in DEVICE_TARGETS])
+def device_factory(request: pytest.FixtureRequest) -> Iterator[BackendFactory]:
+    yield from _factory(request)
