@@ -32,8 +32,8 @@ from .images import MiB
 IMAGE_SIZE = 8 * MiB
 CMD_TIMEOUT = 60
 
-# Tests run from the repository root (pyproject's testpaths); .cache is
-# ignored by git. tmp_path may be on tmpfs, which is not what a disk is.
+# The repository's .cache (ignored by git) is on a disk; pytest's tmp_path
+# may be on tmpfs, which behaves unlike the storage images live on.
 CACHE_DIR = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, ".cache")
 
 
@@ -49,9 +49,11 @@ class Target:
     growable: bool
     # Block size the backend must report, when the storage fixes it.
     block_size: int | None = None
-    # Path of the stored image when it is a file whose holes and
-    # allocation the tests may inspect (None: the storage has no holes).
-    sparse_path: str | None = None
+    # The regular file the backend opens, for tests that look at its size,
+    # holes (SEEK_HOLE) and allocation (st_blocks); None for other storage.
+    path: str | None = None
+    # Zeroing with punch_hole deallocates, and SEEK_HOLE reports holes.
+    holes: bool = False
 
 
 @dataclass
@@ -182,7 +184,7 @@ def file_target(
         yield Target(
             name=name, size=IMAGE_SIZE, open=file_opener(path),
             read_back=read_file(path), growable=True, block_size=block_size,
-            sparse_path=path if holes else None,
+            path=path, holes=holes,
         )
     finally:
         os.unlink(path)

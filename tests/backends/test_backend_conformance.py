@@ -8,7 +8,7 @@ import mmap
 import pytest
 
 from vdsm_imageio.backends import ZeroExtent
-from vdsm_imageio.errors import StorageReadOnly
+from vdsm_imageio.errors import BackendError, StorageReadOnly
 
 from .conftest import BackendFactory
 from .images import KiB, MiB, address, allocated, holes, pattern, read, write
@@ -128,6 +128,22 @@ def test_read_across_end_of_image_is_short(backend_factory: BackendFactory) -> N
     assert read(backend, size - 4096, 3 * 4096) == tail
 
 
+def test_write_past_end_grows_only_growable_images(
+    backend_factory: BackendFactory,
+) -> None:
+    backend = backend_factory()
+    size = backend.size
+    data = pattern(8192)
+    if backend_factory.target.growable:
+        write(backend, size + 4096, data)
+        assert backend.size == size + 4096 + 8192
+        assert read(backend, size, 4096 + 8192) == bytes(4096) + data
+    else:
+        with pytest.raises(BackendError):
+            write(backend, size - 4096, data)
+        assert backend.size == size
+
+
 @pytest.mark.parametrize("punch_hole", [True, False])
 @pytest.mark.parametrize(
     "offset, length", [(MiB, MiB), (1000, 3 * 4096 + 7), (4095, 2)],
@@ -147,8 +163,8 @@ def test_zero_reads_back_as_zeros(
 
 
 def test_zero_with_punch_hole_leaves_a_hole(backend_factory: BackendFactory) -> None:
-    path = backend_factory.target.sparse_path
-    if path is None:
+    path = backend_factory.target.path
+    if path is None or not backend_factory.target.holes:
         pytest.skip("storage has no holes")
     backend = backend_factory(sparse=True)
     write(backend, 0, pattern(4 * MiB))
@@ -163,8 +179,8 @@ def test_zero_with_punch_hole_leaves_a_hole(backend_factory: BackendFactory) -> 
 def test_zero_keeps_allocation_unless_punching_is_allowed(
     backend_factory: BackendFactory, sparse: bool, punch_hole: bool
 ) -> None:
-    path = backend_factory.target.sparse_path
-    if path is None:
+    path = backend_factory.target.path
+    if path is None or not backend_factory.target.holes:
         pytest.skip("storage has no holes")
     backend = backend_factory(sparse=sparse)
     write(backend, 0, pattern(4 * MiB))
@@ -196,7 +212,7 @@ def test_extents_cover_the_image_once(backend_factory: BackendFactory) -> None:
 
 
 def test_extents_report_data_and_holes(backend_factory: BackendFactory) -> None:
-    if backend_factory.target.sparse_path is None:
+    if not backend_factory.target.holes:
         pytest.skip("storage has no holes")
     backend = backend_factory(sparse=True)
     size = backend.size
