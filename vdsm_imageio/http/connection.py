@@ -17,6 +17,7 @@ import json
 import logging
 import mmap
 import socket
+import time
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,11 @@ REASONS = {
 }
 # Unread body bytes we read and drop to keep a connection after an error.
 MAX_DRAIN = 64 * 1024
+# Closing a socket with unread input makes the kernel send a reset, which
+# can destroy an error reply before the client reads it (RFC 7230 section
+# 6.6): after such a reply we stop writing and drop input for a while.
+LINGER_TIMEOUT = 2.0
+LINGER_BYTES = 16 * 1024**2
 
 
 class Connection:
@@ -53,6 +59,7 @@ class Connection:
         self._buffer: mmap.mmap | None = None
         self._rfile = sock.makefile("rb", buffering=256 * 1024)
         self._close = False
+        self._linger = False
         self._head_sent = False
         self._aborted = False
         self._origin: str | None = None
@@ -103,12 +110,29 @@ class Connection:
     def close(self) -> None:
         try:
             self._release_ticket()
+            if self._linger and not self._aborted:
+                self._drop_input()
         finally:
             if self._buffer is not None:
                 self._buffer.close()
                 self._buffer = None
             self._rfile.close()
             self.sock.close()
+
+    def _drop_input(self) -> None:
+        deadline = time.monotonic() + LINGER_TIMEOUT
+        budget = LINGER_BYTES
+        sink = bytearray(MAX_DRAIN)
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            while budget > 0 and (left := deadline - time.monotonic()) > 0:
+                self.sock.settimeout(left)
+                n = self.sock.recv_into(sink)
+                if n == 0:
+                    return
+                budget -= n
+        except OSError:
+            pass
 
     # The request loop.
 
@@ -123,6 +147,7 @@ class Connection:
     def _serve_one(self) -> bool:
         self._head_sent = False
         self.request = None
+        self.body = None
         try:
             self._arm()
             try:
@@ -178,16 +203,26 @@ class Connection:
             # short body and the closed connection.
             self._close = True
             return
-        if reply.close:
+        # Reply before draining: a client may send the head and wait for an
+        # early answer before it sends a body we are going to refuse.
+        if reply.close or not self._small_rest():
             self._close = True
-        else:
-            self._finish_body_after_error()
         try:
             self.reply(status, (reply.message + "\n").encode(), "text/plain; charset=utf-8",
                        reply.headers)
         except (OSError, PeerClosed) as e:
             self._log_peer_error(e)
             self._close = True
+            return
+        self._linger = self._close
+        self._finish_body_after_error()
+
+    def _small_rest(self) -> bool:
+        """Whether the unread body is known and small enough to drop."""
+        if self.body is None:
+            return True
+        left = self.body.left
+        return left is not None and left <= MAX_DRAIN
 
     def _finish_body_after_error(self) -> None:
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from ..backends import ZeroExtent
+from ..backends import DirtyExtent, ZeroExtent
 from ..errors import BadRequest, NotFound, RangeNotSatisfiable
 from ..tickets import Registry
 from .message import Request
@@ -45,15 +45,23 @@ class Extents:
         log.info("EXTENTS transfer=%s context=%s start=%d length=%d",
                  ticket.transfer_id, context, start, length)
         with ticket.operation(start, 0):
-            extents = [e.to_json() for e in backend.extents(context, start, length)]
+            extents = list(backend.extents(context, start, length))
             # A file shorter than the ticket reads as zeros past its end.
             covered = min(backend.size, start + length)
             end = start + length
             if context == "zero" and covered < end:
-                tail = ZeroExtent(max(start, covered), end - max(start, covered),
-                                  zero=True, hole=True)
-                extents.append(tail.to_json())
-        conn.reply_json(extents)
+                _append_hole(extents, max(start, covered), end)
+        conn.reply_json([e.to_json() for e in extents])
+
+
+def _append_hole(extents: list[ZeroExtent | DirtyExtent], start: int, end: int) -> None:
+    # One hole, not two: a client counts requests by extents.
+    last = extents[-1] if extents else None
+    if (isinstance(last, ZeroExtent) and last.hole
+            and last.start + last.length == start):
+        extents[-1] = ZeroExtent(last.start, end - last.start, zero=True, hole=True)
+    else:
+        extents.append(ZeroExtent(start, end - start, zero=True, hole=True))
 
 
 def _query_int(req: Request, name: str, default: int) -> int:

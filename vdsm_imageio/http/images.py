@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     BadRequest,
+    LengthRequired,
     PayloadTooLarge,
     RangeNotSatisfiable,
     UnsupportedMediaType,
@@ -208,8 +209,7 @@ def _put_range(req: Request) -> tuple[int, int | None]:
     """Start and length of a PUT (length None: a chunked body without range)."""
     header = req.header("Content-Range")
     if not req.chunked and req.content_length is None:
-        raise BadRequest(field="Content-Length",
-                         reason="required (or Transfer-Encoding: chunked)")
+        raise LengthRequired()
     if header is None:
         return 0, req.content_length
     r, _ = parse_content_range(header)

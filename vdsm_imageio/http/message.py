@@ -160,6 +160,13 @@ class Body:
     def done(self) -> bool:
         return self._done
 
+    @property
+    def left(self) -> int | None:
+        """Bytes not read yet; None for a chunked body (unknown)."""
+        if self._done:
+            return 0
+        return None if self._chunked else self._left
+
     def readinto(self, buf: memoryview) -> int:
         """Fill buf as far as the body goes; 0 only at the end of the body."""
         filled = 0
