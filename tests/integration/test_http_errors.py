@@ -1,0 +1,389 @@
+"""The bad-input table and the server's limits, against a real daemon.
+
+Raw sockets send what a client library never would: heads without bodies,
+floods of headers, silence. Every case checks the status and, where the
+contract says so, that the server closed the connection.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from conftest import Daemon
+
+MiB = 1024**2
+
+
+def read_reply(sock: socket.socket, method: str = "GET") -> tuple[http.client.HTTPResponse,
+                                                                  bytes]:
+    resp = http.client.HTTPResponse(sock, method=method)  # type: ignore[arg-type]
+    resp.begin()
+    return resp, resp.read()
+
+
+def send(sock: socket.socket, method: str, target: str, headers: dict[str, str] | None = None,
+         body: bytes = b"") -> tuple[http.client.HTTPResponse, bytes]:
+    lines = [f"{method} {target} HTTP/1.1", "Host: localhost"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+    return read_reply(sock, method)
+
+
+def closed_by_server(sock: socket.socket, timeout: float = 5.0) -> bool:
+    """True if the server closes the connection within timeout."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def still_open(sock: socket.socket, ticket_id: str) -> bool:
+    resp, _ = send(sock, "OPTIONS", f"/images/{ticket_id}")
+    return resp.status == 200
+
+
+# Authorization: 403 and the connection is closed.
+
+
+def test_unknown_ticket_is_403_and_closes_connection(daemon: Daemon) -> None:
+    sock = daemon.raw_tls()
+    resp, body = send(sock, "GET", "/images/no-such-ticket")
+    assert resp.status == 403
+    assert resp.getheader("Content-Type", "").startswith("text/plain")
+    assert b"no-such-ticket" not in body
+    assert resp.getheader("Connection") == "close"
+    assert closed_by_server(sock)
+    sock.close()
+
+
+def test_expired_ticket_is_403(daemon: Daemon) -> None:
+    ticket_id, _ = daemon.add_ticket(size=MiB)
+    daemon.result("Ticket.extend", uuid=ticket_id, timeout=0)
+    sock = daemon.raw_unix()
+    resp, body = send(sock, "GET", f"/images/{ticket_id}")
+    assert resp.status == 403
+    assert b"expired" in body
+    assert closed_by_server(sock)
+    sock.close()
+    # Extending revives it: expiry is not a removal.
+    daemon.result("Ticket.extend", uuid=ticket_id, timeout=300)
+    sock = daemon.raw_unix()
+    resp, _ = send(sock, "GET", f"/images/{ticket_id}", {"Range": "bytes=0-0"})
+    sock.close()
+    assert resp.status == 206
+
+
+def test_expired_by_timeout_ticket_is_403(daemon: Daemon) -> None:
+    ticket_id, _ = daemon.add_ticket(size=MiB, timeout=1)
+    time.sleep(1.5)
+    sock = daemon.raw_unix()
+    resp, _ = send(sock, "GET", f"/images/{ticket_id}")
+    sock.close()
+    assert resp.status == 403
+
+
+def test_removed_ticket_is_403(daemon: Daemon) -> None:
+    ticket_id, _ = daemon.add_ticket(size=MiB)
+    sock = daemon.raw_unix()
+    resp, _ = send(sock, "GET", f"/images/{ticket_id}", {"Range": "bytes=0-0"})
+    assert resp.status == 206
+    assert daemon.result("Ticket.remove", uuid=ticket_id) is True
+    # The connection that was reading the ticket was aborted by the cancel.
+    assert closed_by_server(sock)
+    sock.close()
+    sock = daemon.raw_unix()
+    resp, _ = send(sock, "GET", f"/images/{ticket_id}")
+    assert resp.status == 403
+    assert closed_by_server(sock)
+    sock.close()
+
+
+@pytest.mark.parametrize("method,headers,body", [
+    ("PUT", {"Content-Length": "3"}, b"abc"),
+    ("PATCH", {"Content-Type": "application/json", "Content-Length": "15"},
+     b'{"op": "flush"}'),
+])
+def test_write_on_read_only_ticket_is_403(daemon: Daemon, method: str,
+                                          headers: dict[str, str], body: bytes) -> None:
+    ticket_id, path = daemon.add_ticket(size=MiB, ops=("read",))
+    sock = daemon.raw_unix()
+    resp, text = send(sock, method, f"/images/{ticket_id}", headers, body)
+    assert resp.status == 403
+    assert b"write" in text
+    assert closed_by_server(sock)
+    sock.close()
+    assert path.read_bytes() == b"\0" * MiB
+
+
+@pytest.mark.parametrize("transport", ["https", "unix"])
+def test_refused_upload_gets_its_403_not_a_broken_pipe(daemon: Daemon,
+                                                       transport: str) -> None:
+    # The server refuses after the head while the client is still sending
+    # the body; closing at once would reset the connection under the client.
+    conn = daemon.https() if transport == "https" else daemon.unix()
+    conn.request("PUT", "/images/no-such-ticket", body=b"x" * (8 * MiB))
+    resp = conn.getresponse()
+    assert resp.status == 403
+    assert resp.read() == b"No such ticket\n"
+    conn.close()
+
+
+# Malformed requests: 400 and the connection stays usable.
+
+
+@pytest.mark.parametrize("method,headers,body,names", [
+    ("PUT", {"Content-Range": "bytes 0-9/*", "Content-Length": "5"}, b"abcde",
+     b"Content-Range"),
+    ("PUT", {"Content-Range": "bytes 9-0/*", "Content-Length": "5"}, b"abcde",
+     b"Content-Range"),
+    ("PUT", {"Content-Range": "bytes=0-4", "Content-Length": "5"}, b"abcde",
+     b"Content-Range"),
+    ("PUT", {"Content-Length": "5x"}, b"", b"Content-Length"),
+    ("GET", {"Range": "bytes=abc"}, b"", b"Range"),
+    ("GET", {"Range": "bytes=0-1,5-6"}, b"", b"Range"),
+    ("GET", {"Range": "bytes=9-1"}, b"", b"Range"),
+    ("GET", {"Range": "pages=0-1"}, b"", b"Range"),
+])
+def test_malformed_request_is_400_naming_the_header(
+        daemon: Daemon, method: str, headers: dict[str, str], body: bytes,
+        names: bytes) -> None:
+    ticket_id, path = daemon.add_ticket(size=MiB)
+    sock = daemon.raw_unix()
+    resp, text = send(sock, method, f"/images/{ticket_id}", headers, body)
+    assert resp.status == 400
+    assert names in text
+    if "Content-Length" in headers and headers["Content-Length"].isdigit():
+        assert still_open(sock, ticket_id)
+    sock.close()
+    assert path.read_bytes() == b"\0" * MiB
+
+
+def test_put_without_length_is_411(daemon: Daemon) -> None:
+    ticket_id, _ = daemon.add_ticket(size=MiB)
+    sock = daemon.raw_unix()
+    resp, _ = send(sock, "PUT", f"/images/{ticket_id}")
+    assert resp.status == 411
+    assert still_open(sock, ticket_id)
+    sock.close()
+
+
+@pytest.mark.parametrize("headers", [
+    {"Content-Length": str(MiB + 1)},
+    {"Content-Range": f"bytes {MiB - 2}-{MiB}/*", "Content-Length": "3"},
+])
+def test_put_beyond_ticket_size_is_416(daemon: Daemon, headers: dict[str, str]) -> None:
+    ticket_id, path = daemon.add_ticket(size=MiB)
+    sock = daemon.raw_unix()
+    # Only the head: the server must answer without waiting for the body.
+    resp, _ = send(sock, "PUT", f"/images/{ticket_id}", headers)
+    sock.close()
+    assert resp.status == 416
+    assert resp.getheader("Content-Range") == f"bytes */{MiB}"
+    assert path.stat().st_size == MiB
+
+
+# Oversized input: refused before it is read.
+
+
+def test_oversized_patch_body_is_413_without_reading_it(daemon: Daemon) -> None:
+    ticket_id, _ = daemon.add_ticket(size=MiB)
+    sock = daemon.raw_tls(timeout=5)
+    # The 10 MB body is never sent: the reply must not wait for it.
+    resp, body = send(sock, "PATCH", f"/images/{ticket_id}",
+                      {"Content-Type": "application/json",
+                       "Content-Length": str(10 * 1000**2)})
+    assert resp.status == 413
+    assert b"4096" in body
+    assert closed_by_server(sock)
+    sock.close()
+
+
+def test_oversized_patch_body_needs_authorization_first(daemon: Daemon) -> None:
+    sock = daemon.raw_unix(timeout=5)
+    resp, _ = send(sock, "PATCH", "/images/no-such-ticket",
+                   {"Content-Type": "application/json", "Content-Length": "10000000"})
+    sock.close()
+    assert resp.status == 403
+
+
+def test_oversized_chunked_patch_body_is_413(daemon: Daemon) -> None:
+    ticket_id, _ = daemon.add_ticket(size=MiB)
+    sock = daemon.raw_unix(timeout=5)
+    chunk = b"x" * 5000
+    resp, _ = send(sock, "PATCH", f"/images/{ticket_id}",
+                   {"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+                   b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    sock.close()
+    assert resp.status == 413
+
+
+@pytest.mark.parametrize("extra", [
+    {f"X-Flood-{i}": "y" * 50 for i in range(1000)},  # many headers
+    {"X-Huge": "y" * 100_000},  # one huge header
+])
+def test_header_flood_is_431(daemon: Daemon, extra: dict[str, str]) -> None:
+    sock = daemon.raw_tls()
+    lines = ["GET /images/whatever HTTP/1.1", "Host: localhost"]
+    lines += [f"{k}: {v}" for k, v in extra.items()]
+    try:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    except OSError:
+        pass  # the reply must survive even if the server stopped reading
+    resp, _ = read_reply(sock)
+    assert resp.status == 431
+    assert closed_by_server(sock)
+    sock.close()
+
+
+def test_many_headers_below_limit_are_accepted(daemon: Daemon) -> None:
+    ticket_id, _ = daemon.add_ticket(size=MiB)
+    sock = daemon.raw_unix()
+    resp, _ = send(sock, "OPTIONS", f"/images/{ticket_id}",
+                   {f"X-Extra-{i}": "y" * 100 for i in range(90)})
+    sock.close()
+    assert resp.status == 200
+
+
+# Slow and silent clients.
+
+
+def test_silent_tls_client_does_not_delay_others(daemon: Daemon) -> None:
+    ticket_id, _ = daemon.add_ticket(size=MiB, data=b"hello")
+    silent = [daemon.raw_tcp() for _ in range(3)]  # connect, never handshake
+    try:
+        start = time.monotonic()
+        conn = daemon.https(timeout=5)
+        conn.request("GET", f"/images/{ticket_id}", headers={"Range": "bytes=0-4"})
+        resp = conn.getresponse()
+        assert resp.read() == b"hello"
+        conn.close()
+        assert time.monotonic() - start < 2.0
+    finally:
+        for s in silent:
+            s.close()
+
+
+def test_incomplete_request_head_is_closed_after_header_timeout(make_daemon) -> None:  # type: ignore[no-untyped-def]
+    daemon = make_daemon(http={"header_timeout": 1})
+    partial = daemon.raw_unix()
+    partial.sendall(b"GET /images/x HTTP/1.1\r\nHost: loc")
+    dripping = daemon.raw_tls()
+    start = time.monotonic()
+    # One byte at a time never lets a per-recv timeout fire.
+    for b in b"GET /images/x HTTP/1.1\r\nX-Slow: 12345678":
+        try:
+            dripping.sendall(bytes([b]))
+        except OSError:
+            break
+        time.sleep(0.1)
+        if time.monotonic() - start > 4:
+            break
+    assert closed_by_server(dripping, timeout=3)
+    assert time.monotonic() - start < 5
+    assert closed_by_server(partial, timeout=0.5)
+    partial.close()
+    dripping.close()
+
+
+def test_silent_connections_are_closed_after_their_deadlines(make_daemon) -> None:  # type: ignore[no-untyped-def]
+    daemon = make_daemon(http={"header_timeout": 1}, tls={"handshake_timeout": 1})
+    tls_silent = daemon.raw_tcp()  # not even a TLS handshake
+    unix_silent = daemon.raw_unix()
+    start = time.monotonic()
+    assert closed_by_server(unix_silent, timeout=4)
+    assert closed_by_server(tls_silent, timeout=4)
+    assert time.monotonic() - start < 4
+    tls_silent.close()
+    unix_silent.close()
+
+
+# Per-ticket connection limits.
+
+
+def test_second_writer_gets_503_while_first_holds_its_slot(make_daemon) -> None:  # type: ignore[no-untyped-def]
+    daemon = make_daemon(http={"max_writers": 1, "max_readers": 1})
+    ticket_id, _ = daemon.add_ticket(size=MiB)
+    first = daemon.raw_unix()
+    resp, _ = send(first, "PUT", f"/images/{ticket_id}", {"Content-Length": "3"}, b"abc")
+    assert resp.status == 200
+    second = daemon.raw_tls()
+    resp, body = send(second, "PUT", f"/images/{ticket_id}", {"Content-Length": "3"},
+                      b"xyz")
+    assert resp.status == 503
+    assert b"writer" in body and b"limit 1" in body
+    assert resp.getheader("Retry-After") is not None
+    second.close()
+    # A reader slot is separate from the writer slot.
+    reader = daemon.raw_unix()
+    resp, _ = send(reader, "GET", f"/images/{ticket_id}", {"Range": "bytes=0-2"})
+    assert resp.status == 206
+    reader.close()
+    # The slot is free once the first writer goes away.
+    first.close()
+    deadline = time.monotonic() + 5
+    while True:
+        third = daemon.raw_unix()
+        resp, _ = send(third, "PUT", f"/images/{ticket_id}", {"Content-Length": "3"},
+                       b"xyz")
+        third.close()
+        if resp.status != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert resp.status == 200
+
+
+def test_options_advertise_configured_limits(make_daemon) -> None:  # type: ignore[no-untyped-def]
+    daemon = make_daemon(http={"max_writers": 1, "max_readers": 3})
+    ticket_id, _ = daemon.add_ticket(size=MiB)
+    conn = daemon.unix()
+    conn.request("OPTIONS", f"/images/{ticket_id}")
+    body = json.loads(conn.getresponse().read())
+    conn.close()
+    assert (body["max_readers"], body["max_writers"]) == (3, 1)
+
+
+# The control channel through the real daemon.
+
+
+def test_control_garbage_is_parse_error(daemon: Daemon) -> None:
+    reply = daemon.control.send_line(b"{this is not json")
+    assert reply["error"]["code"] == -32700
+    # The connection survives a garbage line.
+    assert daemon.result("Ticket.list") is not None
+
+
+def test_ticket_without_size_is_invalid_params_naming_size(daemon: Daemon) -> None:
+    ticket = {"uuid": "no-size", "ops": ["read"], "timeout": 300,
+              "url": (daemon.images / "x").as_uri(), "transfer_id": "t-no-size"}
+    reply = daemon.call("Ticket.add", ticket=ticket)
+    assert reply["error"]["code"] == -32602
+    assert "size" in json.dumps(reply["error"].get("data"))
+
+
+def test_concurrent_requests_on_many_connections(daemon: Daemon) -> None:
+    ticket_id, _ = daemon.add_ticket(size=MiB, data=b"\x07" * MiB, ops=("read",))
+    results: list[bytes] = []
+
+    def read() -> None:
+        conn = daemon.unix()
+        conn.request("GET", f"/images/{ticket_id}")
+        results.append(conn.getresponse().read())
+        conn.close()
+
+    threads = [threading.Thread(target=read) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results == [b"\x07" * MiB] * 6
