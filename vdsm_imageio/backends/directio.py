@@ -93,8 +93,11 @@ def open_aligned(path: str, flags: int) -> tuple[int, int]:
             raise
         return os.open(path, flags | os.O_CLOEXEC), 1
     try:
-        if stat.S_ISBLK(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISBLK(mode):
             return fd, device_sector_size(fd)
+        if not stat.S_ISREG(mode):
+            return fd, 1  # Not an image: the caller refuses it.
         block_size = probe_block_size(fd)
     except BaseException:
         os.close(fd)

@@ -49,6 +49,7 @@ def open_file(path: str, *, mode: str, sparse: bool) -> FileBackend:
     try:
         device_size = _device_size(fd)
     except BaseException:
+        log.error("OPEN failed path=%s mode=%s", path, mode)
         os.close(fd)
         raise
     if block_size == 1:
@@ -125,7 +126,7 @@ class FileBackend:
             return os.fstat(self._checked_fd()).st_size
 
     def buffer(self, size: int) -> memoryview:
-        return directio.aligned_buffer(size, max(self._block_size, 1))
+        return directio.aligned_buffer(size, self._block_size)
 
     def readinto(self, offset: int, buf: memoryview) -> int:
         self._checked_fd()
