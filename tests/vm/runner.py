@@ -1,0 +1,210 @@
+"""Run tests/vm inside one throwaway guest (the VM lane).
+
+The host kernel has no device-mapper and cannot run the sanlock daemon,
+so LVM, device-mapper, sanlock and systemd-udevd are tested in a guest:
+Debian's distribution kernel booted by virtme-ng under qemu in software
+emulation, with the host file system shared read-only as the guest's root
+(the guest writes to its own tmpfs-backed /tmp, /run and /var).
+
+    python tests/vm/runner.py [PYTEST-ARGS...]     # on the host
+
+boots the guest, which runs this file again with ``--guest``: that half
+loads dm_mod and loop, starts systemd-udevd and the sanlock daemon, runs
+``pytest tests/vm`` with ``VDSM_IMAGEIO_VM=1`` and prints one marker line
+``VM-LANE-EXIT rc=N``. The host half streams the guest's output and exits
+with the guest's pytest exit code; without the marker the guest did not
+boot or did not finish, which exits with BOOT_FAILED.
+
+Environment: VDSM_IMAGEIO_VM_KERNEL picks the kernel (default: the newest
+/boot/vmlinuz-* whose modules are installed), VDSM_IMAGEIO_VM_TIMEOUT the
+limit in seconds for the whole guest session (default 600).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+GUEST_ENV = "VDSM_IMAGEIO_VM"
+MARKER = "VM-LANE-EXIT"
+MARKER_RE = re.compile(rf"^{MARKER} rc=(\d+)$", re.M)
+# Distinct from pytest's exit codes 0-5.
+BOOT_FAILED = 100
+SETUP_FAILED = 101
+TIMED_OUT = 102
+MEMORY = "2G"
+CPUS = "2"
+
+
+# Host side.
+
+
+def find_kernel() -> Path:
+    override = os.environ.get("VDSM_IMAGEIO_VM_KERNEL")
+    if override:
+        return Path(override)
+    found = []
+    for image in Path("/boot").glob("vmlinuz-*"):
+        release = image.name.removeprefix("vmlinuz-")
+        # virtme-ng shares the host's /lib/modules: the guest needs dm_mod.
+        if Path("/lib/modules", release, "modules.dep").exists():
+            found.append((_version_key(release), image))
+    if not found:
+        raise SystemExit(
+            "no /boot/vmlinuz-* with modules installed; "
+            "install the Debian package linux-image-amd64"
+        )
+    return max(found)[1]
+
+
+def _version_key(release: str) -> list[int]:
+    return [int(n) for n in re.findall(r"\d+", release)]
+
+
+def vng_command(kernel: Path, pytest_args: list[str]) -> list[str]:
+    guest = [sys.executable, str(Path(__file__).resolve()), "--guest", *pytest_args]
+    return [
+        str(Path(sys.executable).parent / "vng"),
+        "--run", str(kernel),
+        "--disable-kvm",  # KVM does not work on the hosts we run on.
+        "--memory", MEMORY,
+        "--cpus", CPUS,
+        "--user", "root",
+        "--cwd", str(REPO),
+        "--exec", shlex.join(guest),
+    ]
+
+
+def run_host(pytest_args: list[str]) -> int:
+    timeout = float(os.environ.get("VDSM_IMAGEIO_VM_TIMEOUT", "600"))
+    kernel = find_kernel()
+    cmd = vng_command(kernel, pytest_args)
+    env = dict(os.environ)
+    # vng runs virtme-run from PATH; both live in the virtual environment.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    print(f"VM lane: booting {kernel} (software emulation)", flush=True)
+    start = time.monotonic()
+    # Own session: on timeout we stop vng and the qemu it started, by group.
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
+    )
+    output: list[str] = []
+    try:
+        assert proc.stdout is not None
+        _stream(proc, output, start + timeout)
+        proc.wait(timeout=max(1.0, start + timeout - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        print(f"VM lane: guest still running after {timeout:.0f}s, stopping it",
+              flush=True)
+        _stop(proc)
+        return TIMED_OUT
+    finally:
+        _stop(proc)
+    marker = MARKER_RE.search("".join(output))
+    elapsed = time.monotonic() - start
+    if marker is None:
+        print(f"VM lane: guest failed to boot or to finish (vng exit "
+              f"{proc.returncode}, {elapsed:.0f}s)", flush=True)
+        return BOOT_FAILED
+    print(f"VM lane: guest finished in {elapsed:.0f}s", flush=True)
+    return int(marker.group(1))
+
+
+def _stream(proc: subprocess.Popen[str], output: list[str], deadline: float) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        output.append(line)
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        if time.monotonic() > deadline:
+            raise subprocess.TimeoutExpired(proc.args, 0)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    proc.wait()
+
+
+# Guest side.
+
+
+def run_guest(pytest_args: list[str]) -> int:
+    try:
+        setup_guest()
+    except (subprocess.CalledProcessError, OSError) as e:
+        print(f"VM lane: guest setup failed: {e}", flush=True)
+        return SETUP_FAILED
+    env = dict(os.environ, **{GUEST_ENV: "1"})
+    # The shared root is read-only: no bytecode or cache writes.
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    cmd = [sys.executable, "-m", "pytest", "tests/vm", "-p", "no:cacheprovider",
+           *pytest_args]
+    try:
+        return subprocess.run(cmd, cwd=REPO, env=env, check=False).returncode
+    finally:
+        teardown_guest()
+
+
+def setup_guest() -> None:
+    start = time.monotonic()
+    _sh("modprobe", "dm_mod")
+    _sh("modprobe", "loop")
+    _sh("/lib/systemd/systemd-udevd", "--daemon")
+    _sh("udevadm", "trigger", "--action=add")
+    _sh("udevadm", "settle", "--timeout=60")
+    os.makedirs("/run/sanlock", exist_ok=True)
+    # -w 0: no watchdog device in the guest; leases still work.
+    _sh("sanlock", "daemon", "-w", "0")
+    _wait_for_sanlock(deadline=time.monotonic() + 30)
+    print(f"VM lane: guest ready in {time.monotonic() - start:.1f}s "
+          f"(kernel {os.uname().release})", flush=True)
+
+
+def _wait_for_sanlock(deadline: float) -> None:
+    # The daemon forks before it listens; its socket is the readiness signal.
+    while True:
+        probe = subprocess.run(["sanlock", "client", "status"],
+                               capture_output=True, check=False)
+        if probe.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise subprocess.CalledProcessError(
+                probe.returncode, probe.args, probe.stdout, probe.stderr)
+        time.sleep(0.2)
+
+
+def teardown_guest() -> None:
+    subprocess.run(["sanlock", "shutdown", "-f", "1"], check=False,
+                   capture_output=True)
+    subprocess.run(["udevadm", "control", "--exit"], check=False,
+                   capture_output=True)
+
+
+def _sh(*argv: str) -> None:
+    subprocess.run(argv, check=True)
+
+
+def main() -> int:
+    args = sys.argv[1:]
+    if args[:1] == ["--guest"]:
+        rc = run_guest(args[1:])
+        print(f"{MARKER} rc={rc}", flush=True)
+        return rc
+    return run_host(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
