@@ -3,9 +3,11 @@
 SYSTEM_PYTHON := /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Debian packages the service and its tests need; the VM lane adds its own below.
+# Debian packages the service and its tests need (gcc and python3-dev build
+# ovirt-imageio's C extension for the compatibility lane).
 APT_PACKAGES := python3-venv python3-pip python3-sanlock python3-libnbd python3-pyudev \
-	qemu-utils curl util-linux openssl
+	qemu-utils curl util-linux e2fsprogs openssl \
+	gcc python3-dev
 PIP_PACKAGES := pytest pytest-timeout mypy ruff
 LOCAL_DIR ?= ./var
 

@@ -17,6 +17,7 @@ STATUS: tuple[tuple[type[e.ImageioError], int], ...] = (
     (e.BadRequest, 400),
     (e.InvalidParam, 400),
     (e.NotFound, 404),
+    (e.UnsupportedContext, 404),
     (e.MethodNotAllowed, 405),
     (e.LengthRequired, 411),
     (e.PayloadTooLarge, 413),
