@@ -169,6 +169,31 @@ def test_malformed_request_is_400_naming_the_header(
     assert path.read_bytes() == b"\0" * MiB
 
 
+def test_chunked_body_longer_than_content_range_is_400_and_not_written(
+        daemon: Daemon) -> None:
+    ticket_id, path = daemon.add_ticket(size=MiB)
+    sock = daemon.raw_unix()
+    resp, text = send(sock, "PUT", f"/images/{ticket_id}",
+                      {"Content-Range": "bytes 0-4/*", "Transfer-Encoding": "chunked"},
+                      b"a\r\n0123456789\r\n0\r\n\r\n")
+    sock.close()
+    assert resp.status == 400
+    assert b"Content-Range" in text
+    assert path.read_bytes()[:16] == b"\0" * 16
+
+
+def test_chunked_body_shorter_than_content_range_is_400(daemon: Daemon) -> None:
+    ticket_id, _ = daemon.add_ticket(size=MiB)
+    sock = daemon.raw_unix()
+    resp, text = send(sock, "PUT", f"/images/{ticket_id}",
+                      {"Content-Range": "bytes 0-9/*", "Transfer-Encoding": "chunked"},
+                      b"3\r\nabc\r\n0\r\n\r\n")
+    assert resp.status == 400
+    assert b"got 3 bytes" in text
+    assert still_open(sock, ticket_id)
+    sock.close()
+
+
 def test_put_without_length_is_411(daemon: Daemon) -> None:
     ticket_id, _ = daemon.add_ticket(size=MiB)
     sock = daemon.raw_unix()
@@ -191,6 +216,48 @@ def test_put_beyond_ticket_size_is_416(daemon: Daemon, headers: dict[str, str]) 
     assert resp.status == 416
     assert resp.getheader("Content-Range") == f"bytes */{MiB}"
     assert path.stat().st_size == MiB
+
+
+# Expect: 100-continue (curl sends it for uploads over 1 MiB).
+
+
+def test_expect_continue_gets_100_before_the_body(daemon: Daemon) -> None:
+    ticket_id, path = daemon.add_ticket(size=MiB)
+    sock = daemon.raw_tls(timeout=5)
+    sock.sendall(f"PUT /images/{ticket_id} HTTP/1.1\r\nHost: x\r\n"
+                 "Content-Length: 5\r\nExpect: 100-continue\r\n\r\n".encode())
+    # curl waits a second for this before sending the body anyway.
+    sock.settimeout(0.9)
+    interim = b""
+    while not interim.endswith(b"\r\n\r\n"):
+        got = sock.recv(1)
+        assert got
+        interim += got
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    sock.settimeout(5)
+    sock.sendall(b"hello")
+    resp, _ = read_reply(sock, "PUT")
+    assert resp.status == 200
+    assert still_open(sock, ticket_id)
+    sock.close()
+    assert path.read_bytes()[:5] == b"hello"
+
+
+@pytest.mark.parametrize("target,status", [
+    ("/images/no-such-ticket", 403),
+    ("/images/{ticket_id}?flush=bad", 400),
+])
+def test_refused_request_with_expect_continue_gets_final_status_and_close(
+        daemon: Daemon, target: str, status: int) -> None:
+    ticket_id, path = daemon.add_ticket(size=MiB)
+    sock = daemon.raw_unix(timeout=5)
+    resp, _ = send(sock, "PUT", target.format(ticket_id=ticket_id),
+                   {"Content-Length": "5", "Expect": "100-continue"})
+    assert resp.status == status  # and no 100 before it
+    # The body never came and never will: the server must not wait for it.
+    assert resp.getheader("Connection") == "close"
+    assert closed_by_server(sock)
+    sock.close()
 
 
 # Oversized input: refused before it is read.

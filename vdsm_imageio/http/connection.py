@@ -159,7 +159,7 @@ class Connection:
             self.request = req
             self._origin = req.header("Origin")
             self._close = not req.keep_alive
-            self.body = Body(self._rfile, req, self._peer_error)
+            self.body = Body(self._rfile, req, self._peer_error, self._send_continue)
             self.server.router.dispatch(self, req)
             self._finish_body()
         except (OSError, PeerClosed) as e:
@@ -186,6 +186,10 @@ class Connection:
         if self.body is None or self.body.done:
             return
         if self._close:
+            return
+        if self.body.awaiting_continue:
+            # Neither side knows whether the body will come: start afresh.
+            self._close = True
             return
         # A handler that replied without reading the whole body leaves the
         # stream out of sync; drop a small rest, else close.
@@ -221,6 +225,8 @@ class Connection:
         """Whether the unread body is known and small enough to drop."""
         if self.body is None:
             return True
+        if self.body.awaiting_continue:
+            return False
         left = self.body.left
         return left is not None and left <= MAX_DRAIN
 
@@ -242,6 +248,9 @@ class Connection:
             lines.append("Connection: close")
         self._head_sent = True
         self.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
+    def _send_continue(self) -> None:
+        self.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def sendall(self, data: bytes | memoryview) -> None:
         try:

@@ -120,7 +120,7 @@ class Images:
                   length, start, flush, ticket.transfer_id)
         backend = conn.backend(ticket)
         with ticket.operation(start, length if length is not None else size - start) as op:
-            written = self._receive(conn, ticket, op, start, size)
+            written = self._receive(conn, ticket, op, start, length)
             if length is not None and written != length:
                 raise BadRequest(field="body",
                                  reason=f"got {written} bytes, Content-Range says {length}")
@@ -129,18 +129,25 @@ class Images:
         conn.reply(200)
 
     def _receive(self, conn: Connection, ticket: Ticket, op: Operation,
-                 start: int, size: int) -> int:
+                 start: int, length: int | None) -> int:
+        """Write the body at start, never past its range or the ticket."""
         assert conn.body is not None
         backend = conn.backend(ticket)
         buf = conn.buffer()
+        size = ticket.spec.size
+        end = size if length is None else start + length
         offset = start
         while not conn.body.done:
-            n = conn.body.readinto(buf[:min(len(buf), size - offset + 1)])
+            # One byte more than allowed tells a long body from an exact one.
+            n = conn.body.readinto(buf[:min(len(buf), end - offset + 1)])
             if n == 0:
                 break
-            if offset + n > size:
-                # Only a chunked body of unknown length can get here.
-                raise RangeNotSatisfiable(size=size)
+            if offset + n > end:
+                # Only a chunked body can get here: its length was not known.
+                if length is None:
+                    raise RangeNotSatisfiable(size=size)
+                raise BadRequest(field="body",
+                                 reason=f"longer than the {length} bytes of Content-Range")
             backend.write(offset, buf[:n])
             offset += n
             ticket.progress(op, n)

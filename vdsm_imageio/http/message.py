@@ -50,6 +50,12 @@ class Request:
     def has_body(self) -> bool:
         return self.chunked or bool(self.content_length)
 
+    @property
+    def expects_continue(self) -> bool:
+        """RFC 7231 section 5.1.1: the client waits for 100 before the body."""
+        expect = (self.header("Expect") or "").strip().lower()
+        return self.version == "1.1" and expect == "100-continue" and self.has_body
+
 
 def read_head(rfile: Any, limit: int) -> Request | None:
     """The next request head, or None if the peer closed between requests."""
@@ -148,17 +154,27 @@ class Body:
     """The body of one request; reads never cross into the next request."""
 
     def __init__(self, rfile: Any, request: Request,
-                 on_error: Callable[[OSError], Exception]) -> None:
+                 on_error: Callable[[OSError], Exception],
+                 on_continue: Callable[[], None] | None = None) -> None:
         self._rfile = rfile
         self._chunked = request.chunked
         self._left = request.content_length or 0
         self._chunk_left = 0
         self._done = not request.has_body
         self._on_error = on_error
+        # The interim 100 goes out when a handler first reads: by then the
+        # request was authorized and checked, and a refused request gets its
+        # final status without the client ever sending the body.
+        self._on_continue = on_continue if request.expects_continue else None
 
     @property
     def done(self) -> bool:
         return self._done
+
+    @property
+    def awaiting_continue(self) -> bool:
+        """The client may be holding the body back until it gets a 100."""
+        return self._on_continue is not None
 
     @property
     def left(self) -> int | None:
@@ -169,6 +185,9 @@ class Body:
 
     def readinto(self, buf: memoryview) -> int:
         """Fill buf as far as the body goes; 0 only at the end of the body."""
+        if self._on_continue is not None:
+            send_continue, self._on_continue = self._on_continue, None
+            send_continue()
         filled = 0
         while filled < len(buf) and not self._done:
             n = self._read_some(buf[filled:])
