@@ -227,3 +227,19 @@ def test_status_shows_connections_and_idle_time(daemon: Daemon) -> None:
     while daemon.status(ticket_id)["connections"] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert daemon.status(ticket_id)["connections"] == 0
+
+
+def test_daemon_stops_promptly_during_a_slow_download(make_daemon) -> None:  # type: ignore[no-untyped-def]
+    daemon = make_daemon()
+    ticket_id, _ = daemon.add_ticket(size=GiB, ops=("read",))
+    sock = daemon.raw_tls()
+    sock.sendall(f"GET /images/{ticket_id} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head, _ = read_head(sock)
+    assert head.startswith(b"HTTP/1.1 200")
+    start = time.monotonic()
+    assert daemon.stop(), "the daemon did not exit in time after SIGTERM"
+    assert daemon.proc.returncode == 0
+    assert time.monotonic() - start < 5
+    _, eof = drain(sock, time.monotonic() + 5)
+    sock.close()
+    assert eof

@@ -420,6 +420,85 @@ def test_options_advertise_configured_limits(make_daemon) -> None:  # type: igno
     assert (body["max_readers"], body["max_writers"]) == (3, 1)
 
 
+def test_connections_past_max_connections_are_closed_at_once(make_daemon) -> None:  # type: ignore[no-untyped-def]
+    daemon = make_daemon(http={"max_connections": 2})
+    ticket_id, _ = daemon.add_ticket(size=MiB)
+    held = [daemon.raw_unix(), daemon.raw_unix()]
+    for sock in held:
+        assert still_open(sock, ticket_id)
+    extra = daemon.raw_unix()
+    assert closed_by_server(extra, timeout=2)
+    extra.close()
+    for sock in held:
+        sock.close()
+    # Room again once the held connections are gone.
+    deadline = time.monotonic() + 5
+    while True:
+        sock = daemon.raw_unix()
+        try:
+            ok = still_open(sock, ticket_id)
+        except (OSError, http.client.HTTPException):
+            ok = False
+        sock.close()
+        if ok or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert ok
+
+
+def test_pipelined_requests_are_answered_in_order(daemon: Daemon) -> None:
+    ticket_id, _ = daemon.add_ticket(size=MiB, data=b"0123456789")
+    sock = daemon.raw_unix()
+    sock.sendall(b"".join(
+        f"GET /images/{ticket_id} HTTP/1.1\r\nHost: x\r\nRange: bytes={i}-{i}\r\n"
+        f"Connection: {'close' if i == 4 else 'keep-alive'}\r\n\r\n".encode()
+        for i in range(5)))
+    data = b""
+    while got := sock.recv(65536):
+        data += got
+    sock.close()
+    replies = data.split(b"HTTP/1.1 ")[1:]
+    assert [r[:3] for r in replies] == [b"206"] * 5
+    assert [r.rsplit(b"\r\n\r\n", 1)[1] for r in replies] == [b"0", b"1", b"2", b"3", b"4"]
+
+
+def test_http_1_0_request_is_served_and_closed(daemon: Daemon) -> None:
+    ticket_id, _ = daemon.add_ticket(size=MiB, data=b"abc")
+    sock = daemon.raw_unix()
+    sock.sendall(f"GET /images/{ticket_id} HTTP/1.0\r\nRange: bytes=0-2\r\n\r\n".encode())
+    resp, body = read_reply(sock)
+    assert (resp.status, body) == (206, b"abc")
+    assert closed_by_server(sock)
+    sock.close()
+
+
+def test_storage_error_is_500_without_the_path(daemon: Daemon) -> None:
+    ticket_id, path = daemon.add_ticket(size=MiB)
+    path.unlink()
+    sock = daemon.raw_unix()
+    resp, body = send(sock, "GET", f"/images/{ticket_id}")
+    assert resp.status == 500
+    assert str(path).encode() not in body
+    assert str(daemon.dir).encode() not in body
+    assert closed_by_server(sock)
+    sock.close()
+
+
+def test_stalled_upload_is_closed_after_inactivity_timeout(daemon: Daemon) -> None:
+    ticket_id, _ = daemon.add_ticket(size=MiB, inactivity_timeout=1)
+    sock = daemon.raw_unix()
+    sock.sendall(f"PUT /images/{ticket_id} HTTP/1.1\r\nHost: x\r\n"
+                 f"Content-Length: {MiB}\r\n\r\n".encode() + b"x" * 1000)
+    start = time.monotonic()
+    assert closed_by_server(sock, timeout=5)
+    assert time.monotonic() - start < 5
+    sock.close()
+    deadline = time.monotonic() + 5
+    while daemon.status(ticket_id)["active"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert daemon.status(ticket_id)["active"] is False
+
+
 # The control channel through the real daemon.
 
 
