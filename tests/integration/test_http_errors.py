@@ -249,7 +249,7 @@ def test_expect_continue_gets_100_before_the_body(daemon: Daemon) -> None:
 ])
 def test_refused_request_with_expect_continue_gets_final_status_and_close(
         daemon: Daemon, target: str, status: int) -> None:
-    ticket_id, path = daemon.add_ticket(size=MiB)
+    ticket_id, _ = daemon.add_ticket(size=MiB)
     sock = daemon.raw_unix(timeout=5)
     resp, _ = send(sock, "PUT", target.format(ticket_id=ticket_id),
                    {"Content-Length": "5", "Expect": "100-continue"})
