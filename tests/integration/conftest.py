@@ -241,13 +241,18 @@ def _ini(conf: dict[str, dict[str, Any]]) -> str:
 
 def _stop(d: Daemon) -> None:
     clean = d.stop()
+    log = d.log()
     # Shown by pytest only when the test failed.
-    sys.stdout.write(f"--- daemon log ({d.dir}) ---\n{d.log()[-20000:]}")
-    if clean:
-        d.remove()
-    else:
+    sys.stdout.write(f"--- daemon log ({d.dir}) ---\n{log[-20000:]}")
+    if not clean:
         pytest.fail(f"daemon pid {d.proc.pid} did not exit within {STOP_TIMEOUT}s "
                     f"of SIGTERM; log kept in {d.dir}")
+    if d.proc.returncode != 0:
+        pytest.fail(f"daemon exited with {d.proc.returncode}; log kept in {d.dir}")
+    # An unexpected exception is a bug even when the client got its answer.
+    if "Traceback" in log:
+        pytest.fail(f"daemon logged a traceback; log kept in {d.dir}")
+    d.remove()
 
 
 @pytest.fixture(scope="module")
