@@ -31,6 +31,7 @@ class Daemon:
     user: str = _opt("", "drop privileges to this user after binding (empty: stay)")
     group: str = _opt("", "drop privileges to this group after binding (empty: stay)")
     remove_timeout: float = _opt(30.0, "seconds Ticket.remove waits for requests to stop before TicketBusy")
+    expired_ticket_grace: float = _opt(0.0, "seconds an expired ticket stays before it is removed; 0 keeps it until vdsm removes it, as vdsm expects")
     drop_privileges: bool = _opt(False, "whether to switch to user/group after binding")
 
 
@@ -68,6 +69,7 @@ class Http:
     max_header_bytes: int = _opt(16 * 1024, "request head limit; larger heads get 431")
     max_json_body: int = _opt(4096, "PATCH body limit; larger bodies get 413 unread")
     default_inactivity_timeout: int = _opt(60, "idle seconds before an authorized connection closes")
+    progress_interval: float = _opt(1.0, "seconds between Ticket.progress notifications of a moving ticket; bounds the event rate")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from .http.extents import Extents
 from .http.images import WRITE_FEATURES, Images
 from .http.router import Router, route
 from .http.server import Server, tcp_listener, unix_listener
+from .monitor import Monitor, MonitorThread
 from .tickets import Registry, Ticket
 from .ticketspec import TicketSpec
 
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 class ControlPlane(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
+    def publish(self, name: str, params: dict[str, Any]) -> None: ...
 
 
 ControlFactory = Callable[[Registry, str, Callable[[], dict[str, Any]]], ControlPlane]
@@ -69,6 +71,10 @@ class Services:
         self.tls_port: int | None = None
         factory = control_factory or _control_factory()
         self.control = factory(self.registry, config.control.socket, self.info)
+        self.monitor = Monitor(self.registry, clock=clock,
+                               progress_interval=config.http.progress_interval,
+                               expired_ticket_grace=config.daemon.expired_ticket_grace)
+        self.monitor_thread = MonitorThread(self.monitor, self.publish)
 
     def start(self) -> None:
         cfg = self.config
@@ -85,11 +91,17 @@ class Services:
         self.server.start()
         Path(cfg.control.socket).parent.mkdir(parents=True, exist_ok=True)
         self.control.start()
+        self.monitor_thread.start()
 
     def stop(self) -> None:
+        self.monitor_thread.stop()
         self.registry.cancel_all()
         self.server.stop()
         self.control.stop()
+
+    def publish(self, name: str, params: dict[str, Any]) -> None:
+        """Notify control-channel subscribers (Volume.lost comes from storage)."""
+        self.control.publish(name, params)
 
     @property
     def data_url(self) -> str | None:

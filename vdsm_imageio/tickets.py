@@ -198,6 +198,15 @@ class Ticket:
         with self._cond:
             return not self._ops and self._clock() >= self._activity + self._timeout
 
+    def idle_since(self) -> float | None:
+        """Clock time of the last activity, None while a request runs.
+
+        The monitor needs the exact start of an idle period (status() shows
+        whole seconds) to report inactivity and expiry once per period.
+        """
+        with self._cond:
+            return None if self._ops else self._activity
+
     def authorize(self, op: str) -> None:
         self.check_canceled()
         if not self.spec.allows(op):
