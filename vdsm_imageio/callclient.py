@@ -1,11 +1,21 @@
 """``vdsm-imageio call``: send one JSON-RPC request to the control socket.
 
     vdsm-imageio call [--socket PATH] [-f FILE|-] METHOD [name=value ...]
+    vdsm-imageio call [--socket PATH] --subscribe [EVENT ...]
 
 A value that parses as JSON is sent as JSON (``timeout=300`` is a number,
 ``ops='["read"]'`` a list); anything else is a string. Quote a string that
 looks like JSON: ``uuid='"123"'``. ``-f`` reads a JSON object of params
 from a file or stdin; name=value pairs override its keys.
+
+``--subscribe`` calls ``Events.subscribe`` and prints each notification
+as one JSON line until interrupted (SIGINT exits 0).
+
+``--help`` lists the verbs from ``VERBS`` below, a copy of the control
+plane's method table kept as data: help must work while the service is
+down, and this package never imports ``verbs`` (the dependency points the
+other way). A test holds the copy equal to the methods and signatures the
+control plane registers.
 
 Exit status: 0 with the result as JSON on stdout, 1 with ``error CODE:
 MESSAGE`` on stderr when the service answers with an error, 2 when the
@@ -32,6 +42,41 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 2
 
 
+@dataclass(frozen=True)
+class Verb:
+    method: str
+    params: tuple[str, ...]
+    summary: str
+    optional: tuple[str, ...] = ()
+
+    def usage(self) -> str:
+        names = [*self.params, *(f"[{p}]" for p in self.optional)]
+        return " ".join([self.method, *names])
+
+
+VERBS = (
+    Verb("Ticket.add", ("ticket",), "add a ticket (a JSON object); its status"),
+    Verb("Ticket.extend", ("uuid", "timeout"), "new timeout in seconds, also when expired; status"),
+    Verb("Ticket.remove", ("uuid",), "cancel running requests, remove; true (also if unknown)"),
+    Verb("Ticket.status", ("uuid",), "the ticket's status"),
+    Verb("Ticket.list", (), "the status of every ticket"),
+    Verb("Host.add_image_ticket", ("ticket",), "vdsm's Ticket.add; true"),
+    Verb("Host.extend_image_ticket", ("uuid", "timeout"), "vdsm's Ticket.extend; true"),
+    Verb("Host.get_image_ticket", ("uuid",), "vdsm's Ticket.status"),
+    Verb("Host.remove_image_ticket", ("uuid",), "vdsm's Ticket.remove; true"),
+    Verb("Service.info", (), "version, features, data URL, unix socket, uptime, counts"),
+    Verb("Events.subscribe", (), "notifications on this connection (see --subscribe)",
+         optional=("events",)),
+)
+EVENTS = (
+    ("Ticket.progress", "uuid, transfer_id, transferred, size, active"),
+    ("Ticket.inactive", "uuid, idle_time"),
+    ("Ticket.expired", "uuid, transfer_id"),
+    ("Ticket.removed", "uuid, transfer_id"),
+    ("Volume.lost", "uuid, device, action"),
+)
+
+
 class UsageError(Exception):
     pass
 
@@ -45,6 +90,8 @@ class Call:
     socket: str
     method: str
     params: dict[str, Any]
+    # Keep reading notifications after the reply (--subscribe).
+    stream: bool = False
 
 
 def parse_value(text: str) -> Any:
@@ -65,6 +112,14 @@ def parse_args(
     argv: list[str], stdin: TextIO, default_socket: str = DEFAULT_SOCKET,
 ) -> Call:
     args = _parser(default_socket).parse_args(argv)
+    if args.subscribe is not None:
+        if args.method or args.params or args.file:
+            raise UsageError("--subscribe takes no METHOD, params or -f")
+        params = {"events": args.subscribe} if args.subscribe else {}
+        return Call(socket=args.socket, method="Events.subscribe", params=params,
+                    stream=True)
+    if args.method is None:
+        raise UsageError("METHOD is required (see --help)")
     params = _read_params(args.file, stdin) if args.file else {}
     given: set[str] = set()
     for arg in args.params:
@@ -99,6 +154,32 @@ def send(call: Call, timeout: float = REPLY_TIMEOUT) -> dict[str, Any]:
     if not isinstance(response, dict) or response.get("id") != 1:
         raise ProtocolError(f"unexpected reply: {reply[:200]!r}")
     return response
+
+
+def stream(call: Call, out: TextIO, err: TextIO, timeout: float = REPLY_TIMEOUT) -> int:
+    """Send call, then print every notification as a JSON line until EOF."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(call.socket)
+        sock.sendall(request_line(call))
+        with sock.makefile("rb") as reader:
+            while line := reader.readline(MAX_REPLY):
+                if not line.endswith(b"\n"):
+                    raise ProtocolError("notification too long or cut short")
+                try:
+                    message = json.loads(line)
+                except ValueError as e:
+                    raise ProtocolError(f"not JSON: {e}") from None
+                if not isinstance(message, dict):
+                    raise ProtocolError(f"unexpected message: {line[:200]!r}")
+                if "id" not in message:
+                    # Notifications may come before the reply.
+                    print(json.dumps(message), file=out, flush=True)
+                elif "error" in message:
+                    return report(message, out, err)
+                else:
+                    sock.settimeout(None)  # subscribed: wait for events forever
+    raise ProtocolError("the service closed the connection")
 
 
 def report(response: dict[str, Any], out: TextIO, err: TextIO) -> int:
@@ -136,7 +217,11 @@ def main(
     except SystemExit as e:  # argparse printed the usage
         return EXIT_USAGE if e.code else EXIT_OK
     try:
+        if call.stream:
+            return stream(call, stdout, stderr)
         return report(send(call), stdout, stderr)
+    except KeyboardInterrupt:
+        return EXIT_OK  # how a subscriber stops listening
     except (OSError, ProtocolError) as e:
         print(f"vdsm-imageio call: cannot call {call.method} on {call.socket}: {e}",
               file=stderr)
@@ -146,18 +231,32 @@ def main(
 def _parser(default_socket: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vdsm-imageio call",
-        description="Call a method of the vdsm-imageio control channel.")
+        description="Call a method of the vdsm-imageio control channel.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_verbs_help())
     parser.add_argument(
         "--socket", default=default_socket,
         help="control socket (default %(default)s)")
     parser.add_argument(
         "-f", dest="file", metavar="FILE",
         help="read a JSON object of params from FILE, or stdin for '-'")
-    parser.add_argument("method", metavar="METHOD", help="e.g. Ticket.status")
+    parser.add_argument(
+        "--subscribe", nargs="*", metavar="EVENT",
+        help="print notifications (all, or the EVENTs named) as JSON lines until ^C")
+    parser.add_argument("method", metavar="METHOD", nargs="?", help="e.g. Ticket.status")
     parser.add_argument(
         "params", metavar="name=value", nargs="*",
         help="a param; a value that parses as JSON is sent as JSON")
     return parser
+
+
+def _verbs_help() -> str:
+    width = max(len(v.usage()) for v in VERBS) + 2
+    lines = ["methods (params as name=value):"]
+    lines += [f"  {v.usage():<{width}}{v.summary}" for v in VERBS]
+    lines += ["", "events (--subscribe EVENT ...; params):"]
+    lines += [f"  {name:<{width}}{fields}" for name, fields in EVENTS]
+    return "\n".join(lines)
 
 
 def _read_params(path: str, stdin: TextIO) -> dict[str, Any]:
