@@ -341,6 +341,18 @@ def test_silent_tls_client_does_not_delay_others(daemon: Daemon) -> None:
             s.close()
 
 
+def test_plain_http_on_the_tls_port_is_closed_and_harmless(daemon: Daemon) -> None:
+    ticket_id, _ = daemon.add_ticket(size=MiB, data=b"ok")
+    sock = daemon.raw_tcp()
+    sock.sendall(b"GET /images/x HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert closed_by_server(sock)
+    sock.close()
+    conn = daemon.https()
+    conn.request("GET", f"/images/{ticket_id}", headers={"Range": "bytes=0-1"})
+    assert conn.getresponse().read() == b"ok"
+    conn.close()
+
+
 def test_incomplete_request_head_is_closed_after_header_timeout(make_daemon) -> None:  # type: ignore[no-untyped-def]
     daemon = make_daemon(http={"header_timeout": 1})
     partial = daemon.raw_unix()
