@@ -8,7 +8,9 @@ backend only by itself.
 
 To add a backend or a storage, write a context manager that yields a Target
 and add it to TARGETS (with the marks it needs); ``backend_factory`` runs
-every conformance test on it.
+every conformance test on it. What a storage can do (holes) selects the
+tests that look at it: ``hole_factory`` and ``solid_factory`` split the
+targets by capability, so no test is skipped for lack of one.
 """
 
 from __future__ import annotations
@@ -17,19 +19,24 @@ import contextlib
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import nbd
 import pytest
 
+from storage.qemu_nbd import QemuNbd
 from vdsm_imageio.backends import Backend
 from vdsm_imageio.backends.file import open_file
+from vdsm_imageio.backends.nbd import open_nbd
 
 from .images import MiB
 
 IMAGE_SIZE = 8 * MiB
+QCOW2_CLUSTER = 64 * 1024  # qemu-img's default
 CMD_TIMEOUT = 60
 
 # The repository's .cache (ignored by git) is on a disk; pytest's tmp_path
@@ -54,6 +61,13 @@ class Target:
     path: str | None = None
     # Zeroing with punch_hole deallocates, and SEEK_HOLE reports holes.
     holes: bool = False
+    # (zero, hole) that extents report for a range zeroed with punch_hole
+    # on a sparse backend: a hole on files, allocated zeros in a qcow2
+    # (qemu keeps a zero cluster), plain data where nothing detects zeros.
+    zeroed: tuple[bool, bool] = (False, False)
+    # A write into a zeroed range turns whole units into data (qemu fills a
+    # qcow2 cluster with zeros rather than keep part of it a zero cluster).
+    cluster: int = 4096
 
 
 @dataclass
@@ -131,6 +145,25 @@ def file_opener(path: str) -> Callable[[str, bool], Backend]:
     return lambda mode, sparse: open_file(path, mode=mode, sparse=sparse)
 
 
+def nbd_opener(url: str) -> Callable[[str, bool], Backend]:
+    return lambda mode, sparse: open_nbd(url, mode=mode, sparse=sparse, dirty=False)
+
+
+def read_nbd(url: str) -> Callable[[int, int], bytes]:
+    """Reads through a plain libnbd connection of its own, not a backend."""
+    socket_path = url.removeprefix("nbd:unix:")
+
+    def read_back(offset: int, length: int) -> bytes:
+        h = nbd.NBD()
+        h.connect_unix(socket_path)
+        try:
+            return bytes(h.pread(min(length, h.get_size() - offset), offset))
+        finally:
+            h.shutdown()
+
+    return read_back
+
+
 # Session-wide storage: one directory per run, file systems mounted once.
 
 
@@ -138,6 +171,14 @@ def file_opener(path: str) -> Callable[[str, bool], Backend]:
 def cache_dir() -> Iterator[str]:
     path = os.path.abspath(os.path.join(CACHE_DIR, "tests", uuid.uuid4().hex))
     os.makedirs(path)
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.fixture(scope="session")
+def socket_dir() -> Iterator[str]:
+    """Short paths for unix sockets (sun_path holds 107 bytes)."""
+    path = tempfile.mkdtemp(prefix="vdsm-nbd-")
     yield path
     shutil.rmtree(path)
 
@@ -184,7 +225,7 @@ def file_target(
         yield Target(
             name=name, size=IMAGE_SIZE, open=file_opener(path),
             read_back=read_file(path), growable=True, block_size=block_size,
-            path=path, holes=holes,
+            path=path, holes=holes, zeroed=(True, True) if holes else (False, False),
         )
     finally:
         os.unlink(path)
@@ -203,6 +244,41 @@ def loop_target(name: str, directory: str, *, sector_size: int) -> Iterator[Targ
             )
     finally:
         os.unlink(backing)
+
+
+@contextlib.contextmanager
+def nbd_raw_target(name: str, directory: str, socket_dir: str, *,
+                   holes: bool = True) -> Iterator[Target]:
+    """qemu-nbd serving a raw file: the file is there to look at."""
+    path = make_image(directory)
+    server = QemuNbd(path, "raw", os.path.join(socket_dir, f"{uuid.uuid4().hex}.sock"))
+    try:
+        with server:
+            yield Target(
+                name=name, size=IMAGE_SIZE, open=nbd_opener(server.url),
+                read_back=read_file(path), growable=False, block_size=1,
+                path=path, holes=holes,
+                zeroed=(True, True) if holes else (False, False),
+            )
+    finally:
+        os.unlink(path)
+
+
+@contextlib.contextmanager
+def nbd_qcow2_target(name: str, directory: str, socket_dir: str) -> Iterator[Target]:
+    """qemu-nbd serving a qcow2 image; its guest data is seen through NBD only."""
+    path = os.path.join(directory, f"{uuid.uuid4().hex}.qcow2")
+    run("qemu-img", "create", "-q", "-f", "qcow2", path, str(IMAGE_SIZE))
+    server = QemuNbd(path, "qcow2", os.path.join(socket_dir, f"{uuid.uuid4().hex}.sock"))
+    try:
+        with server:
+            yield Target(
+                name=name, size=IMAGE_SIZE, open=nbd_opener(server.url),
+                read_back=read_nbd(server.url), growable=False, block_size=1,
+                zeroed=(True, False), cluster=QCOW2_CLUSTER,
+            )
+    finally:
+        os.unlink(path)
 
 
 TargetMaker = Callable[[pytest.FixtureRequest], contextlib.AbstractContextManager[Target]]
@@ -226,19 +302,42 @@ TARGETS: dict[str, TargetMaker] = {
     "loop-4k": lambda r: loop_target(
         "loop-4k", r.getfixturevalue("cache_dir"), sector_size=4096
     ),
+    "nbd-raw": lambda r: nbd_raw_target(
+        "nbd-raw", r.getfixturevalue("cache_dir"), r.getfixturevalue("socket_dir")
+    ),
+    # qemu-nbd with cache=none on 4096-byte sectors: qemu aligns, not us.
+    "nbd-raw-4k": lambda r: nbd_raw_target(
+        "nbd-raw-4k", r.getfixturevalue("ext4_4k_dir"), r.getfixturevalue("socket_dir")
+    ),
+    # No O_DIRECT: qemu-nbd runs with its writeback cache.
+    "nbd-raw-ramfs": lambda r: nbd_raw_target(
+        "nbd-raw-ramfs", r.getfixturevalue("ramfs_dir"), r.getfixturevalue("socket_dir"),
+        holes=False,
+    ),
+    "nbd-qcow2": lambda r: nbd_qcow2_target(
+        "nbd-qcow2", r.getfixturevalue("cache_dir"), r.getfixturevalue("socket_dir")
+    ),
 }
 
 FILE_TARGETS = [name for name in TARGETS if name.startswith("file")]
 DEVICE_TARGETS = [name for name in TARGETS if name.startswith("loop")]
+NBD_TARGETS = [name for name in TARGETS if name.startswith("nbd")]
+# Capabilities, as the targets declare them (_factory checks the two agree).
+HOLE_TARGETS = ["file", "file-prealloc", "file-4k", "file-tmpfs", "nbd-raw", "nbd-raw-4k"]
+SOLID_TARGETS = [name for name in TARGETS if name not in HOLE_TARGETS]
+UNPRIVILEGED = ("file", "file-prealloc", "nbd-raw", "nbd-qcow2")
 
 
 def _param(name: str) -> Any:
-    unprivileged = name in ("file", "file-prealloc")
-    return pytest.param(name, marks=[] if unprivileged else [pytest.mark.loop])
+    return pytest.param(name, marks=[] if name in UNPRIVILEGED else [pytest.mark.loop])
 
 
-def _factory(request: pytest.FixtureRequest) -> Iterator[BackendFactory]:
+def _factory(request: pytest.FixtureRequest, *,
+             holes: bool | None = None) -> Iterator[BackendFactory]:
     with TARGETS[request.param](request) as target:
+        if holes is not None:
+            # A capability list out of step with the target fails loudly.
+            assert (target.holes and target.path is not None) == holes, target.name
         factory = BackendFactory(target)
         try:
             yield factory
@@ -260,4 +359,21 @@ def file_factory(request: pytest.FixtureRequest) -> Iterator[BackendFactory]:
 
 @pytest.fixture(params=[_param(name) for name in DEVICE_TARGETS])
 def device_factory(request: pytest.FixtureRequest) -> Iterator[BackendFactory]:
+    yield from _factory(request)
+
+
+@pytest.fixture(params=[_param(name) for name in HOLE_TARGETS])
+def hole_factory(request: pytest.FixtureRequest) -> Iterator[BackendFactory]:
+    """Targets whose backing file gets holes where zero() punches them."""
+    yield from _factory(request, holes=True)
+
+
+@pytest.fixture(params=[_param(name) for name in SOLID_TARGETS])
+def solid_factory(request: pytest.FixtureRequest) -> Iterator[BackendFactory]:
+    """Targets without holes to look at: devices, ramfs, qcow2 clusters."""
+    yield from _factory(request, holes=False)
+
+
+@pytest.fixture(params=[_param(name) for name in NBD_TARGETS])
+def nbd_factory(request: pytest.FixtureRequest) -> Iterator[BackendFactory]:
     yield from _factory(request)

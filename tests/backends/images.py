@@ -6,7 +6,7 @@ import ctypes
 import os
 import random
 
-from vdsm_imageio.backends import Backend
+from vdsm_imageio.backends import Backend, ZeroExtent
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -54,3 +54,14 @@ def holes(path: str) -> list[tuple[int, int]]:
     finally:
         os.close(fd)
     return runs
+
+
+def joined(extents: list[ZeroExtent]) -> list[ZeroExtent]:
+    """Expected extents with neighbours of one kind joined, as backends report them."""
+    out: list[ZeroExtent] = []
+    for e in extents:
+        if out and (out[-1].zero, out[-1].hole) == (e.zero, e.hole):
+            last = out.pop()
+            e = ZeroExtent(last.start, last.length + e.length, zero=e.zero, hole=e.hole)
+        out.append(e)
+    return out

@@ -11,7 +11,7 @@ from vdsm_imageio.backends import ZeroExtent
 from vdsm_imageio.errors import BackendError, StorageReadOnly
 
 from .conftest import BackendFactory
-from .images import KiB, MiB, address, allocated, holes, pattern, read, write
+from .images import KiB, MiB, address, allocated, holes, joined, pattern, read, write
 
 
 def test_size_is_image_size(backend_factory: BackendFactory) -> None:
@@ -162,11 +162,10 @@ def test_zero_reads_back_as_zeros(
     assert backend.size == backend_factory.target.size
 
 
-def test_zero_with_punch_hole_leaves_a_hole(backend_factory: BackendFactory) -> None:
-    path = backend_factory.target.path
-    if path is None or not backend_factory.target.holes:
-        pytest.skip("storage has no holes")
-    backend = backend_factory(sparse=True)
+def test_zero_with_punch_hole_leaves_a_hole(hole_factory: BackendFactory) -> None:
+    path = hole_factory.target.path
+    assert path is not None
+    backend = hole_factory(sparse=True)
     write(backend, 0, pattern(4 * MiB))
     backend.flush()
     before = allocated(path)
@@ -177,18 +176,38 @@ def test_zero_with_punch_hole_leaves_a_hole(backend_factory: BackendFactory) -> 
 
 @pytest.mark.parametrize("sparse, punch_hole", [(True, False), (False, True)])
 def test_zero_keeps_allocation_unless_punching_is_allowed(
-    backend_factory: BackendFactory, sparse: bool, punch_hole: bool
+    hole_factory: BackendFactory, sparse: bool, punch_hole: bool
 ) -> None:
-    path = backend_factory.target.path
-    if path is None or not backend_factory.target.holes:
-        pytest.skip("storage has no holes")
-    backend = backend_factory(sparse=sparse)
+    path = hole_factory.target.path
+    assert path is not None
+    backend = hole_factory(sparse=sparse)
     write(backend, 0, pattern(4 * MiB))
     backend.flush()
     before = allocated(path)
     backend.zero(MiB, 2 * MiB, punch_hole=punch_hole)
     assert allocated(path) >= before
     assert read(backend, MiB, 2 * MiB) == bytes(2 * MiB)
+
+
+@pytest.mark.parametrize("sparse, punch_hole", [(True, True), (True, False), (False, True)])
+def test_zero_on_storage_without_holes_reads_zeros_and_leaves_no_hole(
+    solid_factory: BackendFactory, sparse: bool, punch_hole: bool
+) -> None:
+    target = solid_factory.target
+    backend = solid_factory(sparse=sparse)
+    write(backend, 0, pattern(4 * MiB))
+    backend.flush()
+    before = allocated(target.path) if target.path else None
+    backend.zero(MiB, 2 * MiB, punch_hole=punch_hole)
+    assert read(backend, 0, 4 * MiB)[MiB : 3 * MiB] == bytes(2 * MiB)
+    assert target.read_back(MiB, 2 * MiB) == bytes(2 * MiB)
+    zero, hole = target.zeroed
+    assert not hole
+    assert list(backend.extents("zero", MiB, 2 * MiB)) == [
+        ZeroExtent(MiB, 2 * MiB, zero=zero, hole=hole)
+    ]
+    if target.path is not None and before is not None:
+        assert allocated(target.path) >= before
 
 
 def test_zero_of_nothing_changes_nothing(backend_factory: BackendFactory) -> None:
@@ -211,44 +230,46 @@ def test_extents_cover_the_image_once(backend_factory: BackendFactory) -> None:
         assert (a.zero, a.hole) != (b.zero, b.hole), "adjacent extents not merged"
 
 
-def test_extents_report_data_and_holes(backend_factory: BackendFactory) -> None:
-    if not backend_factory.target.holes:
-        pytest.skip("storage has no holes")
+def test_extents_report_data_and_zeroed_ranges(backend_factory: BackendFactory) -> None:
+    """Zeroed ranges are holes on files; storage without holes says what it can."""
     backend = backend_factory(sparse=True)
     size = backend.size
     backend.zero(0, size, punch_hole=True)
     for start, length in [(0, 64 * KiB), (MiB, 128 * KiB), (5 * MiB, 4 * KiB)]:
         write(backend, start, pattern(length))
+    zero, hole = backend_factory.target.zeroed
+    # The third write is smaller than a qcow2 cluster.
+    tail = 5 * MiB + max(4 * KiB, backend_factory.target.cluster)
 
     def data(start: int, end: int) -> ZeroExtent:
         return ZeroExtent(start, end - start, zero=False, hole=False)
 
-    def hole(start: int, end: int) -> ZeroExtent:
-        return ZeroExtent(start, end - start, zero=True, hole=True)
+    def zeroed(start: int, end: int) -> ZeroExtent:
+        return ZeroExtent(start, end - start, zero=zero, hole=hole)
 
-    assert list(backend.extents("zero", 0, size)) == [
+    assert list(backend.extents("zero", 0, size)) == joined([
         data(0, 64 * KiB),
-        hole(64 * KiB, MiB),
+        zeroed(64 * KiB, MiB),
         data(MiB, MiB + 128 * KiB),
-        hole(MiB + 128 * KiB, 5 * MiB),
-        data(5 * MiB, 5 * MiB + 4 * KiB),
-        hole(5 * MiB + 4 * KiB, size),
-    ]
+        zeroed(MiB + 128 * KiB, 5 * MiB),
+        data(5 * MiB, tail),
+        zeroed(tail, size),
+    ])
     # Clipped to the range asked for: starting in data, ending in data.
-    assert list(backend.extents("zero", 32 * KiB, MiB)) == [
+    assert list(backend.extents("zero", 32 * KiB, MiB)) == joined([
         data(32 * KiB, 64 * KiB),
-        hole(64 * KiB, MiB),
+        zeroed(64 * KiB, MiB),
         data(MiB, MiB + 32 * KiB),
-    ]
-    # Starting and ending inside one hole.
+    ])
+    # Starting and ending inside one zeroed range.
     assert list(backend.extents("zero", 2 * MiB, 1000)) == [
-        hole(2 * MiB, 2 * MiB + 1000)
+        zeroed(2 * MiB, 2 * MiB + 1000)
     ]
     # Clipped to the image size.
-    assert list(backend.extents("zero", 5 * MiB + 1, 2 * size)) == [
-        data(5 * MiB + 1, 5 * MiB + 4 * KiB),
-        hole(5 * MiB + 4 * KiB, size),
-    ]
+    assert list(backend.extents("zero", 5 * MiB + 1, 2 * size)) == joined([
+        data(5 * MiB + 1, tail),
+        zeroed(tail, size),
+    ])
 
 
 def test_extents_from_end_of_image_are_empty(backend_factory: BackendFactory) -> None:

@@ -1,0 +1,262 @@
+"""One qemu-nbd server per volume, on a unix socket.
+
+Lifecycle: created -> started (serving, pid known) -> stopped. ``start``
+either leaves a server that accepts connections or raises VolumeError with
+qemu-nbd's stderr and leaves nothing running; ``stop`` always ends with the
+process reaped and the socket gone, escalating from SIGTERM to SIGKILL.
+
+The server is shared by every connection of every ticket on the volume
+(``--shared``) and outlives its clients (``--persistent``). Writes bypass
+the host page cache (``--cache=none``) for the same reason the file backend
+uses O_DIRECT: the volume is on shared storage. File systems that refuse
+O_DIRECT get qemu's default writeback cache instead of a failed start.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from types import TracebackType
+from typing import IO
+
+import nbd
+
+from vdsm_imageio.backends import directio
+from vdsm_imageio.errors import VolumeError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("raw", "qcow2")
+# Connections one server accepts: the HTTP server opens one per client
+# connection, and clients use up to 4 per transfer.
+SHARED = 8
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+# sockaddr_un.sun_path, including the terminating NUL (unix(7)).
+_SUN_PATH_MAX = 107
+_POLL_INTERVAL = 0.01
+
+
+class QemuNbd:
+    """A qemu-nbd serving one image; ``url`` is what a ticket's url takes."""
+
+    def __init__(
+        self, image: str, fmt: str, socket_path: str, *, read_only: bool = False,
+        bitmap: str | None = None, export_name: str = "",
+        sd_id: str = "-", vol_id: str | None = None,
+        start_timeout: float = START_TIMEOUT, stop_timeout: float = STOP_TIMEOUT,
+    ) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+        self.image = image
+        self.fmt = fmt
+        self.socket_path = socket_path
+        self.read_only = read_only
+        self.bitmap = bitmap
+        self.export_name = export_name
+        # Only for error messages: the caller knows the volume, we know a path.
+        self._sd_id = sd_id
+        self._vol_id = vol_id or os.path.basename(image)
+        self._start_timeout = start_timeout
+        self._stop_timeout = stop_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
+
+    def __enter__(self) -> QemuNbd:
+        self.start()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        url = f"nbd:unix:{self.socket_path}"
+        return f"{url}:exportname={self.export_name}" if self.export_name else url
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def command(self, *, direct: bool) -> list[str]:
+        """The qemu-nbd argv; direct says whether the image accepts O_DIRECT."""
+        argv = [
+            "qemu-nbd", "--persistent", f"--shared={SHARED}", f"--format={self.fmt}",
+            f"--socket={self.socket_path}", f"--export-name={self.export_name}",
+        ]
+        # aio=native needs O_DIRECT; without it qemu uses its thread pool.
+        argv += ["--cache=none", "--aio=native"] if direct else ["--cache=writeback"]
+        if self.fmt == "qcow2":
+            # Tells "unallocated in this image" from "allocated zeros"; on raw
+            # it would report every hole as allocated.
+            argv.append("--allocation-depth")
+        if self.bitmap is not None:
+            argv.append(f"--bitmap={self.bitmap}")
+        if self.read_only:
+            argv.append("--read-only")
+        else:
+            # Lets zero requests of sparse tickets punch holes; qemu-nbd
+            # ignores discard by default.
+            argv.append("--discard=unmap")
+        argv.append(self.image)
+        return argv
+
+    def start(self) -> None:
+        if self._proc is not None:
+            raise RuntimeError("qemu-nbd already started")
+        self._check_socket_path()
+        argv = self.command(direct=self._direct_io_works())
+        self._stderr = tempfile.TemporaryFile()
+        try:
+            self._proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=self._stderr, close_fds=True,
+            )
+        except OSError as e:
+            self._close_stderr()
+            raise self._error("serve", f"cannot run qemu-nbd: {e.strerror}") from e
+        log.info("START qemu-nbd pid=%d image=%s format=%s socket=%s argv=%s",
+                 self._proc.pid, self.image, self.fmt, self.socket_path, argv)
+        try:
+            self._wait_until_serving(self._proc)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop the server and reap it; safe to call again or before start."""
+        proc, self._proc = self._proc, None
+        try:
+            if proc is not None:
+                self._terminate(proc)
+        finally:
+            self._close_stderr()
+            self._remove_socket()
+
+    # Starting.
+
+    def _check_socket_path(self) -> None:
+        if len(os.fsencode(self.socket_path)) > _SUN_PATH_MAX:
+            raise self._error(
+                "serve", f"socket path longer than {_SUN_PATH_MAX} bytes: {self.socket_path}"
+            )
+        if _accepts(self.socket_path):
+            # qemu-nbd would unlink it and take over: two servers on one volume.
+            raise self._error("serve", f"another server listens on {self.socket_path}")
+        self._remove_socket()
+        os.makedirs(os.path.dirname(self.socket_path) or ".", exist_ok=True)
+
+    def _direct_io_works(self) -> bool:
+        try:
+            fd, block_size = directio.open_aligned(self.image, os.O_RDONLY)
+        except OSError as e:
+            raise self._error("serve", f"cannot open {self.image}: {e.strerror}") from e
+        os.close(fd)
+        return block_size > 1
+
+    def _wait_until_serving(self, proc: subprocess.Popen[bytes]) -> None:
+        # qemu-nbd says nothing when it is ready: retry an NBD handshake (a
+        # bare connect makes it log a failed negotiation) and watch its exit.
+        deadline = time.monotonic() + self._start_timeout
+        while not _negotiates(self.socket_path, self.export_name):
+            try:
+                status = proc.wait(_POLL_INTERVAL)
+            except subprocess.TimeoutExpired:
+                if time.monotonic() > deadline:
+                    raise self._error(
+                        "serve", f"qemu-nbd not listening after {self._start_timeout}s"
+                        + self._stderr_suffix()
+                    ) from None
+                continue
+            raise self._error(
+                "serve", f"qemu-nbd exited with status {status}" + self._stderr_suffix()
+            )
+        log.info("SERVING qemu-nbd pid=%d socket=%s", proc.pid, self.socket_path)
+
+    # Stopping.
+
+    def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(self._stop_timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("KILL qemu-nbd pid=%d: no exit %.1fs after SIGTERM",
+                            proc.pid, self._stop_timeout)
+                proc.kill()
+                try:
+                    proc.wait(self._stop_timeout)
+                except subprocess.TimeoutExpired:
+                    raise self._error(
+                        "stop serving", f"qemu-nbd pid {proc.pid} survived SIGKILL"
+                    ) from None
+        # SIGTERM is how we stop it: a clean exit after it is not an error.
+        status = proc.returncode
+        if status not in (0, -signal.SIGTERM, -signal.SIGKILL):
+            log.warning("STOPPED qemu-nbd pid=%d status=%s%s",
+                        proc.pid, status, self._stderr_suffix())
+        else:
+            log.info("STOPPED qemu-nbd pid=%d status=%s", proc.pid, status)
+
+    def _remove_socket(self) -> None:
+        try:
+            if stat.S_ISSOCK(os.lstat(self.socket_path).st_mode):
+                os.unlink(self.socket_path)
+        except FileNotFoundError:
+            pass
+
+    # Plumbing.
+
+    def _stderr_suffix(self) -> str:
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        text = self._stderr.read().decode(errors="replace").strip()[-2000:]
+        return f": {text}" if text else ""
+
+    def _close_stderr(self) -> None:
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    def _error(self, action: str, reason: str) -> VolumeError:
+        log.error("QEMU-NBD %s failed image=%s socket=%s reason=%s",
+                  action.upper(), self.image, self.socket_path, reason)
+        return VolumeError(action=action, sd_id=self._sd_id, vol_id=self._vol_id,
+                           reason=reason)
+
+
+def _negotiates(path: str, export_name: str) -> bool:
+    """True if an NBD server completes a handshake on the unix socket path."""
+    h = nbd.NBD()
+    h.set_export_name(export_name)
+    try:
+        h.connect_unix(path)
+    except nbd.Error:
+        return False
+    h.shutdown()
+    return True
+
+
+def _accepts(path: str) -> bool:
+    """True if a server accepts connections on the unix socket path."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK):
+            return False
+        raise
+    finally:
+        sock.close()
+    return True
