@@ -87,7 +87,7 @@ class BadRequest(ImageioError):
 
 
 class NotFound(ImageioError):
-    template = "No resource at {path}"
+    template = "{reason}"
 
 
 class MethodNotAllowed(ImageioError):

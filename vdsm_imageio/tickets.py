@@ -18,6 +18,9 @@ Rules:
 - A connection is attached as a reader or a writer; the counts are bounded
   by ``max_readers`` and ``max_writers``. A reader that writes becomes a
   writer.
+- An injected guard (the ``before_*`` hooks) may veto ``add`` and the first
+  ``remove``: a vetoed add leaves no ticket, a vetoed remove leaves the
+  ticket live and not canceled.
 - Time comes from an injected monotonic clock.
 """
 
@@ -49,6 +52,12 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 Listener = Callable[[str, "Ticket"], None]
+# Called with "add" or "remove" before the registry changes; raising vetoes.
+Guard = Callable[[str, "Ticket"], None]
+
+
+# Connection kinds, weakest first: a connection only ever moves up.
+_RANK = {"peek": 0, "read": 1, "write": 2}
 
 
 class Attachment(Protocol):
@@ -153,11 +162,18 @@ class Ticket:
     # Connections.
 
     def attach(self, conn: Attachment, kind: str, limit: int) -> None:
-        """Attach conn as kind ("read" or "write"), or upgrade it to a writer."""
+        """Attach conn as kind, or upgrade it (peek < read < write).
+
+        A "peek" connection (OPTIONS, extents) is counted and aborted on
+        cancel like the others but takes no reader or writer slot.
+        """
         with self._cond:
             self._check_canceled()
             current = self._attached.get(conn)
-            if current == kind or current == "write":
+            if current is not None and _RANK[current] >= _RANK[kind]:
+                return
+            if kind == "peek":
+                self._attached[conn] = kind
                 return
             count = sum(1 for k in self._attached.values() if k == kind)
             if count >= limit:
@@ -257,12 +273,14 @@ class Registry:
         default_inactivity_timeout: int,
         resolve_url: Callable[[TicketSpec], str] | None = None,
         release: Callable[[TicketSpec], None] | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self._clock = clock
         self._remove_timeout = remove_timeout
         self._default_inactivity = default_inactivity_timeout
         self._resolve_url = resolve_url or _url_only
         self._release = release or (lambda spec: None)
+        self._guard = guard or (lambda action, ticket: None)
         self._lock = threading.Lock()
         self._tickets: dict[str, Ticket] = {}
         self._listeners: list[Listener] = []
@@ -290,6 +308,8 @@ class Registry:
             if diff is not None or existing.canceled:
                 raise TicketConflict(uuid=spec.uuid, field=diff or "canceled")
             return existing
+        # Vetoed before storage is prepared: a refused ticket costs nothing.
+        self._guard("add", Ticket(spec, self._clock, spec.url or ""))
         url = self._resolve_url(spec)
         ticket = Ticket(spec, self._clock, url)
         with self._lock:
@@ -328,6 +348,8 @@ class Registry:
         if ticket is None:
             return
         if not ticket.canceled:
+            # Once canceled, the removal was agreed: a retry is not vetoed.
+            self._guard("remove", ticket)
             log.info("CANCEL transfer=%s running=%d", ticket.transfer_id,
                      ticket.running())
             ticket.cancel()

@@ -264,3 +264,17 @@ def test_listeners_see_add_and_remove(registry):
     registry.add(ticket())
     registry.remove("u1")
     assert seen == [("added", "tr1"), ("canceled", "tr1"), ("removed", "tr1")]
+
+
+def test_peek_connection_is_counted_and_aborted_but_takes_no_slot(registry):
+    t = registry.add(ticket())
+    peek, reader = FakeConn(), FakeConn()
+    t.attach(peek, "peek", 0)
+    t.attach(reader, "read", limit=1)
+    assert t.status().connections == 2
+    # A reader never drops back to peek.
+    t.attach(reader, "peek", 0)
+    with pytest.raises(TooManyConnections):
+        t.attach(FakeConn(), "read", limit=1)
+    registry.remove("u1")
+    assert peek.aborted and reader.aborted

@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 REASONS = {
     200: "OK", 204: "No Content", 206: "Partial Content", 400: "Bad Request",
     403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-    411: "Length Required", 413: "Payload Too Large", 415: "Unsupported Media Type",
-    416: "Range Not Satisfiable", 431: "Request Header Fields Too Large",
+    409: "Conflict", 411: "Length Required", 413: "Payload Too Large",
+    415: "Unsupported Media Type", 416: "Range Not Satisfiable",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error", 503: "Service Unavailable",
 }
 # Unread body bytes we read and drop to keep a connection after an error.
@@ -76,13 +77,22 @@ class Connection:
         except OSError:
             pass
 
-    def bind(self, ticket: Ticket, kind: str) -> None:
-        """Attach to ticket as a reader or writer; enforces the limits."""
+    def bind(self, ticket: Ticket, kind: str | None) -> None:
+        """Use ticket on this connection.
+
+        kind "read" or "write" takes a reader or writer slot (the limits are
+        enforced); None attaches without a slot: OPTIONS and extents take
+        none, because ovirt-imageio's client keeps its first connection, used
+        for those, open beside max_readers data connections.
+        """
         if self.ticket is not ticket:
             self._release_ticket()
         http = self.server.config.http
-        limit = http.max_writers if kind == "write" else http.max_readers
-        ticket.attach(self, kind, limit)
+        if kind is None:
+            ticket.attach(self, "peek", 0)
+        else:
+            limit = http.max_writers if kind == "write" else http.max_readers
+            ticket.attach(self, kind, limit)
         self.ticket = ticket
         ticket.touch()
         # From now on the ticket's inactivity timeout bounds every wait.

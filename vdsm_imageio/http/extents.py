@@ -33,7 +33,7 @@ class Extents:
         if context not in CONTEXTS:
             raise BadRequest(field="context", reason=f"expected zero or dirty, got {context!r}")
         ticket = self._registry.authorize(ticket_id, "read")
-        conn.bind(ticket, "read")
+        conn.bind(ticket, None)
         if context == "dirty" and not ticket.spec.dirty:
             raise NotFound(reason="The ticket does not support dirty extents")
         size = ticket.spec.size

@@ -52,7 +52,7 @@ class Images:
             allow, options["features"] = "OPTIONS,GET,PUT,PATCH", WRITE_FEATURES
         else:
             ticket = self._registry.authorize(ticket_id, "read")
-            conn.bind(ticket, "read")
+            conn.bind(ticket, None)
             writable = ticket.spec.allows("write")
             allow = "OPTIONS,GET,PUT,PATCH" if writable else "OPTIONS,GET"
             options["features"] = WRITE_FEATURES if writable else READ_FEATURES
