@@ -170,3 +170,14 @@ class HookFailed(ImageioError):
     """A ``before_*`` hook vetoed; ``stderr`` carries what it printed."""
 
     template = "Hook {hook!r} vetoed {event} with exit code {status}"
+
+
+# VolumeNotFound (200) says which level of the volume's address is missing.
+
+
+class DomainNotFound(VolumeNotFound):
+    template = "Storage domain {sd_id} not found: {reason}"
+
+
+class ImageNotFound(VolumeNotFound):
+    template = "Image {img_id} not found in storage domain {sd_id}: {reason}"
