@@ -21,6 +21,8 @@ from urllib.parse import unquote, urlsplit
 from . import __version__, tls
 from .backends import Backend
 from .backends.file import open_file
+from .backends.nbd import open_nbd
+from .backends.nbd import parse_url as parse_nbd_url
 from .config import Config, socket_address
 from .errors import BackendError, InvalidTicket
 from .http.extents import Extents
@@ -132,6 +134,8 @@ def resolve_url(spec: TicketSpec) -> str:
     if spec.url is None:
         raise InvalidTicket(field="volume", reason="volume tickets need the storage plane")
     parts = urlsplit(spec.url)
+    if parts.scheme == "nbd":
+        return _resolve_nbd(spec.url)
     if parts.scheme != "file":
         raise InvalidTicket(field="url",
                             reason=f"{parts.scheme} URLs are not supported by this service")
@@ -145,11 +149,27 @@ def resolve_url(spec: TicketSpec) -> str:
     return spec.url
 
 
+def _resolve_nbd(url: str) -> str:
+    try:
+        path, _ = parse_nbd_url(url)
+        st = os.stat(path)
+    except ValueError as e:
+        raise InvalidTicket(field="url", reason=str(e)) from None
+    except OSError as e:
+        raise InvalidTicket(field="url", reason=f"cannot use {e.filename}: {e.strerror}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise InvalidTicket(field="url", reason=f"{path} is not a unix socket")
+    return url
+
+
 def open_backend(ticket: Ticket) -> Backend:
     parts = urlsplit(ticket.url)
+    mode = "rw" if ticket.spec.allows("write") else "r"
+    if parts.scheme == "nbd":
+        return open_nbd(ticket.url, mode=mode, sparse=ticket.spec.sparse,
+                        dirty=ticket.spec.dirty)
     if parts.scheme != "file":
         raise BackendError(reason=f"no backend for {parts.scheme} URLs")
-    mode = "rw" if ticket.spec.allows("write") else "r"
     return open_file(unquote(parts.path), mode=mode, sparse=ticket.spec.sparse)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
 import signal
 import uuid
@@ -507,3 +508,15 @@ def test_merge_joins_equal_neighbours_only() -> None:
         DirtyExtent(15, 5, dirty=True, zero=True),
         DirtyExtent(30, 5, dirty=True, zero=True),
     ]
+
+
+def test_backend_keeps_no_reference_to_caller_buffers(
+    cache_dir: str, serve: ServerMaker, backends: Callable[..., NbdBackend]
+) -> None:
+    backend = backends(serve(make_image(cache_dir)).url)
+    region = mmap.mmap(-1, MiB)
+    view = memoryview(region)
+    assert backend.write(0, view[:8192]) == 8192
+    assert backend.readinto(0, view[:8192]) == 8192
+    view.release()
+    region.close()  # BufferError if a view of it is still exported

@@ -166,10 +166,10 @@ class NbdBackend:
         with self._errors("read", offset, length):
             for pos in range(0, length, self._max_io):
                 n = min(length - pos, self._max_io)
-                # Straight into the caller's buffer; h.pread would copy.
-                cookie = h.aio_pread(nbd.Buffer.from_buffer(buf[pos:pos + n]), offset + pos)
-                while not h.aio_command_completed(cookie):
-                    h.poll(-1)
+                # A copy: libnbd 1.14's aio_pread into nbd.Buffer.from_buffer
+                # never releases the caller's buffer, and the connection's
+                # mmap could then not be closed.
+                buf[pos:pos + n] = h.pread(n, offset + pos)
         return length
 
     def write(self, offset: int, buf: memoryview) -> int:
