@@ -1,0 +1,308 @@
+"""The two daemons under test, started with equivalent configuration.
+
+Both serve TLS on 127.0.0.1 with the same certificates (ours generates
+them in its --local directory on first start; the reference reads them
+from there), plain HTTP on an abstract unix socket (learned from
+``OPTIONS /images/*``), file I/O with the same buffer size, and a control
+channel on a unix socket: JSON-RPC lines for ours, ovirt-imageio's HTTP
+ticket API for the reference. A daemon is ready when ``OPTIONS /images/*``
+over TLS answers, which is also what the startup case measures.
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+IO_TIMEOUT = 60.0
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix socket (a leading NUL means abstract)."""
+
+    def __init__(self, address: str, timeout: float = IO_TIMEOUT) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.address = address
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.address)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Daemon:
+    """One daemon process; subclasses know how to start and control it."""
+
+    name = ""
+    label = ""
+
+    def __init__(self, workdir: Path, *, buffer_size: int, ca: Path | None = None) -> None:
+        self.dir = workdir
+        self.buffer_size = buffer_size
+        self.ca = ca or workdir / "pki" / "ca.pem"
+        self.port = 0
+        self.unix_socket = ""
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.startup_seconds = 0.0
+        self._ssl: ssl.SSLContext | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def data_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/images/"
+
+    def https(self, timeout: float = IO_TIMEOUT) -> http.client.HTTPSConnection:
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context(cafile=str(self.ca))
+        return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout,
+                                           context=self._ssl)
+
+    def unix(self, timeout: float = IO_TIMEOUT) -> UnixHTTPConnection:
+        return UnixHTTPConnection(self.unix_socket, timeout=timeout)
+
+    # Lifecycle.
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        started = time.monotonic()
+        self.proc = self._spawn()
+        self._ssl = None
+        try:
+            options = self._wait_ready()
+            self.startup_seconds = time.monotonic() - started
+            self.unix_socket = options["unix_socket"]
+            self._connect_control()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> float:
+        """SIGTERM; seconds until the process exited (killed after STOP_TIMEOUT)."""
+        self._close_control()
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return 0.0
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return float("inf")
+        return time.monotonic() - started
+
+    def _wait_ready(self) -> dict[str, Any]:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.label} exited with {self.proc.returncode}; "
+                                   f"log in {self.dir}")
+            if self.ca.exists():
+                try:
+                    return self.options_any()
+                except (OSError, http.client.HTTPException):
+                    pass
+            time.sleep(0.01)
+        raise RuntimeError(f"{self.label} not ready in {START_TIMEOUT}s; log in {self.dir}")
+
+    def options_any(self) -> dict[str, Any]:
+        conn = self.https(timeout=2.0)
+        try:
+            conn.request("OPTIONS", "/images/*")
+            resp = conn.getresponse()
+            body = resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"OPTIONS /images/* -> {resp.status}")
+            return dict(json.loads(body))
+        finally:
+            conn.close()
+
+    # Subclass hooks.
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        raise NotImplementedError
+
+    def _connect_control(self) -> None:
+        raise NotImplementedError
+
+    def _close_control(self) -> None:
+        raise NotImplementedError
+
+    def add_ticket(self, ticket: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def remove_ticket(self, ticket_id: str) -> None:
+        raise NotImplementedError
+
+
+class Ours(Daemon):
+    name = "ours"
+    label = "vdsm-imageio"
+
+    def __init__(self, workdir: Path, *, buffer_size: int, program: Path) -> None:
+        super().__init__(workdir, buffer_size=buffer_size)
+        self.program = program
+        self._sock: socket.socket | None = None
+        self._reader: Any = None
+        self._ids = itertools.count(1)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        conf = self.dir / "conf.d"
+        conf.mkdir(parents=True, exist_ok=True)
+        (conf / "50-bench.conf").write_text(f"[http]\nbuffer_size = {self.buffer_size}\n")
+        log = open(self.dir / "daemon.log", "wb")
+        with log:
+            return subprocess.Popen(
+                [str(self.program), "serve", "--local", str(self.dir), "--port",
+                 str(self.port)], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+    def _connect_control(self) -> None:
+        # The data listeners may answer a moment before the control socket.
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(IO_TIMEOUT)
+            try:
+                sock.connect(str(self.dir / "control.sock"))
+                break
+            except OSError:
+                sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        self._sock, self._reader = sock, sock.makefile("rb")
+
+    def _close_control(self) -> None:
+        if self._sock is not None:
+            self._reader.close()
+            self._sock.close()
+            self._sock = None
+
+    def call(self, method: str, **params: Any) -> Any:
+        assert self._sock is not None
+        req_id = next(self._ids)
+        line = json.dumps({"jsonrpc": "2.0", "id": req_id, "method": method,
+                           "params": params})
+        self._sock.sendall(line.encode() + b"\n")
+        reply = json.loads(self._reader.readline())
+        if "error" in reply:
+            raise ControlError(f"{method}: {reply['error']}")
+        return reply["result"]
+
+    def add_ticket(self, ticket: dict[str, Any]) -> None:
+        self.call("Ticket.add", ticket=ticket)
+
+    def remove_ticket(self, ticket_id: str) -> None:
+        self.call("Ticket.remove", uuid=ticket_id)
+
+
+class Theirs(Daemon):
+    name = "theirs"
+    label = "ovirt-imageio 2.5.1"
+
+    def __init__(self, workdir: Path, *, buffer_size: int, program: Path, pki: Path) -> None:
+        super().__init__(workdir, buffer_size=buffer_size, ca=pki / "ca.pem")
+        self.program = program
+        self.pki = pki
+        self._control: UnixHTTPConnection | None = None
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        conf = self.dir / "conf.d"
+        conf.mkdir(parents=True, exist_ok=True)
+        log_file = self.dir / "daemon.log"
+        # An empty [local] socket makes it bind a random abstract name,
+        # which OPTIONS advertises like any other.
+        (conf / "50-bench.conf").write_text(f"""\
+[daemon]
+run_dir = {self.dir / "run"}
+drop_privileges = false
+systemd_enable = false
+
+[tls]
+enable = true
+key_file = {self.pki / "server.key"}
+cert_file = {self.pki / "server.pem"}
+ca_file = {self.pki / "ca.pem"}
+
+[remote]
+host = 127.0.0.1
+port = {self.port}
+
+[local]
+enable = true
+socket =
+
+[control]
+transport = unix
+socket = {self.dir / "control.sock"}
+
+[backend_file]
+buffer_size = {self.buffer_size}
+
+[logger_root]
+level = INFO
+
+[handler_logfile]
+args = ({str(log_file)!r},)
+""")
+        (self.dir / "run").mkdir(exist_ok=True)
+        log_file.unlink(missing_ok=True)
+        err = open(self.dir / "stderr.log", "wb")
+        with err:
+            return subprocess.Popen([str(self.program), "--conf-dir", str(self.dir)],
+                                    stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+
+    def _connect_control(self) -> None:
+        self._control = UnixHTTPConnection(str(self.dir / "control.sock"))
+
+    def _close_control(self) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+
+    def _request(self, method: str, path: str, body: bytes | None = None) -> None:
+        assert self._control is not None
+        self._control.request(method, path, body=body)
+        resp = self._control.getresponse()
+        data = resp.read()
+        if resp.status >= 300:
+            raise ControlError(f"{method} {path.split('/')[1]}: {resp.status} "
+                               f"{data[:200]!r}")
+
+    def add_ticket(self, ticket: dict[str, Any]) -> None:
+        self._request("PUT", f"/tickets/{ticket['uuid']}", json.dumps(ticket).encode())
+
+    def remove_ticket(self, ticket_id: str) -> None:
+        self._request("DELETE", f"/tickets/{ticket_id}")
+
+
+class ControlError(Exception):
+    pass
