@@ -150,11 +150,15 @@ class QemuNbd:
             raise self._error(
                 "serve", f"socket path longer than {_SUN_PATH_MAX} bytes: {self.socket_path}"
             )
-        if _accepts(self.socket_path):
-            # qemu-nbd would unlink it and take over: two servers on one volume.
-            raise self._error("serve", f"another server listens on {self.socket_path}")
-        self._remove_socket()
-        os.makedirs(os.path.dirname(self.socket_path) or ".", exist_ok=True)
+        try:
+            if _accepts(self.socket_path):
+                # qemu-nbd would unlink it and take over: two servers on one volume.
+                raise self._error("serve", f"another server listens on {self.socket_path}")
+            self._remove_socket()
+            os.makedirs(os.path.dirname(self.socket_path) or ".", exist_ok=True)
+        except OSError as e:
+            raise self._error("serve", f"cannot use socket {self.socket_path}: "
+                              f"{e.strerror}") from e
 
     def _direct_io_works(self) -> bool:
         try:

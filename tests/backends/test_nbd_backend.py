@@ -17,7 +17,16 @@ import pytest
 from storage.qemu_nbd import QemuNbd
 from vdsm_imageio.backends import DirtyExtent, ZeroExtent
 from vdsm_imageio.backends.nbd import NbdBackend, open_nbd, parse_url
-from vdsm_imageio.backends.nbdstatus import Run, intersect, merge, runs
+from vdsm_imageio.backends.nbdstatus import (
+    ALLOCATION,
+    DEPTH,
+    Run,
+    dirty_extent,
+    intersect,
+    merge,
+    runs,
+    zero_extent,
+)
 from vdsm_imageio.errors import (
     BackendError,
     StorageReadOnly,
@@ -520,3 +529,42 @@ def test_backend_keeps_no_reference_to_caller_buffers(
     assert backend.readinto(0, view[:8192]) == 8192
     view.release()
     region.close()  # BufferError if a view of it is still exported
+
+
+def test_start_with_unusable_socket_directory_fails(cache_dir: str) -> None:
+    not_a_dir = make_image(cache_dir)
+    server = QemuNbd(make_image(cache_dir), "raw", os.path.join(not_a_dir, "f.sock"))
+    with pytest.raises(VolumeError, match="cannot use socket"):
+        server.start()
+    assert server.pid is None
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ((0, 1), (False, False)),  # data allocated in this image
+    ((3, 1), (True, False)),  # a zero cluster
+    ((3, 0), (True, True)),  # unallocated everywhere
+    ((0, 2), (False, True)),  # a backing file's data
+])
+def test_allocation_depth_decides_holes(
+    flags: tuple[int, int], expected: tuple[bool, bool]
+) -> None:
+    ext = zero_extent(Run(0, 512, flags), [ALLOCATION, DEPTH])
+    assert (ext.zero, ext.hole) == expected
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ((0,), (False, False)), ((2,), (True, False)), ((3,), (True, True)),
+])
+def test_without_depth_base_allocation_decides_holes(
+    flags: tuple[int], expected: tuple[bool, bool]
+) -> None:
+    ext = zero_extent(Run(0, 512, flags), [ALLOCATION])
+    assert (ext.zero, ext.hole) == expected
+
+
+def test_dirty_extent_takes_zero_from_base_allocation() -> None:
+    bitmap = "qemu:dirty-bitmap:b"
+    assert dirty_extent(Run(8, 4, (1, 3)), [bitmap, ALLOCATION]) == DirtyExtent(
+        8, 4, dirty=True, zero=True)
+    assert dirty_extent(Run(8, 4, (0, 0)), [bitmap, ALLOCATION]) == DirtyExtent(
+        8, 4, dirty=False, zero=False)

@@ -4,7 +4,8 @@ Each backend owns one NBD connection, as each HTTP connection owns one
 backend, so several clients of a transfer use several NBD connections (the
 server must allow it: qemu-nbd ``--shared``). Requests are split at the
 server's maximum request size; alignment is the server's business (qemu-nbd
-advertises a minimum block size of 1 and does its own read-modify-write).
+advertises a minimum block size of 1 and does its own read-modify-write; a
+server asking for more gets unaligned requests refused by libnbd).
 
 Extents come from NBD block status (NBD protocol, "Metadata querying"):
 ``base:allocation`` says where the image reads as zeros; qemu's
@@ -30,14 +31,20 @@ from typing import Any
 import nbd
 
 from vdsm_imageio.backends import DirtyExtent, ZeroExtent, directio
-from vdsm_imageio.backends.nbdstatus import Run, intersect, merge, runs
+from vdsm_imageio.backends.nbdstatus import (
+    ALLOCATION,
+    BITMAP_PREFIX,
+    DEPTH,
+    Run,
+    dirty_extent,
+    intersect,
+    merge,
+    runs,
+    zero_extent,
+)
 from vdsm_imageio.errors import BackendError, StorageReadOnly, UnsupportedContext
 
 log = logging.getLogger(__name__)
-
-ALLOCATION = "base:allocation"
-DEPTH = "qemu:allocation-depth"
-BITMAP_PREFIX = "qemu:dirty-bitmap:"
 
 # NBD spec: without an advertised maximum, requests up to 32 MiB are safe;
 # libnbd refuses reads and writes over 64 MiB.
@@ -87,18 +94,19 @@ def _connect(h: Any, path: str, export: str, *, dirty: bool) -> str | None:
     # Option mode, to learn the bitmap's name before choosing the contexts.
     h.set_opt_mode(True)
     h.connect_unix(path)
-    bitmaps: list[str] = []
+    bitmap = None
     if h.aio_is_negotiating():
-        if dirty:
-            bitmaps = _list_bitmaps(h)
+        bitmaps = _list_bitmaps(h) if dirty else []
+        if len(bitmaps) > 1:
+            log.warning("DIRTY ambiguous: the server exports bitmaps=%s", ",".join(bitmaps))
+        elif bitmaps:
+            bitmap = bitmaps[0]
         h.clear_meta_contexts()
-        for name in (ALLOCATION, DEPTH, *bitmaps[:1]):
-            h.add_meta_context(name)
+        for name in (ALLOCATION, DEPTH, bitmap):
+            if name is not None:
+                h.add_meta_context(name)
         h.opt_go()
-    if len(bitmaps) > 1:
-        log.warning("DIRTY ambiguous: the server exports bitmaps=%s", ",".join(bitmaps))
-        return None
-    return bitmaps[0] if bitmaps else None
+    return bitmap
 
 
 def _list_bitmaps(h: Any) -> list[str]:
@@ -219,8 +227,8 @@ class NbdBackend:
         with self._errors("extents", start, length):
             found = list(self._block_status(wanted, start, end))
         if context == "dirty":
-            return iter(merge([_dirty_extent(run, wanted) for run in found]))
-        return iter(merge([_zero_extent(run, wanted) for run in found]))
+            return iter(merge([dirty_extent(run, wanted) for run in found]))
+        return iter(merge([zero_extent(run, wanted) for run in found]))
 
     def close(self) -> None:
         h, self._h = self._h, None
@@ -304,25 +312,6 @@ class NbdBackend:
             log.error("%s failed url=%s offset=%d length=%d error=%s",
                       op.upper(), self._url, offset, length, e)
             raise BackendError(reason=f"{op} failed: {_strerror(e)}") from e
-
-
-def _zero_extent(run: Run, wanted: list[str]) -> ZeroExtent:
-    flags = dict(zip(wanted, run.flags, strict=True))
-    alloc = flags.get(ALLOCATION, 0)
-    zero = bool(alloc & nbd.STATE_ZERO)
-    if DEPTH in flags:
-        # Not allocated in this image: a hole, also over a backing file's data.
-        hole = flags[DEPTH] != 1
-    else:
-        hole = bool(alloc & nbd.STATE_HOLE)
-    return ZeroExtent(run.start, run.length, zero=zero, hole=hole)
-
-
-def _dirty_extent(run: Run, wanted: list[str]) -> DirtyExtent:
-    flags = dict(zip(wanted, run.flags, strict=True))
-    dirty = bool(flags[wanted[0]] & 1)  # NBD_STATE_DIRTY, bit 0 of a qemu bitmap
-    zero = bool(flags.get(ALLOCATION, 0) & nbd.STATE_ZERO)
-    return DirtyExtent(run.start, run.length, dirty=dirty, zero=zero)
 
 
 def _strerror(e: nbd.Error) -> str:

@@ -16,6 +16,16 @@ from typing import TypeVar
 
 from vdsm_imageio.backends import DirtyExtent, ZeroExtent
 
+ALLOCATION = "base:allocation"
+DEPTH = "qemu:allocation-depth"
+BITMAP_PREFIX = "qemu:dirty-bitmap:"
+
+# NBD protocol, "base:allocation" context.
+STATE_HOLE = 1
+STATE_ZERO = 2
+# qemu's docs/interop/nbd.txt: bit 0 of a "qemu:dirty-bitmap:" context.
+STATE_DIRTY = 1
+
 
 @dataclass(frozen=True)
 class Run:
@@ -56,6 +66,27 @@ def intersect(start: int, contexts: Sequence[Sequence[tuple[int, int]]],
                 if index[n] < len(ctx):
                     left[n] = ctx[index[n]][0]
     return found
+
+
+def zero_extent(run: Run, wanted: list[str]) -> ZeroExtent:
+    """A run's ZeroExtent; wanted names the contexts of run.flags in order."""
+    flags = dict(zip(wanted, run.flags, strict=True))
+    alloc = flags.get(ALLOCATION, 0)
+    zero = bool(alloc & STATE_ZERO)
+    if DEPTH in flags:
+        # Not allocated in this image: a hole, also over a backing file's data.
+        hole = flags[DEPTH] != 1
+    else:
+        hole = bool(alloc & STATE_HOLE)
+    return ZeroExtent(run.start, run.length, zero=zero, hole=hole)
+
+
+def dirty_extent(run: Run, wanted: list[str]) -> DirtyExtent:
+    """A run's DirtyExtent; the bitmap's context comes first in wanted."""
+    flags = dict(zip(wanted, run.flags, strict=True))
+    dirty = bool(flags[wanted[0]] & STATE_DIRTY)
+    zero = bool(flags.get(ALLOCATION, 0) & STATE_ZERO)
+    return DirtyExtent(run.start, run.length, dirty=dirty, zero=zero)
 
 
 E = TypeVar("E", ZeroExtent, DirtyExtent)
