@@ -17,8 +17,8 @@ Rules:
   ``idle_time`` (whole seconds, as ``Ticket.status`` shows it) passes
   ``inactivity_timeout``; never when that is 0. Any activity starts a new
   period.
-- ``Ticket.expired`` {uuid, transfer_id}: once per expiry; ``extend``
-  starts a new one.
+- ``Ticket.expired`` {uuid, transfer_id}: once per expiry; ``extend`` or
+  any use starts a new one.
 - ``Ticket.removed`` {uuid, transfer_id}: once, after the ticket's last
   progress.
 - A canceled ticket (a removal in progress) reports progress only.
@@ -70,9 +70,10 @@ class _Seen:
     transferred: int = 0
     active: bool = False
     sent_at: float = -math.inf
-    # The idle period (its start) already reported inactive or expired.
+    # The idle period (its start) already reported inactive, and the
+    # expiry (its time) already reported expired.
     inactive_period: float | None = None
-    expired_period: float | None = None
+    expired_at: float | None = None
 
 
 class Monitor:
@@ -116,6 +117,7 @@ class Monitor:
     def _check(self, ticket: Ticket, now: float, overdue: list[Ticket]) -> list[Event]:
         status = ticket.status()
         since = ticket.idle_since()
+        expires = ticket.expires_at()
         seen = self._seen.setdefault(ticket, _Seen())
         events: list[Event] = []
         moved = status.transferred != seen.transferred
@@ -125,7 +127,7 @@ class Monitor:
             return events
         if moved or seen.active:
             events.append(self._progress(seen, status, now, active=False))
-        if since is None or status.canceled:
+        if since is None or expires is None or status.canceled:
             # A request started after the snapshot, or a removal is under way.
             return events
         idle = now - since
@@ -135,11 +137,11 @@ class Monitor:
             log.info("INACTIVE transfer=%s idle_time=%d inactivity_timeout=%d",
                      status.transfer_id, int(idle), limit)
             events.append(Event(INACTIVE, {"uuid": status.uuid, "idle_time": int(idle)}))
-        if idle >= status.timeout and seen.expired_period != since:
-            seen.expired_period = since
+        if now >= expires and seen.expired_at != expires:
+            seen.expired_at = expires
             log.info("EXPIRED transfer=%s timeout=%d", status.transfer_id, status.timeout)
             events.append(Event(EXPIRED, _ident(status)))
-        if self._grace > 0 and idle - status.timeout > self._grace:
+        if self._grace > 0 and now - expires > self._grace:
             overdue.append(ticket)
         return events
 

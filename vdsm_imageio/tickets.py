@@ -7,6 +7,9 @@ Rules:
   activity (add, extend, the start or end of a request, an authorized
   request). While a request runs the ticket never expires. ``extend``
   sets a new timeout and counts as activity, also on an expired ticket.
+- ``idle_time`` counts from the last use by a client (add, the start or end
+  of a request, an authorized request), not from ``extend``: the engine
+  extends while it waits for a paused client and must still see the pause.
 - An expired or canceled ticket authorizes nothing; it stays listed until
   removed (vdsm removes what it added).
 - ``transferred`` is the size of the union of the byte ranges that finished
@@ -109,6 +112,7 @@ class Ticket:
         self._cond = threading.Condition(threading.Lock())
         self._timeout = spec.timeout
         self._activity = clock()
+        self._used = self._activity
         self.created = self._activity
         self._ops: dict[int, Operation] = {}
         self._op_ids = itertools.count()
@@ -128,7 +132,7 @@ class Ticket:
 
     def touch(self) -> None:
         with self._cond:
-            self._activity = self._clock()
+            self._activity = self._used = self._clock()
 
     @contextmanager
     def operation(self, start: int, length: int) -> Iterator[Operation]:
@@ -137,14 +141,14 @@ class Ticket:
             self._check_canceled()
             key = next(self._op_ids)
             self._ops[key] = op
-            self._activity = self._clock()
+            self._activity = self._used = self._clock()
         try:
             yield op
         finally:
             with self._cond:
                 del self._ops[key]
                 self._completed.add(op.start, op.start + op.done)
-                self._activity = self._clock()
+                self._activity = self._used = self._clock()
                 self._cond.notify_all()
 
     def progress(self, op: Operation, n: int) -> None:
@@ -215,13 +219,18 @@ class Ticket:
             return not self._ops and self._clock() >= self._activity + self._timeout
 
     def idle_since(self) -> float | None:
-        """Clock time of the last activity, None while a request runs.
+        """Clock time of the last use by a client, None while a request runs.
 
         The monitor needs the exact start of an idle period (status() shows
-        whole seconds) to report inactivity and expiry once per period.
+        whole seconds) to report inactivity once per period.
         """
         with self._cond:
-            return None if self._ops else self._activity
+            return None if self._ops else self._used
+
+    def expires_at(self) -> float | None:
+        """Clock time the ticket expires at, None while a request runs."""
+        with self._cond:
+            return None if self._ops else self._activity + self._timeout
 
     def authorize(self, op: str) -> None:
         self.check_canceled()
@@ -237,7 +246,7 @@ class Ticket:
             ranges = self._completed.copy()
             for op in self._ops.values():
                 ranges.add(op.start, op.start + op.done)
-            idle = 0 if active else int(now - self._activity)
+            idle = 0 if active else int(now - self._used)
             left = self._timeout if active else math.floor(
                 self._activity + self._timeout - now)
             spec = self.spec

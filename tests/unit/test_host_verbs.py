@@ -119,6 +119,19 @@ def test_extend_revives_expired_ticket(methods: dict[str, Any], registry: Regist
     assert not registry.get(ticket["uuid"]).expired()
 
 
+def test_extend_keeps_idle_time(methods: dict[str, Any], clock: FakeClock) -> None:
+    # The engine renews the ticket while a client is away; the pause must
+    # still show as idle_time > inactivity_timeout.
+    ticket = engine_ticket(URL)
+    result(methods, "Host.add_image_ticket", ticket=ticket)
+    clock.now += 40
+    result(methods, "Host.extend_image_ticket", uuid=ticket["uuid"], timeout=300)
+    clock.now += 30
+    status = result(methods, "Host.get_image_ticket", uuid=ticket["uuid"])
+    assert status["idle_time"] == 70
+    assert status["expires_in"] == 270
+
+
 @pytest.mark.parametrize("timeout", ["300", 1.5, -1, True, None])
 def test_extend_with_bad_timeout_is_invalid_params(methods: dict[str, Any],
                                                    timeout: object) -> None:

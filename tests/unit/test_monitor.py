@@ -153,6 +153,13 @@ def test_inactive_once_per_idle_period(registry: Registry, tick: Ticks) -> None:
     assert names(tick(1.0)) == ["Ticket.inactive"]
 
 
+def test_extend_does_not_end_an_idle_period(registry: Registry, tick: Ticks) -> None:
+    registry.add(spec(inactivity_timeout=5))
+    tick(3.0)
+    registry.extend("u1", 30)  # the engine renews while the client is away
+    assert names(tick(3.0)) == ["Ticket.inactive"]
+
+
 def test_no_inactive_event_when_inactivity_timeout_is_zero(registry: Registry,
                                                            tick: Ticks) -> None:
     registry.add(spec(inactivity_timeout=0))
