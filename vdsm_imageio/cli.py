@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 
 from . import config as configmod
+from . import systemd
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,11 @@ def serve(ns: argparse.Namespace) -> int:
     if ns.show_config:
         print(json.dumps(cfg.to_json(), indent=2))
         return 0
+    try:
+        who = _identity(cfg)
+    except systemd.IdentityError as e:
+        print(f"vdsm-imageio: configuration error: {e}", file=sys.stderr)
+        return 2
     _setup_logging(cfg)
     if ns.local is not None:
         _prepare_local(ns.local)
@@ -90,14 +96,33 @@ def serve(ns: argparse.Namespace) -> int:
         log.error("START failed reason=%s", e)
         services.stop()
         return 1
+    if who is not None:
+        # Everything that needs root at start is done; hand over what we made.
+        try:
+            systemd.drop_privileges(who, chown=[*services.owned_paths(), cfg.logging.file])
+        except (OSError, systemd.IdentityError) as e:
+            log.error("START failed reason=cannot drop privileges: %s", e)
+            services.stop()
+            return 1
     print(f"ready data={services.data_url} control={cfg.control.socket}",
           file=sys.stderr, flush=True)
     log.info("READY data=%s control=%s", services.data_url, cfg.control.socket)
+    systemd.notify("READY=1")
     while not stop.wait(3600):
         pass
+    systemd.notify("STOPPING=1")
     services.stop()
     log.info("STOPPED")
     return 0
+
+
+def _identity(cfg: configmod.Config) -> systemd.Identity | None:
+    """Who to become after binding; None to stay who we are."""
+    if not cfg.daemon.drop_privileges:
+        return None
+    if not cfg.daemon.user:
+        raise systemd.IdentityError("[daemon] drop_privileges needs [daemon] user")
+    return systemd.identity(cfg.daemon.user, cfg.daemon.group)
 
 
 def _prepare_local(local_dir: Path) -> None:
@@ -111,7 +136,8 @@ def _setup_logging(cfg: configmod.Config) -> None:
     handler: logging.Handler
     if cfg.logging.file:
         handler = logging.handlers.RotatingFileHandler(
-            cfg.logging.file, maxBytes=20 * 1024**2, backupCount=10)
+            cfg.logging.file, maxBytes=cfg.logging.max_bytes,
+            backupCount=cfg.logging.backups)
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(

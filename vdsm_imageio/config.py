@@ -57,6 +57,7 @@ class Local:
 class Control:
     socket: str = _opt("/run/vdsm-imageio/control.sock", "JSON-RPC control channel for vdsm")
     mode: int = _opt(0o660, "permissions of the control socket: vdsm's group may use it")
+    ticket_socket: str = _opt("/run/vdsm-imageio/tickets.sock", "ovirt-imageio's HTTP ticket API for an unmodified vdsm (mode as above); empty disables")
 
 
 @dataclass(frozen=True)
@@ -80,12 +81,16 @@ class Storage:
 @dataclass(frozen=True)
 class Hooks:
     dir: str = _opt("/etc/vdsm-imageio/hooks", "hook executables, one directory per event")
+    timeout: float = _opt(30.0, "seconds a hook may run before it is killed and counts as failed")
+    transfer_record: str = _opt("/var/log/vdsm-imageio/transfers.jsonl", "file the shipped transfer-record hook appends to (TRANSFER_RECORD)")
 
 
 @dataclass(frozen=True)
 class Logging:
     level: str = _opt("INFO", "root log level")
     file: str = _opt("", "log file with rotation; empty logs to stderr")
+    max_bytes: int = _opt(20 * 1024**2, "size at which the log file rotates")
+    backups: int = _opt(10, "rotated log files kept")
 
 
 @dataclass(frozen=True)
@@ -117,9 +122,9 @@ def local_profile(config: Config, local_dir: Path) -> Config:
         "tls": {"host": "127.0.0.1", "key_file": str(d / "pki/server.key"),
                 "cert_file": str(d / "pki/server.pem"), "ca_file": str(d / "pki/ca.pem")},
         "local": {"socket": f"@/org/vdsm-imageio/local/{tag}"},
-        "control": {"socket": str(d / "control.sock")},
+        "control": {"socket": str(d / "control.sock"), "ticket_socket": str(d / "tickets.sock")},
         "storage": {"file_root": str(d / "images")},
-        "hooks": {"dir": str(d / "hooks")},
+        "hooks": {"dir": str(d / "hooks"), "transfer_record": str(d / "transfers.jsonl")},
         "logging": {"file": ""},
     })
 

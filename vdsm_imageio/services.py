@@ -24,12 +24,14 @@ from .backends.file import open_file
 from .backends.nbd import open_nbd
 from .backends.nbd import parse_url as parse_nbd_url
 from .config import Config, socket_address
-from .errors import BackendError, InvalidTicket
+from .errors import BackendError, InvalidTicket, TicketNotFound
+from .hooks import Hooks, TicketHooks
 from .http.extents import Extents
 from .http.images import WRITE_FEATURES, Images
 from .http.router import Router, route
 from .http.server import Server, tcp_listener, unix_listener
-from .monitor import Monitor, MonitorThread
+from .http.tickets import TicketServer
+from .monitor import PROGRESS, Monitor, MonitorThread
 from .tickets import Registry, Ticket
 from .ticketspec import TicketSpec
 
@@ -51,12 +53,18 @@ class Services:
         self.config = config
         self.started = clock()
         self._clock = clock
+        hook_env = {"TRANSFER_RECORD": config.hooks.transfer_record}
+        self.hooks = Hooks(config.hooks.dir, timeout=config.hooks.timeout,
+                           env={k: v for k, v in hook_env.items() if v})
+        self.ticket_hooks = TicketHooks(self.hooks, clock)
         self.registry = Registry(
             clock=clock,
             remove_timeout=config.daemon.remove_timeout,
             default_inactivity_timeout=config.http.default_inactivity_timeout,
             resolve_url=resolve_url,
+            guard=self.ticket_hooks.guard,
         )
+        self.registry.subscribe(self.ticket_hooks.listener)
         unix = socket_address(config.local.socket) if config.local.enable else None
         self.unix_socket = unix or None
         images = Images(self.registry, unix_socket=self.unix_socket,
@@ -70,13 +78,16 @@ class Services:
             route("info", r"/info/?", get=self._info),
         ])
         self.server = Server(config, router, open_backend)
+        ticket_socket = config.control.ticket_socket
+        self.ticket_server = (TicketServer(config, self.registry, ticket_socket)
+                              if ticket_socket else None)
         self.tls_port: int | None = None
         factory = control_factory or _control_factory()
         self.control = factory(self.registry, config.control.socket, self.info)
         self.monitor = Monitor(self.registry, clock=clock,
                                progress_interval=config.http.progress_interval,
                                expired_ticket_grace=config.daemon.expired_ticket_grace)
-        self.monitor_thread = MonitorThread(self.monitor, self.publish)
+        self.monitor_thread = MonitorThread(self.monitor, self._on_monitor_event)
 
     def start(self) -> None:
         cfg = self.config
@@ -91,6 +102,9 @@ class Services:
         if self.unix_socket:
             self.server.add_listener(unix_listener(self.unix_socket))
         self.server.start()
+        if self.ticket_server is not None:
+            Path(self.ticket_server.path).parent.mkdir(parents=True, exist_ok=True)
+            self.ticket_server.start()
         Path(cfg.control.socket).parent.mkdir(parents=True, exist_ok=True)
         self.control.start()
         self.monitor_thread.start()
@@ -99,7 +113,29 @@ class Services:
         self.monitor_thread.stop()
         self.registry.cancel_all()
         self.server.stop()
+        if self.ticket_server is not None:
+            self.ticket_server.stop()
         self.control.stop()
+        self.hooks.close(timeout=0.2)
+
+    def owned_paths(self) -> list[str]:
+        """What the daemon created and must still own after dropping privileges."""
+        cfg = self.config
+        paths = [cfg.control.socket, cfg.daemon.run_dir]
+        if self.ticket_server is not None:
+            paths.append(self.ticket_server.path)
+        return [p for p in paths if os.path.exists(p)]
+
+    def _on_monitor_event(self, name: str, params: dict[str, Any]) -> None:
+        self.publish(name, params)
+        # The final progress of a moving ticket: it went idle after moving data.
+        if name == PROGRESS and not params["active"]:
+            try:
+                ticket = self.registry.get(params["uuid"])
+            except TicketNotFound:
+                return  # removed: after_ticket_remove tells the rest
+            if not ticket.canceled:
+                self.ticket_hooks.run("after_transfer_idle", ticket)
 
     def publish(self, name: str, params: dict[str, Any]) -> None:
         """Notify control-channel subscribers (Volume.lost comes from storage)."""

@@ -27,6 +27,14 @@ STATUS: tuple[tuple[type[e.ImageioError], int], ...] = (
     (e.TooManyConnections, 503),
     (e.ServiceBusy, 503),
     (e.BackendError, 500),
+    # The HTTP ticket API (http.tickets) on the control side.
+    (e.InvalidTicket, 400),
+    (e.TicketNotFound, 404),
+    (e.TicketConflict, 409),
+    (e.TicketBusy, 409),
+    # A veto is a refusal by policy, not a state to wait out: 409 stays
+    # "retry later" for a DELETE (TicketBusy).
+    (e.HookFailed, 403),
 )
 
 # A client that was refused access must reconnect to try again (and cannot

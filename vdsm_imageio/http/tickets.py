@@ -1,0 +1,160 @@
+"""The /tickets/<uuid> resource: ovirt-imageio's HTTP ticket API.
+
+An unmodified vdsm drives ovirt-imageio with one request per connection on
+a unix socket: ``PUT`` a ticket (JSON body, no Content-Type), ``GET`` its
+status, ``PATCH`` ``{"timeout": N}`` to extend it, ``DELETE`` to remove it
+(idempotent). These handlers map that onto the same registry the JSON-RPC
+verbs use; errors are domain errors, turned into statuses by the one table
+in ``http.errors`` (InvalidTicket 400, TicketNotFound 404, TicketConflict
+and TicketBusy 409, HookFailed 403).
+
+The API serves its own listener (``[control] ticket_socket``) through its
+own router: the data listeners never route /tickets, so a data client
+cannot add tickets.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import TYPE_CHECKING, Any
+
+from ..backends import Backend
+from ..config import Config
+from ..errors import (
+    BackendError,
+    BadRequest,
+    InvalidTicket,
+    PayloadTooLarge,
+    TicketBusy,
+    TicketConflict,
+    TicketNotFound,
+    UnsupportedMediaType,
+)
+from ..tickets import Registry, Ticket
+from .message import Request
+from .router import Router, route
+from .server import Listener, Server, unix_listener
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+log = logging.getLogger(__name__)
+
+# An engine ticket is well under 1 KiB; anything near this is not a ticket.
+MAX_BODY = 64 * 1024
+
+
+class Tickets:
+    def __init__(self, registry: Registry, *, max_body: int = MAX_BODY) -> None:
+        self._registry = registry
+        self._max_body = max_body
+
+    def router(self) -> Router:
+        return Router([
+            route("tickets", r"/tickets/([^/]+)/?", get=self.get, put=self.put,
+                  patch=self.patch, delete=self.delete),
+        ])
+
+    def get(self, conn: Connection, req: Request, ticket_id: str) -> None:
+        conn.reply_json(self._registry.get(ticket_id).status().to_json())
+
+    def put(self, conn: Connection, req: Request, ticket_id: str) -> None:
+        ticket = self._json_body(conn, req)
+        # The URL names the resource; a body that names another is a mistake.
+        given = ticket.setdefault("uuid", ticket_id)
+        if given != ticket_id:
+            raise InvalidTicket(field="uuid", reason="differs from the uuid in the URL")
+        with self._uuid_hidden(ticket_id):
+            added = self._registry.add(ticket)
+        conn.reply_json(added.status().to_json())
+
+    def patch(self, conn: Connection, req: Request, ticket_id: str) -> None:
+        msg = self._json_body(conn, req)
+        unknown = sorted(set(msg) - {"timeout"})
+        if unknown:
+            raise BadRequest(field=unknown[0], reason="cannot be changed; only timeout can")
+        timeout = msg.get("timeout")
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
+            raise BadRequest(field="timeout",
+                             reason=f"expected an integer >= 0, got {timeout!r}")
+        conn.reply_json(self._registry.extend(ticket_id, timeout).status().to_json())
+
+    def delete(self, conn: Connection, req: Request, ticket_id: str) -> None:
+        # RFC 7231 section 4.2.2: DELETE is idempotent; vdsm retries it.
+        with self._uuid_hidden(ticket_id):
+            self._registry.remove(ticket_id)
+        conn.reply(204)
+
+    @contextmanager
+    def _uuid_hidden(self, ticket_id: str) -> Iterator[None]:
+        """Name a live ticket by its transfer id in errors about it.
+
+        The connection logs error messages, and the uuid of a live ticket is
+        its secret; the caller knows which ticket it asked about.
+        """
+        try:
+            yield
+        except (TicketConflict, TicketBusy) as e:
+            try:
+                name = f"of transfer {self._registry.get(ticket_id).transfer_id}"
+            except TicketNotFound:
+                name = "(removed meanwhile)"
+            raise type(e)(**{**e.fields, "uuid": name}) from None
+
+    def _json_body(self, conn: Connection, req: Request) -> dict[str, Any]:
+        # vdsm sends no Content-Type; a client that sends one means JSON.
+        ctype = (req.header("Content-Type") or "application/json").split(";")[0]
+        if ctype.strip().lower() != "application/json":
+            raise UnsupportedMediaType(reason=f"Expected application/json, got {ctype!r}")
+        limit = self._max_body
+        if req.content_length is not None and req.content_length > limit:
+            raise PayloadTooLarge(length=req.content_length, limit=limit)
+        assert conn.body is not None
+        try:
+            data = conn.body.read(limit)
+        except BadRequest:
+            raise PayloadTooLarge(length="more than the limit of", limit=limit) from None
+        try:
+            msg = json.loads(data)
+        except ValueError as e:
+            raise BadRequest(field="JSON body", reason=str(e)) from None
+        if not isinstance(msg, dict):
+            raise BadRequest(field="JSON body", reason="expected an object")
+        return msg
+
+
+class TicketServer:
+    """The ticket API's own listener and workers on a unix socket path."""
+
+    def __init__(self, config: Config, registry: Registry, path: str) -> None:
+        self.path = path
+        self._mode = config.control.mode
+        self._server = Server(config, Tickets(registry).router(), _no_backend)
+        self._inode: int | None = None
+
+    def start(self) -> None:
+        listener = unix_listener(self.path, self._mode)
+        self._inode = os.stat(self.path).st_ino
+        self._server.add_listener(Listener(listener.sock, "tickets", None))
+        self._server.start()
+        log.info("LISTEN tickets=%s mode=%o", self.path, self._mode)
+
+    def stop(self) -> None:
+        self._server.stop()
+        # Leave a socket that another daemon bound after us in place.
+        with suppress(OSError):
+            if os.stat(self.path).st_ino == self._inode:
+                os.unlink(self.path)
+
+    def connections(self) -> int:
+        return self._server.connections()
+
+
+def _no_backend(ticket: Ticket) -> Backend:
+    # The ticket API moves no image data; a handler asking for it is a bug.
+    raise BackendError(reason=os.strerror(errno.EOPNOTSUPP))
