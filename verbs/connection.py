@@ -11,6 +11,10 @@ Rules:
   a broken client cannot eat memory.
 - Only the reader thread closes the socket, under the writer lock, so no
   notifier writes to a descriptor number the kernel has handed out again.
+- ``close()`` shuts the socket down without the writer lock (a send stuck
+  on a peer that stopped reading holds it for up to ``SEND_TIMEOUT``) but
+  under the small socket lock that ``sock.close()`` also takes, so the
+  shutdown never reaches a reused descriptor.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class Connection:
         self.ident = ident
         self._sock = sock
         self._wlock = threading.Lock()
+        self._slock = threading.Lock()
         self._closed = False
         self._callbacks: list[CloseCallback] = []
         # Blocking reads loop on the timeout; it bounds sends.
@@ -74,7 +79,13 @@ class Connection:
                 return False
 
     def close(self) -> None:
-        """Stop the connection; its reader thread releases the socket."""
+        """Stop the connection now; its reader thread releases the socket."""
+        with self._slock:
+            if self._sock.fileno() >= 0:
+                try:
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # the peer is already gone
         with self._wlock:
             self._shutdown_locked()
 
@@ -135,7 +146,8 @@ class Connection:
     def _release(self) -> None:
         with self._wlock:
             self._shutdown_locked()
-            self._sock.close()
+            with self._slock:
+                self._sock.close()
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
             try:

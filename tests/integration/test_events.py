@@ -303,10 +303,6 @@ def test_call_subscribe_prints_json_lines_until_sigint(daemon: Daemon) -> None:
         proc.stderr.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "verbs/connection.py: Connection.close() waits for the writer lock, which a "
-    "notification send blocked on a peer that never reads holds for up to "
-    "SEND_TIMEOUT (30 s); the fix belongs there"))
 def test_subscriber_that_never_reads_does_not_delay_shutdown(
     make_daemon: Callable[..., Daemon],
 ) -> None:
