@@ -8,9 +8,7 @@ import logging
 import logging.handlers
 import signal
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
 
 from . import config as configmod
 from . import systemd
@@ -82,14 +80,8 @@ def serve(ns: argparse.Namespace) -> int:
         _prepare_local(ns.local)
     from .services import Services
     services = Services(cfg)
-    stop = threading.Event()
-
-    def on_signal(signo: int, frame: FrameType | None) -> None:
-        log.info("SIGNAL signo=%d stopping", signo)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # Before any thread starts: a signal during start-up is waited for too.
+    signals = systemd.Signals([signal.SIGTERM, signal.SIGINT])
     try:
         services.start()
     except OSError as e:
@@ -108,8 +100,8 @@ def serve(ns: argparse.Namespace) -> int:
           file=sys.stderr, flush=True)
     log.info("READY data=%s control=%s", services.data_url, cfg.control.socket)
     systemd.notify("READY=1")
-    while not stop.wait(3600):
-        pass
+    signo = signals.wait()
+    log.info("SIGNAL signo=%d stopping", signo)
     systemd.notify("STOPPING=1")
     services.stop()
     log.info("STOPPED")

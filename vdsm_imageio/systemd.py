@@ -1,4 +1,4 @@
-"""Running as a system service: readiness notification and privilege drop.
+"""Running as a system service: readiness, termination and privilege drop.
 
 sd_notify is a datagram of ``KEY=VALUE`` lines sent to the unix socket
 named by ``NOTIFY_SOCKET`` (sd_notify(3)); a name starting with ``@`` is
@@ -18,9 +18,11 @@ import grp
 import logging
 import os
 import pwd
+import signal
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import FrameType
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,42 @@ def notify(state: str, environ: Mapping[str, str] | None = None) -> bool:
         log.warning("NOTIFY failed state=%s reason=%s", state, e)
         return False
     return True
+
+
+class Signals:
+    """Waits in the main thread for one of signums, whichever thread gets it.
+
+    The kernel hands a process signal to any thread that does not block it,
+    and Python runs the handler only when the main thread next executes
+    bytecode: a main thread asleep on a lock would sleep through SIGTERM.
+    The C-level handler also writes the signal number to the wakeup fd
+    (signal.set_wakeup_fd), so the main thread sleeps reading that instead.
+    """
+
+    def __init__(self, signums: Iterable[int]) -> None:
+        self._signums = frozenset(signums)
+        self._reader, self._writer = socket.socketpair()
+        self._writer.setblocking(False)
+        signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+        for signum in self._signums:
+            # A Python handler, so the C handler writes the wakeup byte.
+            signal.signal(signum, _ignore)
+
+    def wait(self) -> int:
+        """Block until one of the signals arrives; return its number."""
+        while True:
+            for signum in self._reader.recv(64):
+                if signum in self._signums:
+                    return signum
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self._reader.close()
+        self._writer.close()
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    pass
 
 
 class IdentityError(Exception):

@@ -6,6 +6,7 @@ import configparser
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -125,3 +126,29 @@ def test_unit_file_passes_systemd_analyze(tmp_path: Path) -> None:
     problems = [line for line in (proc.stdout + proc.stderr).splitlines()
                 if str(unit) in line]
     assert proc.returncode == 0 and problems == [], proc.stdout + proc.stderr
+
+
+WAITER = """
+import signal, threading, time
+from vdsm_imageio.systemd import Signals
+signals = Signals([signal.SIGUSR1])
+threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+# Only the other thread can take the signal now, as happens at random in a
+# daemon full of threads.
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+print("waiting", flush=True)
+print(signals.wait(), flush=True)
+"""
+
+
+def test_signal_taken_by_another_thread_wakes_the_waiter() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", WAITER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "waiting\n"
+        proc.send_signal(signal.SIGUSR1)
+        out, _ = proc.communicate(timeout=10)
+        assert out == f"{int(signal.SIGUSR1)}\n"
+    finally:
+        proc.kill()
+        proc.wait()
