@@ -30,6 +30,7 @@ __all__ = ["MAX_LINE", "Connection", "ControlServer", "send_notification"]
 
 log = logging.getLogger(__name__)
 
+STOP_TIMEOUT = 0.5
 JOIN_TIMEOUT = 10.0
 MAX_CONNECTIONS = 64
 # Out of descriptors or memory: the listener is fine, retry later
@@ -93,8 +94,11 @@ class ControlServer:
             conns = dict(self._conns)
         for conn in conns:
             conn.close()
+        # One deadline for all: a verb still running (a remove waiting for
+        # requests) must not stretch the service's 1 s stop per connection.
+        deadline = time.monotonic() + STOP_TIMEOUT
         for conn, thread in conns.items():
-            thread.join(JOIN_TIMEOUT)
+            thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 log.warning("STUCK connection=%d: a verb is still running",
                             conn.ident)
