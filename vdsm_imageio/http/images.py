@@ -9,19 +9,16 @@ progress, expiry and cancel apply chunk by chunk.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     BadRequest,
     LengthRequired,
-    PayloadTooLarge,
     RangeNotSatisfiable,
-    UnsupportedMediaType,
 )
 from ..tickets import Operation, Registry, Ticket
-from .message import Request
+from .message import Request, read_json
 from .ranges import ByteRange, parse_content_range, parse_range
 
 if TYPE_CHECKING:
@@ -171,24 +168,8 @@ class Images:
         conn.reply(200)
 
     def _json_body(self, conn: Connection, req: Request) -> dict[str, Any]:
-        ctype = (req.header("Content-Type") or "application/json").split(";")[0]
-        if ctype.strip().lower() != "application/json":
-            raise UnsupportedMediaType(reason=f"Expected application/json, got {ctype!r}")
-        limit = self._max_json_body
-        if req.content_length is not None and req.content_length > limit:
-            raise PayloadTooLarge(length=req.content_length, limit=limit)
         assert conn.body is not None
-        try:
-            data = conn.body.read(limit)
-        except BadRequest:
-            raise PayloadTooLarge(length="more than the limit of", limit=limit) from None
-        try:
-            msg = json.loads(data)
-        except ValueError as e:
-            raise BadRequest(field="JSON body", reason=str(e)) from None
-        if not isinstance(msg, dict):
-            raise BadRequest(field="JSON body", reason="expected an object")
-        return msg
+        return read_json(req, conn.body, self._max_json_body)
 
     def _zero(self, conn: Connection, ticket: Ticket, msg: dict[str, Any]) -> None:
         size = _json_int(msg, "size", None)

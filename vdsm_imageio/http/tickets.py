@@ -16,7 +16,6 @@ cannot add tickets.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -29,14 +28,12 @@ from ..errors import (
     BackendError,
     BadRequest,
     InvalidTicket,
-    PayloadTooLarge,
     TicketBusy,
     TicketConflict,
     TicketNotFound,
-    UnsupportedMediaType,
 )
 from ..tickets import Registry, Ticket
-from .message import Request
+from .message import Request, read_json
 from .router import Router, route
 from .server import Listener, Server, unix_listener
 
@@ -64,7 +61,7 @@ class Tickets:
         conn.reply_json(self._registry.get(ticket_id).status().to_json())
 
     def put(self, conn: Connection, req: Request, ticket_id: str) -> None:
-        ticket = self._json_body(conn, req)
+        ticket = self._json(conn, req)
         # The URL names the resource; a body that names another is a mistake.
         given = ticket.setdefault("uuid", ticket_id)
         if given != ticket_id:
@@ -74,7 +71,7 @@ class Tickets:
         conn.reply_json(added.status().to_json())
 
     def patch(self, conn: Connection, req: Request, ticket_id: str) -> None:
-        msg = self._json_body(conn, req)
+        msg = self._json(conn, req)
         unknown = sorted(set(msg) - {"timeout"})
         if unknown:
             raise BadRequest(field=unknown[0], reason="cannot be changed; only timeout can")
@@ -106,26 +103,9 @@ class Tickets:
                 name = "(removed meanwhile)"
             raise type(e)(**{**e.fields, "uuid": name}) from None
 
-    def _json_body(self, conn: Connection, req: Request) -> dict[str, Any]:
-        # vdsm sends no Content-Type; a client that sends one means JSON.
-        ctype = (req.header("Content-Type") or "application/json").split(";")[0]
-        if ctype.strip().lower() != "application/json":
-            raise UnsupportedMediaType(reason=f"Expected application/json, got {ctype!r}")
-        limit = self._max_body
-        if req.content_length is not None and req.content_length > limit:
-            raise PayloadTooLarge(length=req.content_length, limit=limit)
+    def _json(self, conn: Connection, req: Request) -> dict[str, Any]:
         assert conn.body is not None
-        try:
-            data = conn.body.read(limit)
-        except BadRequest:
-            raise PayloadTooLarge(length="more than the limit of", limit=limit) from None
-        try:
-            msg = json.loads(data)
-        except ValueError as e:
-            raise BadRequest(field="JSON body", reason=str(e)) from None
-        if not isinstance(msg, dict):
-            raise BadRequest(field="JSON body", reason="expected an object")
-        return msg
+        return read_json(req, conn.body, self._max_body)
 
 
 class TicketServer:
