@@ -169,7 +169,7 @@ class LockspaceUnavailable(ImageioError):
 class HookFailed(ImageioError):
     """A ``before_*`` hook vetoed; ``stderr`` carries what it printed."""
 
-    template = "Hook {hook!r} vetoed {event} with exit code {status}"
+    template = "Hook {hook!r} vetoed {event}: {outcome}"
 
 
 # VolumeNotFound (200) says which level of the volume's address is missing.

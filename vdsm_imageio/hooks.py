@@ -200,7 +200,13 @@ class Hooks:
                 stderr = outcome.stderr[-MAX_VETO_STDERR:].decode("utf-8", "replace")
                 if outcome.timed_out:
                     stderr += f"\n[killed after {self._timeout:g} seconds]"
-                raise HookFailed(hook=outcome.hook, event=event,
+                if outcome.timed_out:
+                    what = f"killed after {self._timeout:g} seconds"
+                elif outcome.returncode < 0:
+                    what = f"killed by signal {-outcome.returncode}"
+                else:
+                    what = f"exit code {outcome.returncode}"
+                raise HookFailed(hook=outcome.hook, event=event, outcome=what,
                                  status=outcome.returncode, stderr=stderr)
 
 
