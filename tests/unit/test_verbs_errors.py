@@ -24,7 +24,7 @@ EXPECTED_CODES = [
     (errors.LeaseBusy(sd_id="sd", vol_id="vol"), 202),
     (errors.LockspaceUnavailable(sd_id="sd", reason="not joined"), 203),
     (errors.HookFailed(hook="veto", event="before_ticket_add", status=1,
-                       stderr="no"), 300),
+                       outcome="exit code 1", stderr="no"), 300),
 ]
 
 
@@ -53,7 +53,8 @@ def test_volume_error_data_carries_tool_message() -> None:
 
 def test_hook_failed_data_carries_stderr() -> None:
     error = translate(errors.HookFailed(
-        hook="10-veto", event="before_ticket_add", status=3, stderr="quota\n"))
+        hook="10-veto", event="before_ticket_add", status=3, outcome="exit code 3",
+        stderr="quota\n"))
     assert error.data["stderr"] == "quota\n"
     assert "10-veto" in error.message
 
