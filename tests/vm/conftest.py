@@ -1,10 +1,27 @@
-"""Fixtures of the VM lane; these tests run only inside its guest."""
+"""Fixtures of the VM lane; these tests run only inside its guest.
+
+The guest (tests/vm/runner.py) has dm_mod and loop loaded, systemd-udevd
+and the sanlock daemon running. The session builds one block storage
+domain the way vdsm lays it out: a volume group named like a domain UUID
+on two loop devices, with the ``ids`` LV holding the sanlock lockspace
+and the ``leases`` LV holding volume leases; volumes are LVs named like
+volume UUIDs and tagged ``IU_<image UUID>``. Everything is removed at the
+end, in reverse order.
+"""
 
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+import sanlock
+from vmstorage import Domain, dm_name, run
+
+from storage.leases import Leases
+from storage.udev import DeviceWatcher
 
 IN_GUEST = os.environ.get("VDSM_IMAGEIO_VM") == "1"
 
@@ -18,3 +35,64 @@ def pytest_collection_modifyitems(config: pytest.Config,
     for item in items:
         if "tests/vm/" in str(item.path).replace(os.sep, "/"):
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def domain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Domain]:
+    d = Domain(tmp_path_factory.mktemp("domain"), str(uuid.uuid4()))
+    yield d
+    d.remove()
+
+
+@pytest.fixture(scope="session")
+def lockspace(domain: Domain) -> Iterator[str]:
+    """The domain's lockspace, joined as host 1 (vdsm does this at connect)."""
+    name = domain.sd_id.encode()
+    # A short io timeout shortens the join (the delta lease waits on it).
+    sanlock.write_lockspace(name, domain.ids, iotimeout=1)
+    sanlock.add_lockspace(name, 1, domain.ids, iotimeout=1)
+    yield domain.sd_id
+    sanlock.rem_lockspace(name, 1, domain.ids)
+
+
+@pytest.fixture(scope="session")
+def watcher() -> Iterator[DeviceWatcher]:
+    w = DeviceWatcher()
+    w.start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="session")
+def leases() -> Leases:
+    # One registration for the whole test process, as in the service.
+    return Leases()
+
+
+VolumeFactory = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def make_volume(domain: Domain) -> Iterator[VolumeFactory]:
+    """Create LVs like vdsm volumes; the dict is a ticket's ``volume``."""
+    created: list[str] = []
+
+    def make(*, lease: bool = False, size_mib: int = 8) -> dict[str, Any]:
+        img_id, vol_id = str(uuid.uuid4()), str(uuid.uuid4())
+        domain.create_lv(vol_id, size_mib, tag=f"IU_{img_id}")
+        created.append(vol_id)
+        volume: dict[str, Any] = {"domain": "block", "sd_id": domain.sd_id,
+                                  "img_id": img_id, "vol_id": vol_id}
+        if lease:
+            offset = domain.lease_slot()
+            sanlock.write_resource(domain.sd_id.encode(), vol_id.encode(),
+                                   [(domain.leases, offset)])
+            volume["lease"] = {"path": domain.leases, "offset": offset}
+        return volume
+
+    yield make
+    for vol_id in created:
+        # A test that swapped a table for the error target leaves a bare dm
+        # device; remove it before LVM removes the LV.
+        run("dmsetup", "remove", "--retry", dm_name(domain.sd_id, vol_id), check=False)
+        domain.remove_lv(vol_id)

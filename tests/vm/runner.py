@@ -8,11 +8,11 @@ emulation, with the host file system shared read-only as the guest's root
 
     python tests/vm/runner.py [PYTEST-ARGS...]     # on the host
 
-boots the guest, which runs this file again with ``--guest``: that half
-loads dm_mod and loop, starts systemd-udevd and the sanlock daemon, runs
-``pytest tests/vm`` with ``VDSM_IMAGEIO_VM=1`` and prints one marker line
-``VM-LANE-EXIT rc=N``. The host half streams the guest's output and exits
-with the guest's pytest exit code; without the marker the guest did not
+boots the guest, which runs guest.sh: that half loads dm_mod and loop,
+starts systemd-udevd and the sanlock daemon, runs ``pytest tests/vm`` with
+``VDSM_IMAGEIO_VM=1`` and prints one marker line ``VM-LANE-EXIT rc=N``.
+The host half streams the guest's output and exits with the guest's
+pytest exit code; without the marker the guest did not
 boot or did not finish, which exits with BOOT_FAILED.
 
 Environment: VDSM_IMAGEIO_VM_KERNEL picks the kernel (default: the newest
@@ -32,12 +32,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-GUEST_ENV = "VDSM_IMAGEIO_VM"
+GUEST = Path(__file__).resolve().with_name("guest.sh")
 MARKER = "VM-LANE-EXIT"
 MARKER_RE = re.compile(rf"^{MARKER} rc=(\d+)$", re.M)
 # Distinct from pytest's exit codes 0-5.
 BOOT_FAILED = 100
-SETUP_FAILED = 101
 TIMED_OUT = 102
 MEMORY = "2G"
 CPUS = "2"
@@ -69,7 +68,7 @@ def _version_key(release: str) -> list[int]:
 
 
 def vng_command(kernel: Path, pytest_args: list[str]) -> list[str]:
-    guest = [sys.executable, str(Path(__file__).resolve()), "--guest", *pytest_args]
+    guest = ["sh", str(GUEST), sys.executable, *pytest_args]
     return [
         str(Path(sys.executable).parent / "vng"),
         "--run", str(kernel),
@@ -138,72 +137,8 @@ def _stop(proc: subprocess.Popen[str]) -> None:
     proc.wait()
 
 
-# Guest side.
-
-
-def run_guest(pytest_args: list[str]) -> int:
-    try:
-        setup_guest()
-    except (subprocess.CalledProcessError, OSError) as e:
-        print(f"VM lane: guest setup failed: {e}", flush=True)
-        return SETUP_FAILED
-    env = dict(os.environ, **{GUEST_ENV: "1"})
-    # The shared root is read-only: no bytecode or cache writes.
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    cmd = [sys.executable, "-m", "pytest", "tests/vm", "-p", "no:cacheprovider",
-           *pytest_args]
-    try:
-        return subprocess.run(cmd, cwd=REPO, env=env, check=False).returncode
-    finally:
-        teardown_guest()
-
-
-def setup_guest() -> None:
-    start = time.monotonic()
-    _sh("modprobe", "dm_mod")
-    _sh("modprobe", "loop")
-    _sh("/lib/systemd/systemd-udevd", "--daemon")
-    _sh("udevadm", "trigger", "--action=add")
-    _sh("udevadm", "settle", "--timeout=60")
-    os.makedirs("/run/sanlock", exist_ok=True)
-    # -w 0: no watchdog device in the guest; leases still work.
-    _sh("sanlock", "daemon", "-w", "0")
-    _wait_for_sanlock(deadline=time.monotonic() + 30)
-    print(f"VM lane: guest ready in {time.monotonic() - start:.1f}s "
-          f"(kernel {os.uname().release})", flush=True)
-
-
-def _wait_for_sanlock(deadline: float) -> None:
-    # The daemon forks before it listens; its socket is the readiness signal.
-    while True:
-        probe = subprocess.run(["sanlock", "client", "status"],
-                               capture_output=True, check=False)
-        if probe.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            raise subprocess.CalledProcessError(
-                probe.returncode, probe.args, probe.stdout, probe.stderr)
-        time.sleep(0.2)
-
-
-def teardown_guest() -> None:
-    subprocess.run(["sanlock", "shutdown", "-f", "1"], check=False,
-                   capture_output=True)
-    subprocess.run(["udevadm", "control", "--exit"], check=False,
-                   capture_output=True)
-
-
-def _sh(*argv: str) -> None:
-    subprocess.run(argv, check=True)
-
-
 def main() -> int:
-    args = sys.argv[1:]
-    if args[:1] == ["--guest"]:
-        rc = run_guest(args[1:])
-        print(f"{MARKER} rc={rc}", flush=True)
-        return rc
-    return run_host(args)
+    return run_host(sys.argv[1:])
 
 
 if __name__ == "__main__":

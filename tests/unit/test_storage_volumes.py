@@ -1,0 +1,138 @@
+"""storage.volumes with file domains on the host, plugged into the registry.
+
+Block volumes, udev and leases run for real in the VM lane (tests/vm)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from storage.leases import Leases
+from storage.lvm import Lvm
+from storage.udev import DeviceWatcher
+from storage.volumes import Volumes
+from vdsm_imageio.errors import VolumeError, VolumeNotFound
+from vdsm_imageio.tickets import Registry
+
+SD, IMG, VOL = "sd-1", "img-1", "vol-1"
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    image = tmp_path / "mnt" / "server:_export" / SD / "images" / IMG
+    image.mkdir(parents=True)
+    (image / VOL).write_bytes(b"x" * 4096)
+    return tmp_path
+
+
+@pytest.fixture
+def volumes(root: Path) -> Volumes:
+    # The watcher is never started: file volumes have no device to watch.
+    return Volumes(file_root=root / "mnt", run_dir=root / "run", lvm=Lvm(),
+                   udev=DeviceWatcher(), leases=Leases(), clock=time.monotonic)
+
+
+@pytest.fixture
+def registry(volumes: Volumes) -> Registry:
+    return Registry(clock=time.monotonic, remove_timeout=1, default_inactivity_timeout=60,
+                    resolve_url=volumes.prepare, release=volumes.release)
+
+
+def ticket(uuid: str, ops: tuple[str, ...] = ("read",), **volume: Any) -> dict[str, Any]:
+    vol = {"domain": "file", "sd_id": SD, "img_id": IMG, "vol_id": VOL, **volume}
+    return {"uuid": uuid, "size": 4096, "ops": list(ops), "timeout": 60,
+            "transfer_id": f"transfer-{uuid}", "volume": vol}
+
+
+def link(root: Path) -> Path:
+    return root / "run" / "storage" / SD / IMG / VOL
+
+
+def test_add_serves_the_volume_through_a_link(root: Path, registry: Registry) -> None:
+    t = registry.add(ticket("t1"))
+    assert urlsplit(t.url).scheme == "file"
+    assert Path(urlsplit(t.url).path) == link(root)
+    assert os.readlink(link(root)) == str(
+        root / "mnt" / "server:_export" / SD / "images" / IMG / VOL)
+    registry.remove("t1")
+    assert not os.path.lexists(link(root))
+
+
+def test_volume_is_torn_down_with_its_last_ticket(
+        root: Path, registry: Registry, volumes: Volumes) -> None:
+    first = registry.add(ticket("t1"))
+    second = registry.add(ticket("t2", ops=("write",)))
+    assert first.url == second.url
+    assert volumes.references(first.spec.volume) == 2  # type: ignore[arg-type]
+    registry.remove("t1")
+    assert os.path.lexists(link(root))
+    registry.remove("t2")
+    assert not os.path.lexists(link(root))
+    assert volumes.references(first.spec.volume) == 0  # type: ignore[arg-type]
+
+
+def test_racing_add_of_one_uuid_keeps_the_winner_prepared(
+        root: Path, volumes: Volumes, registry: Registry) -> None:
+    spec = registry.parse(ticket("t1"))
+    # The registry prepares both racers and releases the loser once.
+    volumes.prepare(spec)
+    volumes.prepare(spec)
+    volumes.release(spec)
+    assert os.path.lexists(link(root))
+    volumes.release(spec)
+    assert not os.path.lexists(link(root))
+
+
+def test_missing_volume_fails_add_and_leaves_nothing(
+        root: Path, registry: Registry) -> None:
+    with pytest.raises(VolumeNotFound):
+        registry.add(ticket("t1", vol_id="vol-2"))
+    assert registry.list() == []
+    assert not (root / "run" / "storage" / SD).exists()
+
+
+@pytest.mark.skipif(os.path.exists("/run/sanlock/sanlock.sock"),
+                    reason="needs a host without the sanlock daemon")
+def test_lease_failure_fails_add_and_leaves_nothing_linked(
+        root: Path, registry: Registry) -> None:
+    lease = {"path": str(root / "leases"), "offset": 0}
+    with pytest.raises(VolumeError) as e:
+        registry.add(ticket("t1", ops=("write",), lease=lease))
+    assert "sanlock" in e.value.fields["reason"]
+    assert not (root / "run" / "storage" / SD).exists()
+
+
+def test_read_ticket_takes_no_lease(root: Path, registry: Registry) -> None:
+    # A read ticket never talks to sanlock, so it works without the daemon.
+    lease = {"path": str(root / "leases"), "offset": 0}
+    t = registry.add(ticket("t1", lease=lease))
+    assert os.path.lexists(Path(urlsplit(t.url).path))
+    registry.remove("t1")
+
+
+def test_url_ticket_passes_through(registry: Registry, root: Path) -> None:
+    t = registry.add({"uuid": "t1", "size": 1, "ops": ["read"], "timeout": 60,
+                      "url": f"file://{root}/x"})
+    assert t.url == f"file://{root}/x"
+    registry.remove("t1")
+
+
+def test_release_of_unprepared_volume_is_ignored(
+        volumes: Volumes, registry: Registry) -> None:
+    volumes.release(registry.parse(ticket("t1")))
+
+
+def test_tickets_using_a_target(root: Path, registry: Registry,
+                                volumes: Volumes) -> None:
+    registry.add(ticket("t1"))
+    registry.add(ticket("t2"))
+    target = os.readlink(link(root))
+    assert sorted(volumes.tickets_using(target)) == ["t1", "t2"]
+    assert volumes.tickets_using("/dev/dm-9") == []
+    registry.remove("t1")
+    registry.remove("t2")
