@@ -61,6 +61,9 @@ class CaseResult:
                     entry["cpu_runs"] = side.cpu_per_gib
                 row[name] = entry
             row["ratio"] = ratio(self, m.name, "ours", "theirs")
+            if i == 0 and self.case.moved:
+                co, ct = self.sides["ours"].cpu(), self.sides["theirs"].cpu()
+                row["cpu_ratio"] = co / ct if co is not None and ct else None
             out["metrics"].append(row)
         return out
 
