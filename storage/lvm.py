@@ -187,8 +187,9 @@ class Lvm:
         devices = self._devices.get(vg) or self.devices(vg)
         try:
             return self._run(action, vg, lv, args, devices=devices)
-        except DomainNotFound:
-            # The VG may have moved to new devices since we learned them.
+        except (DomainNotFound, VolumeError):
+            # The VG may have grown or moved to other devices since we
+            # learned them (LVM then reports it missing or partial).
             fresh = self.devices(vg)
             if fresh == devices:
                 raise

@@ -28,6 +28,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -95,18 +96,30 @@ def run_host(pytest_args: list[str]) -> int:
         cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
     )
+    # A silent, hung guest never ends the output stream: a timer stops it.
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        _stop(proc)
+
+    timer = threading.Timer(timeout, expire)
+    timer.start()
     output: list[str] = []
     try:
         assert proc.stdout is not None
-        _stream(proc, output, start + timeout)
-        proc.wait(timeout=max(1.0, start + timeout - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        print(f"VM lane: guest still running after {timeout:.0f}s, stopping it",
-              flush=True)
-        _stop(proc)
-        return TIMED_OUT
+        for line in proc.stdout:
+            output.append(line)
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        proc.wait()
     finally:
+        timer.cancel()
         _stop(proc)
+    if expired.is_set():
+        print(f"VM lane: guest still running after {timeout:.0f}s, stopped it",
+              flush=True)
+        return TIMED_OUT
     marker = MARKER_RE.search("".join(output))
     elapsed = time.monotonic() - start
     if marker is None:
@@ -115,16 +128,6 @@ def run_host(pytest_args: list[str]) -> int:
         return BOOT_FAILED
     print(f"VM lane: guest finished in {elapsed:.0f}s", flush=True)
     return int(marker.group(1))
-
-
-def _stream(proc: subprocess.Popen[str], output: list[str], deadline: float) -> None:
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        output.append(line)
-        sys.stdout.write(line)
-        sys.stdout.flush()
-        if time.monotonic() > deadline:
-            raise subprocess.TimeoutExpired(proc.args, 0)
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:

@@ -31,6 +31,22 @@ def test_filter_hides_volume_groups_on_other_devices(
         other.remove()
 
 
+def test_volume_on_a_new_device_of_the_domain_is_found(tmp_path: Path) -> None:
+    grown = Domain(tmp_path, "grown-domain", size=64 * MiB, pvs=1, sanlock=False)
+    try:
+        lvm_ = Lvm()
+        assert lvm_.devices(grown.sd_id) == tuple(grown.loops)
+        new = grown.extend()
+        grown.create_lv("lv", 8, on=new)
+        # The wrapper still filters on the old device, where the VG is
+        # partial and LVM refuses to activate: it must rescan and retry.
+        assert not lvm_.activate(grown.sd_id, "lv").active
+        assert Path(f"/dev/{grown.sd_id}/lv").is_block_device()
+        lvm_.deactivate(grown.sd_id, "lv")
+    finally:
+        grown.remove()
+
+
 def test_activate_then_deactivate(domain: Domain, make_volume: VolumeFactory) -> None:
     vol = make_volume()
     before = Lvm().activate(domain.sd_id, vol["vol_id"])

@@ -41,14 +41,13 @@ class Domain:
                  pvs: int = 2, sanlock: bool = True) -> None:
         self.sd_id = sd_id
         self.loops: list[str] = []
-        self.files = [tmp / f"{sd_id}-pv{i}" for i in range(pvs)]
+        self.files: list[Path] = []
+        self._tmp = tmp
+        self._size = size
         self._slots = itertools.count(1)
         try:
-            for f in self.files:
-                f.touch()
-                os.truncate(f, size)
-                self.loops.append(run("losetup", "--find", "--show", str(f))
-                                  .stdout.strip())
+            for _ in range(pvs):
+                self._add_loop()
             lvm("pvcreate", "-q", *self.loops, devices=tuple(self.loops))
             lvm("vgcreate", "-q", sd_id, *self.loops, devices=tuple(self.loops))
             if sanlock:
@@ -58,18 +57,34 @@ class Domain:
             self.remove()
             raise
 
+    def _add_loop(self) -> str:
+        f = self._tmp / f"{self.sd_id}-pv{len(self.files)}"
+        self.files.append(f)
+        f.touch()
+        os.truncate(f, self._size)
+        loop = run("losetup", "--find", "--show", str(f)).stdout.strip()
+        self.loops.append(loop)
+        return loop
+
+    def extend(self) -> str:
+        """Add a new physical volume, as vdsm does when a domain grows."""
+        loop = self._add_loop()
+        lvm("pvcreate", "-q", loop, devices=(loop,))
+        lvm("vgextend", "-q", self.sd_id, loop, devices=self.devices)
+        return loop
+
     @property
     def devices(self) -> tuple[str, ...]:
         return tuple(self.loops)
 
     def create_lv(self, name: str, size_mib: int, *, tag: str | None = None,
-                  active: bool = False) -> str:
+                  active: bool = False, on: str | None = None) -> str:
         args = ["lvcreate", "-q", "-n", name, "-L", f"{size_mib}m", "-y"]
         # An inactive LV cannot be zeroed; tests write what they read.
         args += ["-ay"] if active else ["-an", "-Zn"]
         if tag:
             args += ["--addtag", tag]
-        lvm(*args, self.sd_id, devices=self.devices)
+        lvm(*args, self.sd_id, *([on] if on else []), devices=self.devices)
         return f"/dev/{self.sd_id}/{name}"
 
     def remove_lv(self, name: str) -> None:
