@@ -62,7 +62,8 @@ class Control:
 
 @dataclass(frozen=True)
 class Http:
-    buffer_size: int = _opt(8 * 1024**2, "I/O buffer per connection; large buffers amortize syscalls")
+    buffer_size: int = _opt(4 * 1024**2, "size of each I/O buffer; large buffers amortize syscalls")
+    max_buffers: int = _opt(40, "I/O buffers shared by all connections; bounds their memory")
     max_connections: int = _opt(256, "connections served at once, over every listener")
     max_readers: int = _opt(8, "reading connections per ticket, advertised and enforced")
     max_writers: int = _opt(8, "writing connections per ticket, advertised and enforced")

@@ -4,18 +4,17 @@ Theory of operation: a connection runs in its own worker thread. It reads a
 request head under the server's header deadline (until it has been
 authorized by a ticket; from then on the ticket's inactivity timeout bounds
 every wait), dispatches it through the router, and replies. It owns, and
-closes on exit: its socket, the backend opened for its current ticket, the
-I/O buffer (allocated once, reused by every request), and its slot in the
-ticket's reader/writer accounting. Canceling a ticket calls ``abort()``,
-which shuts the socket down so a request blocked on a slow peer fails at
-once.
+closes on exit: its socket, the backend opened for its current ticket, and
+its slot in the ticket's reader/writer accounting; a request borrows its
+I/O buffers from the server's pool (``vdsm_imageio.pipeline``).
+Canceling a ticket calls ``abort()``, which shuts the socket down so a
+request blocked on a slow peer fails at once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import mmap
 import socket
 import time
 from collections.abc import Callable
@@ -57,7 +56,6 @@ class Connection:
         self.server = server
         self.ticket: Ticket | None = None
         self._backend: Backend | None = None
-        self._buffer: mmap.mmap | None = None
         self._rfile = sock.makefile("rb", buffering=256 * 1024)
         self._close = False
         self._linger = False
@@ -103,12 +101,6 @@ class Connection:
             self._backend = self.server.open_backend(ticket)
         return self._backend
 
-    def buffer(self) -> memoryview:
-        if self._buffer is None:
-            # mmap memory is page aligned, as O_DIRECT needs.
-            self._buffer = mmap.mmap(-1, self.server.config.http.buffer_size)
-        return memoryview(self._buffer)
-
     def _release_ticket(self) -> None:
         if self._backend is not None:
             backend, self._backend = self._backend, None
@@ -123,9 +115,6 @@ class Connection:
             if self._linger and not self._aborted:
                 self._drop_input()
         finally:
-            if self._buffer is not None:
-                self._buffer.close()
-                self._buffer = None
             self._rfile.close()
             self.sock.close()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from .. import pipeline
 from ..errors import (
     BadRequest,
     LengthRequired,
@@ -90,15 +91,26 @@ class Images:
     def _send(self, conn: Connection, ticket: Ticket, op: Operation,
               r: ByteRange) -> None:
         backend = conn.backend(ticket)
-        buf = conn.buffer()
         offset = r.start
-        while offset < r.end:
-            n = backend.readinto(offset, buf[:min(len(buf), r.end - offset)])
+
+        def read(buf: memoryview) -> int:
+            nonlocal offset
+            want = min(len(buf), r.end - offset)
+            if want == 0:
+                return 0
+            n = backend.readinto(offset, buf[:want])
             if n == 0:
                 raise BadRequest(field="image", reason="image ended before the range")
-            conn.sendall(buf[:n])
             offset += n
-            ticket.progress(op, n)
+            return n
+
+        def send(data: memoryview) -> None:
+            conn.sendall(data)
+            ticket.progress(op, len(data))
+
+        pipeline.run(conn.server.pool, read, send, threaded_side="produce",
+                     check_alive=ticket.check_canceled,
+                     single=r.length <= conn.server.pool.size)
 
     # PUT
 
@@ -128,27 +140,39 @@ class Images:
     def _receive(self, conn: Connection, ticket: Ticket, op: Operation,
                  start: int, length: int | None) -> int:
         """Write the body at start, never past its range or the ticket."""
-        assert conn.body is not None
+        body = conn.body
+        assert body is not None
         backend = conn.backend(ticket)
-        buf = conn.buffer()
         size = ticket.spec.size
         end = size if length is None else start + length
-        offset = start
-        while not conn.body.done:
+        received = start
+        written = start
+
+        def recv(buf: memoryview) -> int:
+            nonlocal received
+            if body.done:
+                return 0
             # One byte more than allowed tells a long body from an exact one.
-            n = conn.body.readinto(buf[:min(len(buf), end - offset + 1)])
-            if n == 0:
-                break
-            if offset + n > end:
+            n = body.readinto(buf[:min(len(buf), end - received + 1)])
+            if received + n > end:
                 # Only a chunked body can get here: its length was not known.
                 if length is None:
                     raise RangeNotSatisfiable(size=size)
                 raise BadRequest(field="body",
                                  reason=f"longer than the {length} bytes of Content-Range")
-            backend.write(offset, buf[:n])
-            offset += n
-            ticket.progress(op, n)
-        return offset - start
+            received += n
+            return n
+
+        def write(data: memoryview) -> None:
+            nonlocal written
+            backend.write(written, data)
+            written += len(data)
+            ticket.progress(op, len(data))
+
+        small = length is not None and length <= conn.server.pool.size
+        pipeline.run(conn.server.pool, recv, write, threaded_side="consume",
+                     check_alive=ticket.check_canceled, single=small)
+        return written - start
 
     # PATCH
 

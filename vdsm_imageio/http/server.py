@@ -25,6 +25,7 @@ from .. import tls
 from ..backends import Backend
 from ..config import Config
 from ..errors import PeerClosed
+from ..pipeline import BufferPool
 from ..tickets import Ticket
 from .connection import Connection
 from .router import Router
@@ -120,6 +121,7 @@ class Server:
         self.router = router
         self.open_backend = open_backend
         self.deadlines = Deadlines()
+        self.pool = BufferPool(config.http.buffer_size, config.http.max_buffers)
         self._listeners: list[Listener] = []
         self._threads: list[threading.Thread] = []
         self._conns: set[Connection] = set()
