@@ -259,12 +259,20 @@ class Lifecycle(Case):
 
 
 class PeakRss(Case):
-    """64 connections (8 tickets x 8) each in the middle of a download."""
+    """64 connections (8 tickets x 8) downloading distinct ranges at once,
+    each read at full speed by its own curl; the daemon's VmHWM after."""
 
     id = "peak-rss"
     metrics = (Metric("peak RSS with 64 connections downloading", "MiB", False),)
     drop_cache = False
     tickets, per_ticket = 8, 8
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        count = self.tickets * self.per_ticket
+        # Long enough that every connection is still running when the last
+        # one starts, bounded so a run takes seconds.
+        self.length = min(64 * MiB, ctx.images.size // count) // 4096 * 4096
 
     def prepare(self, d: Daemon) -> list[str]:
         url = self.ctx.images.full.as_uri()
@@ -274,15 +282,10 @@ class PeakRss(Case):
     def run(self, d: Daemon, tickets: list[str]) -> dict[str, float]:
         if not procs.reset_peak_rss(d.pid):
             raise RuntimeError("cannot reset VmHWM (/proc/<pid>/clear_refs)")
-        conns = clients.OpenDownloads(d, tickets, self.per_ticket, self.ctx.images.size)
-        try:
-            time.sleep(0.5)
-            peak = procs.status_kib(d.pid, "VmHWM")
-        finally:
-            conns.close()
-        # Let the daemon notice the closed connections before tickets go.
-        time.sleep(1.0)
-        return {self.metrics[0].name: peak / 1024}
+        jobs = [(t, (i * self.per_ticket + j) * self.length, self.length)
+                for i, t in enumerate(tickets) for j in range(self.per_ticket)]
+        clients.curl_download_many(d, jobs)
+        return {self.metrics[0].name: procs.status_kib(d.pid, "VmHWM") / 1024}
 
 
 def transfer_id(direction: str, transport: str, tool: str, source: str) -> str:

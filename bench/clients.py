@@ -173,33 +173,3 @@ def random_reads(daemon: Daemon, ticket_id: str, size: int, *, count: int,
         reader.close()
         sock.close()
     return done / (time.monotonic() - started)
-
-
-class OpenDownloads:
-    """Connections that each started a large download and read only a bit:
-    every one is mid-response in the daemon at once (for peak memory)."""
-
-    def __init__(self, daemon: Daemon, ticket_ids: list[str], per_ticket: int,
-                 length: int) -> None:
-        self.socks: list[socket.socket] = []
-        try:
-            for ticket_id in ticket_ids:
-                for _ in range(per_ticket):
-                    sock = _unix_socket(daemon)
-                    self.socks.append(sock)
-                    sock.sendall(f"GET /images/{ticket_id} HTTP/1.1\r\nHost: localhost\r\n"
-                                 f"Range: bytes=0-{length - 1}\r\n\r\n".encode())
-            for sock in self.socks:
-                head = sock.recv(65536)
-                if not head.startswith(b"HTTP/1.1 206"):
-                    raise ClientError(f"download refused: {head[:80]!r}")
-                # Wait for body bytes: the daemon has filled its buffer.
-                sock.recv(65536)
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        for sock in self.socks:
-            sock.close()
-        self.socks = []
