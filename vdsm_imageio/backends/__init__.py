@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -71,3 +71,11 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release the backend's resources; idempotent."""
+
+
+@runtime_checkable
+class Spliceable(Protocol):
+    """A backend whose data can be spliced to a socket (vdsm_imageio.zerocopy)."""
+
+    def splice_source(self, offset: int, length: int) -> int | None:
+        """An O_DIRECT fd for this aligned range, or None to copy instead."""

@@ -149,6 +149,13 @@ class FileBackend:
             else:
                 self._zero_file(offset, length, punch=punch_hole and self._sparse)
 
+    def splice_source(self, offset: int, length: int) -> int | None:
+        """The fd to splice [offset, offset+length) from, if direct I/O allows."""
+        bs = self._block_size
+        if bs <= 1 or offset % bs or length % bs:
+            return None
+        return self._checked_fd()
+
     def flush(self) -> None:
         fd = self._checked_fd()
         with self._errors("flush", 0, 0):

@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
+from .. import zerocopy
 from ..backends import Backend
 from ..errors import ImageioError, PeerClosed
 from ..tickets import Ticket
@@ -100,6 +102,12 @@ class Connection:
         if self._backend is None:
             self._backend = self.server.open_backend(ticket)
         return self._backend
+
+    def splice_target(self) -> socket.socket | None:
+        """The socket when data may be spliced into it (not TLS)."""
+        if isinstance(self.sock, ssl.SSLSocket) or not zerocopy.available():
+            return None
+        return self.sock
 
     def _release_ticket(self) -> None:
         if self._backend is not None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .. import pipeline
+from .. import pipeline, zerocopy
+from ..backends import Spliceable
 from ..errors import (
     BadRequest,
     LengthRequired,
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 READ_FEATURES = ["extents"]
 WRITE_FEATURES = ["extents", "zero", "flush"]
+# Smaller downloads are not worth a pipe and a thread.
+SPLICE_MIN = 1024**2
 # Zero in steps so that cancel and progress apply to huge ranges too.
 ZERO_STEP = 1024**3
 
@@ -91,6 +94,14 @@ class Images:
     def _send(self, conn: Connection, ticket: Ticket, op: Operation,
               r: ByteRange) -> None:
         backend = conn.backend(ticket)
+        sock = conn.splice_target()
+        if (sock is not None and r.length >= SPLICE_MIN
+                and isinstance(backend, Spliceable)):
+            src_fd = backend.splice_source(r.start, r.length)
+            if src_fd is not None:
+                zerocopy.send(src_fd, r.start, r.length, sock,
+                              lambda n: ticket.progress(op, n))
+                return
         offset = r.start
 
         def read(buf: memoryview) -> int:

@@ -1,0 +1,128 @@
+"""Splicing downloads: file (O_DIRECT) -> pipe -> socket, no user-space copy."""
+
+import hashlib
+import os
+import socket
+import subprocess
+import threading
+
+import pytest
+
+from vdsm_imageio import zerocopy
+from vdsm_imageio.backends.file import open_file
+from vdsm_imageio.errors import BackendError, PeerClosed, TicketCanceled
+
+MiB = 1024**2
+
+
+@pytest.fixture
+def image(tmp_path):
+    if subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)],
+                      capture_output=True, text=True).stdout.strip() == "tmpfs":
+        pytest.fail("tmp_path must be on a disk file system for O_DIRECT")
+    path = tmp_path / "image.raw"
+    path.write_bytes(os.urandom(5 * MiB))
+    return str(path)
+
+
+def receive(sock, out):
+    h = hashlib.sha256()
+    while chunk := sock.recv(MiB):
+        h.update(chunk)
+        out.append(len(chunk))
+    out.append(h.hexdigest())
+
+
+def run_send(path, offset, length, progress=None, timeout=10.0):
+    a, b = socket.socketpair()
+    out: list = []
+    reader = threading.Thread(target=receive, args=(b, out))
+    reader.start()
+    done = []
+    try:
+        with open_file(path, mode="r", sparse=False) as backend:
+            fd = backend.splice_source(offset, length)
+            assert fd is not None
+            a.settimeout(timeout)
+            zerocopy.send(fd, offset, length, a, progress or done.append)
+    finally:
+        a.close()
+        reader.join(10)
+        b.close()
+    return out, done
+
+
+def test_spliced_range_arrives_intact(image):
+    with open(image, "rb") as f:
+        f.seek(MiB)
+        expected = hashlib.sha256(f.read(3 * MiB)).hexdigest()
+    out, progress = run_send(image, MiB, 3 * MiB)
+    assert out[-1] == expected
+    assert sum(progress) == 3 * MiB
+
+
+def test_splice_leaves_nothing_in_page_cache(image):
+    fd = os.open(image, os.O_RDONLY)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    run_send(image, 0, 5 * MiB)
+    res = subprocess.run(["fincore", "--raw", "--noheadings", "-o", "PAGES", image],
+                         capture_output=True, text=True, check=True).stdout
+    assert int(res.strip()) == 0
+
+
+def test_unaligned_range_is_not_spliced(image):
+    with open_file(image, mode="r", sparse=False) as backend:
+        assert backend.splice_source(100, MiB) is None
+        assert backend.splice_source(0, MiB + 1) is None
+        assert backend.splice_source(4096, MiB) is not None
+
+
+def test_range_past_end_of_image_is_backend_error(image):
+    with pytest.raises(BackendError):
+        run_send(image, 4 * MiB, 2 * MiB)
+    assert threading.active_count() == 1
+
+
+def test_cancel_from_progress_stops_the_helper(image):
+    seen = []
+
+    def progress(n):
+        seen.append(n)
+        if sum(seen) >= MiB:
+            raise TicketCanceled(transfer_id="t")
+
+    with pytest.raises(TicketCanceled):
+        run_send(image, 0, 5 * MiB, progress=progress)
+    assert threading.active_count() == 1
+
+
+def test_client_that_stops_reading_times_out(image):
+    a, b = socket.socketpair()
+    try:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        a.settimeout(0.3)
+        with open_file(image, mode="r", sparse=False) as backend, \
+                pytest.raises(PeerClosed, match="timed out"):
+            zerocopy.send(backend.splice_source(0, 5 * MiB), 0, 5 * MiB, a,
+                          lambda n: None)
+        # The connection keeps its own timeout afterwards.
+        assert a.gettimeout() == 0.3
+        assert not os.get_blocking(a.fileno())
+    finally:
+        a.close()
+        b.close()
+    assert threading.active_count() == 1
+
+
+def test_closed_client_is_peer_closed(image):
+    a, b = socket.socketpair()
+    b.close()
+    try:
+        with open_file(image, mode="r", sparse=False) as backend, \
+                pytest.raises(PeerClosed):
+            zerocopy.send(backend.splice_source(0, 5 * MiB), 0, 5 * MiB, a,
+                          lambda n: None)
+    finally:
+        a.close()

@@ -1,0 +1,131 @@
+"""Downloads that never copy image data through user space.
+
+Theory of operation: on a plain (unix socket) connection, a download from a
+file opened with O_DIRECT moves as ``splice(file -> pipe)`` in a helper
+thread and ``splice(pipe -> socket)`` in the request's thread. Since Linux
+6.5 a splice from an O_DIRECT file reads with direct I/O into pages the
+pipe owns (no page cache, so the shared-storage rules hold), and a unix
+stream socket takes pipe pages by reference (MSG_SPLICE_PAGES): the daemon
+spends its CPU on system calls, not on copying. The pipe is the bounded
+queue between the two threads; its capacity (1 MiB without
+CAP_SYS_RESOURCE) is the read size.
+
+Stopping: the request's thread closes the pipe's read end on error, so a
+helper blocked on a full pipe fails with EPIPE; the helper closes the write
+end when it stops, so the request's thread sees end of data early and
+raises the helper's error.
+
+Direct I/O needs aligned offsets and lengths; callers use this path only
+for aligned ranges and fall back to the buffered pipeline otherwise.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from .errors import BackendError, PeerClosed
+
+log = logging.getLogger(__name__)
+
+F_SETPIPE_SZ = 1031
+PIPE_SIZE = 1024**2
+
+
+def available() -> bool:
+    return hasattr(os, "splice")
+
+
+def send(src_fd: int, offset: int, length: int, sock: socket.socket,
+         progress: Callable[[int], None]) -> None:
+    """Send length bytes of src_fd at offset to sock; progress(n) per piece.
+
+    The socket's timeout bounds each wait for the client to take more data.
+    """
+    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    try:
+        size = _grow(wfd)
+    except OSError:
+        os.close(rfd)
+        os.close(wfd)
+        raise
+    failure: list[OSError] = []
+
+    def fill() -> None:
+        pos, end = offset, offset + length
+        try:
+            while pos < end:
+                n = os.splice(src_fd, wfd, min(size, end - pos), offset_src=pos)
+                if n == 0:
+                    raise OSError(errno.EIO, "image ended before the range")
+                pos += n
+        except OSError as e:
+            if e.errno != errno.EPIPE:
+                failure.append(e)
+        finally:
+            os.close(wfd)
+
+    helper = threading.Thread(target=fill, name="io-splice", daemon=True)
+    helper.start()
+    try:
+        _drain(rfd, sock, length, progress)
+    finally:
+        os.close(rfd)
+        helper.join()
+    if failure:
+        raise BackendError(reason=failure[0].strerror or str(failure[0]))
+
+
+def _drain(rfd: int, sock: socket.socket, length: int,
+           progress: Callable[[int], None]) -> None:
+    left = length
+    with _blocking(sock):
+        while left:
+            try:
+                n = os.splice(rfd, sock.fileno(), left)
+            except BlockingIOError:
+                # SO_SNDTIMEO expired: the client stopped reading.
+                raise PeerClosed(reason="timed out sending to the client") from None
+            except OSError as e:
+                raise PeerClosed(reason=e.strerror or str(e)) from None
+            if n == 0:
+                # The helper stopped early; fill() recorded why.
+                return
+            left -= n
+            progress(n)
+
+
+@contextmanager
+def _blocking(sock: socket.socket) -> Iterator[None]:
+    """Make the socket blocking, bounded by SO_SNDTIMEO, for the splice.
+
+    A socket with a Python timeout is non-blocking underneath; splicing
+    into it would wake up for every few hundred KiB of socket buffer. The
+    kernel's send timeout keeps the bound without the wake-ups.
+    """
+    timeout = sock.gettimeout()
+    seconds = 0.0 if timeout is None else timeout
+    timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000))
+    saved = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, len(timeval))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+    sock.settimeout(None)
+    try:
+        yield
+    finally:
+        sock.settimeout(timeout)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, saved)
+
+
+def _grow(wfd: int) -> int:
+    try:
+        return fcntl.fcntl(wfd, F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        # Over /proc/sys/fs/pipe-max-size: keep the default 64 KiB.
+        return fcntl.fcntl(wfd, fcntl.F_GETPIPE_SZ)
