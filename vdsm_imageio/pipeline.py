@@ -10,8 +10,9 @@ busy. The helper thread lives for one request; a request that fits in one
 buffer runs without it, so small random I/O pays nothing.
 
 Buffers come from a pool shared by every connection, so memory stays
-bounded however many connections are open: a request waits for a buffer
-when the pool is empty, and runs single-buffered when only one is free.
+bounded however many connections are open: a request runs single-buffered
+when only one pooled buffer is free, and with a small private buffer when
+none is.
 
 Rules:
 - Errors on either side stop both; the first error is raised in the
@@ -28,59 +29,57 @@ from collections.abc import Callable
 
 Produce = Callable[[memoryview], int]
 Consume = Callable[[memoryview], None]
-CheckAlive = Callable[[], None]
-
-# How often a request waiting for a pool buffer checks it was not canceled.
-WAIT_SLICE = 0.5
 
 
 class BufferPool:
-    """Page-aligned buffers (as O_DIRECT needs) shared by all connections."""
+    """Page-aligned buffers (as O_DIRECT needs) shared by all connections.
 
-    def __init__(self, size: int, count: int) -> None:
+    When every pooled buffer is in use, a request gets a small private
+    buffer instead of waiting: a request must never wait for a buffer that
+    another request holds while its own client is not reading, or a client
+    that reads its connections one at a time would deadlock against us.
+    """
+
+    def __init__(self, size: int, count: int, fallback_size: int = 256 * 1024) -> None:
         if count < 1:
             raise ValueError("a buffer pool needs at least one buffer")
         self.size = size
+        self.fallback_size = min(fallback_size, size)
         self._count = count
         self._free: list[memoryview] = []
-        self._maps: list[mmap.mmap] = []
-        self._cond = threading.Condition()
+        self._pooled: set[int] = set()
+        self._lock = threading.Lock()
 
-    def acquire(self, check_alive: CheckAlive) -> memoryview:
-        """A buffer, waiting for one if all are in use."""
-        with self._cond:
-            while True:
-                buf = self._take_locked()
-                if buf is not None:
-                    return buf
-                check_alive()
-                self._cond.wait(WAIT_SLICE)
+    def acquire(self) -> memoryview:
+        """A pooled buffer, or a small private one if all are in use."""
+        buf = self.try_acquire()
+        return buf if buf is not None else memoryview(mmap.mmap(-1, self.fallback_size))
 
     def try_acquire(self) -> memoryview | None:
-        with self._cond:
-            return self._take_locked()
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+            if len(self._pooled) < self._count:
+                buf = memoryview(mmap.mmap(-1, self.size))
+                self._pooled.add(id(buf))
+                return buf
+        return None
 
     def release(self, buf: memoryview) -> None:
-        with self._cond:
-            self._free.append(buf)
-            self._cond.notify()
+        with self._lock:
+            if id(buf) in self._pooled:
+                self._free.append(buf)
+                return
+        # A private buffer: dropping the view unmaps it.
+        buf.release()
 
     def allocated(self) -> int:
-        with self._cond:
-            return len(self._maps)
-
-    def _take_locked(self) -> memoryview | None:
-        if self._free:
-            return self._free.pop()
-        if len(self._maps) < self._count:
-            m = mmap.mmap(-1, self.size)
-            self._maps.append(m)
-            return memoryview(m)
-        return None
+        with self._lock:
+            return len(self._pooled)
 
 
 def run(pool: BufferPool, produce: Produce, consume: Consume, *,
-        threaded_side: str, check_alive: CheckAlive, single: bool = False) -> None:
+        threaded_side: str, single: bool = False) -> None:
     """Move data until produce returns 0.
 
     threaded_side names the side ("produce" or "consume") that runs in the
@@ -88,7 +87,7 @@ def run(pool: BufferPool, produce: Produce, consume: Consume, *,
     thread keeps the socket. single=True (the request fits one buffer)
     runs without a helper thread.
     """
-    first = pool.acquire(check_alive)
+    first = pool.acquire()
     second = None if single else pool.try_acquire()
     try:
         if second is None:

@@ -120,7 +120,6 @@ class Images:
             ticket.progress(op, len(data))
 
         pipeline.run(conn.server.pool, read, send, threaded_side="produce",
-                     check_alive=ticket.check_canceled,
                      single=r.length <= conn.server.pool.size)
 
     # PUT
@@ -182,7 +181,7 @@ class Images:
 
         small = length is not None and length <= conn.server.pool.size
         pipeline.run(conn.server.pool, recv, write, threaded_side="consume",
-                     check_alive=ticket.check_canceled, single=small)
+                     single=small)
         return written - start
 
     # PATCH
