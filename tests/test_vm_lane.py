@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 RUNNER = Path(__file__).parent / "vm" / "runner.py"
+RUNNER_LOG = Path(".cache") / "vm-lane.log"
 # Boot (~30 s in software emulation) plus the guest suite; the runner
 # enforces this limit itself and stops the guest.
 GUEST_TIMEOUT = 600
@@ -36,7 +37,10 @@ def test_vm_lane_guest_suite_passes(record_property: Callable[[str, Any], None])
     summaries = SUMMARY_RE.findall(out)
     summary = summaries[-1] if summaries else "no pytest summary"
     record_property("vm_lane_guest", summary)
-    tail = "\n".join(out.splitlines()[-80:])
+    lines = out.splitlines()
+    # The guest's failures first (its -ra summary), then the end of its output.
+    failures = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    tail = "\n".join([*failures, "...", *lines[-80:], f"(full log: {RUNNER_LOG})"])
     assert "VM-LANE-EXIT" in out, f"VM lane guest failed to boot:\n{tail}"
     assert proc.returncode == 0, f"VM lane guest suite failed ({summary}):\n{tail}"
     assert summaries, f"no pytest summary from the guest:\n{tail}"

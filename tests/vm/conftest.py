@@ -48,9 +48,11 @@ def domain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Domain]:
 def lockspace(domain: Domain) -> Iterator[str]:
     """The domain's lockspace, joined as host 1 (vdsm does this at connect)."""
     name = domain.sd_id.encode()
-    # A short io timeout shortens the join (the delta lease waits on it).
-    sanlock.write_lockspace(name, domain.ids, iotimeout=1)
-    sanlock.add_lockspace(name, 1, domain.ids, iotimeout=1)
+    # A shorter io timeout than sanlock's 10 s shortens the join (the delta
+    # lease waits on it), but renewals must still survive a starved,
+    # emulated guest on a busy host: they fail after 8 io timeouts.
+    sanlock.write_lockspace(name, domain.ids, iotimeout=5)
+    sanlock.add_lockspace(name, 1, domain.ids, iotimeout=5)
     yield domain.sd_id
     sanlock.rem_lockspace(name, 1, domain.ids)
 

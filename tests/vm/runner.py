@@ -34,6 +34,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST = Path(__file__).resolve().with_name("guest.sh")
+# The whole guest console of the last run, for a failure's details.
+LOG = REPO / ".cache" / "vm-lane.log"
 MARKER = "VM-LANE-EXIT"
 MARKER_RE = re.compile(rf"^{MARKER} rc=(\d+)$", re.M)
 # Distinct from pytest's exit codes 0-5.
@@ -120,6 +122,8 @@ def run_host(pytest_args: list[str]) -> int:
         print(f"VM lane: guest still running after {timeout:.0f}s, stopped it",
               flush=True)
         return TIMED_OUT
+    LOG.parent.mkdir(parents=True, exist_ok=True)
+    LOG.write_text("".join(output))
     marker = MARKER_RE.search("".join(output))
     elapsed = time.monotonic() - start
     if marker is None:
