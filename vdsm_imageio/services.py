@@ -18,6 +18,11 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
+from storage.leases import Leases
+from storage.lvm import Lvm
+from storage.udev import DeviceWatcher
+from storage.volumes import Volumes
+
 from . import __version__, tls
 from .backends import Backend
 from .backends.file import open_file
@@ -57,11 +62,18 @@ class Services:
         self.hooks = Hooks(config.hooks.dir, timeout=config.hooks.timeout,
                            env={k: v for k, v in hook_env.items() if v})
         self.ticket_hooks = TicketHooks(self.hooks, clock)
+        self.udev = DeviceWatcher(clock=clock)
+        self.volumes = Volumes(
+            file_root=Path(config.storage.file_root),
+            run_dir=Path(config.daemon.run_dir),
+            lvm=Lvm(), udev=self.udev, leases=Leases(), clock=clock,
+            on_lost=self._on_volume_lost)
         self.registry = Registry(
             clock=clock,
             remove_timeout=config.daemon.remove_timeout,
             default_inactivity_timeout=config.http.default_inactivity_timeout,
-            resolve_url=resolve_url,
+            resolve_url=self._resolve_url,
+            release=self.volumes.release,
             guard=self.ticket_hooks.guard,
         )
         self.registry.subscribe(self.ticket_hooks.listener)
@@ -102,6 +114,11 @@ class Services:
         if self.unix_socket:
             self.server.add_listener(unix_listener(self.unix_socket))
         self.server.start()
+        try:
+            self.udev.start()
+        except OSError as e:
+            # File tickets work without it; block volumes cannot be watched.
+            log.warning("UDEV monitor unavailable reason=%s", e)
         if self.ticket_server is not None:
             Path(self.ticket_server.path).parent.mkdir(parents=True, exist_ok=True)
             self.ticket_server.start()
@@ -116,6 +133,7 @@ class Services:
         if self.ticket_server is not None:
             self.ticket_server.stop()
         self.control.stop()
+        self.udev.stop()
         self.hooks.close(timeout=0.2)
 
     def owned_paths(self) -> list[str]:
@@ -136,6 +154,22 @@ class Services:
                 return  # removed: after_ticket_remove tells the rest
             if not ticket.canceled:
                 self.ticket_hooks.run("after_transfer_idle", ticket)
+
+    def _resolve_url(self, spec: TicketSpec) -> str:
+        if spec.volume is not None:
+            return self.volumes.prepare(spec)
+        return resolve_url(spec)
+
+    def _on_volume_lost(self, uuid: str, device: str, action: str) -> None:
+        """The device under a live ticket went away: stop its requests now."""
+        try:
+            ticket = self.registry.get(uuid)
+        except TicketNotFound:
+            return
+        log.warning("VOLUME lost transfer=%s device=%s action=%s",
+                    ticket.transfer_id, device, action)
+        ticket.cancel()
+        self.publish("Volume.lost", {"uuid": uuid, "device": device, "action": action})
 
     def publish(self, name: str, params: dict[str, Any]) -> None:
         """Notify control-channel subscribers (Volume.lost comes from storage)."""
@@ -166,9 +200,8 @@ class Services:
 
 
 def resolve_url(spec: TicketSpec) -> str:
-    """The URL a ticket serves; checks that a file URL names a usable file."""
-    if spec.url is None:
-        raise InvalidTicket(field="volume", reason="volume tickets need the storage plane")
+    """The URL a url ticket serves; checks that it names something usable."""
+    assert spec.url is not None
     parts = urlsplit(spec.url)
     if parts.scheme == "nbd":
         return _resolve_nbd(spec.url)
