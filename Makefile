@@ -9,9 +9,14 @@ APT_PACKAGES := python3-venv python3-pip python3-sanlock python3-libnbd python3-
 	qemu-utils curl util-linux e2fsprogs openssl \
 	gcc python3-dev
 PIP_PACKAGES := pytest pytest-timeout mypy ruff
+# VM lane: tests/vm run inside one virtme-ng guest (tests/vm/runner.py) with
+# Debian's kernel, real LVM, device-mapper, udevd and sanlock.
+VM_APT_PACKAGES := qemu-system-x86 linux-image-amd64 lvm2 sanlock udev busybox-static
+APT_PACKAGES += $(VM_APT_PACKAGES)
+PIP_PACKAGES += virtme-ng
 LOCAL_DIR ?= ./var
 
-.PHONY: deps apt-deps run test test-unit test-integration lint typecheck clean
+.PHONY: deps apt-deps run test test-vm lint typecheck clean
 
 deps: apt-deps $(VENV)/.installed
 
@@ -42,6 +47,10 @@ typecheck: deps
 
 test: deps lint typecheck
 	$(PY) -m pytest tests
+
+# Only the VM lane, with the guest's output streamed live.
+test-vm: deps
+	$(PY) tests/vm/runner.py -ra
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
