@@ -10,11 +10,19 @@ Rules:
   with multiplicity (two racing adds of one uuid prepare twice and the
   registry releases the loser once).
 - Prepare, in order: lease, storage (file: find it; block: activate the LV
-  and wait for its device through udev), link, device watch. It is all or
-  nothing: a failure undoes every step this call took, in reverse order.
+  and wait for its device through udev), link, qemu-nbd, device watch. It
+  is all or nothing: a failure undoes every step this call took, in
+  reverse order.
+- A volume with ``nbd: true``, format ``cow`` (qcow2 is only meaningful as
+  guest data) or a ``bitmap`` is served by one qemu-nbd of its own, whose
+  ``nbd:unix:`` URL the tickets get. It is read-only when the first ticket
+  is; a later write ticket is then refused (VolumeError), never silently
+  served read-only. Tickets sharing a volume must agree on how it is
+  served (nbd, format, bitmap).
 - The lease is held while at least one write ticket whose volume carries
   ``lease`` uses the volume; read tickets take none.
-- Teardown undoes prepare in reverse order, tries every step, and raises
+- Teardown undoes prepare in reverse order (qemu-nbd stops before the LV
+  is deactivated: it holds the device open), tries every step, and raises
   the first failure (an LV open elsewhere stays active and is reported).
   Only an LV this module activated is deactivated: one that was already
   active belongs to someone else (a running VM, vdsm).
@@ -28,6 +36,7 @@ Rules:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections import Counter
@@ -44,6 +53,7 @@ from .files import find_volume
 from .leases import Lease, Leases
 from .links import Links
 from .lvm import Lvm
+from .qemu_nbd import QemuNbd
 from .udev import DeviceWatcher, Watch
 
 log = logging.getLogger(__name__)
@@ -51,6 +61,8 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 LostCallback = Callable[[str, str, str], None]
 Key = tuple[str, str, str, str]
+# Ticket volume format -> qemu's name for it.
+QEMU_FORMATS = {"raw": "raw", "cow": "qcow2"}
 
 
 @dataclass
@@ -62,6 +74,7 @@ class _Prepared:
     activated: bool = False
     watch: Watch | None = None
     lease: Lease | None = None
+    server: QemuNbd | None = None
     refs: Counter[str] = field(default_factory=Counter)
     writers: Counter[str] = field(default_factory=Counter)
     transfers: dict[str, str] = field(default_factory=dict)
@@ -82,6 +95,7 @@ class Volumes:
     ) -> None:
         self._file_root = file_root
         self._links = Links(run_dir)
+        self._nbd_dir = run_dir / "nbd"
         self._lvm = lvm
         self._udev = udev
         self._leases = leases
@@ -104,11 +118,13 @@ class Volumes:
         with self._locked(key):
             state = self._volumes.get(key)
             if state is None:
-                state = self._setup(vol, wants_lease, spec.transfer_id)
+                state = self._setup(spec, wants_lease)
                 with self._lock:
                     self._volumes[key] = state
-            elif wants_lease and state.lease is None:
-                state.lease = self._acquire(vol)
+            else:
+                _check_shareable(state, spec)
+                if wants_lease and state.lease is None:
+                    state.lease = self._acquire(vol)
             with self._lock:
                 state.refs[spec.uuid] += 1
                 if wants_lease:
@@ -162,7 +178,9 @@ class Volumes:
 
     # Prepare and teardown.
 
-    def _setup(self, vol: Volume, wants_lease: bool, transfer_id: str) -> _Prepared:
+    def _setup(self, spec: TicketSpec, wants_lease: bool) -> _Prepared:
+        vol, transfer_id = spec.volume, spec.transfer_id
+        assert vol is not None
         with ExitStack() as undo:
             lease = None
             if wants_lease:
@@ -177,6 +195,11 @@ class Volumes:
             link = self._links.create(vol, state.target)
             undo.callback(_quietly, self._links.remove, vol)
             state.url = link.as_uri()
+            if served_by_qemu_nbd(vol):
+                state.server = self._serve(vol, state.target,
+                                           read_only=not spec.allows("write"))
+                undo.callback(_quietly, state.server.stop)
+                state.url = state.server.url
             if state.device is not None:
                 state.watch = self._udev.watch(
                     state.device, lambda node, action: self._device_event(
@@ -193,6 +216,16 @@ class Volumes:
                       path=vol.lease.path, offset=vol.lease.offset)
         self._leases.acquire(lease)
         return lease
+
+    def _serve(self, vol: Volume, image: str, *, read_only: bool) -> QemuNbd:
+        # sun_path holds 107 bytes: a digest keeps the name short whatever
+        # the ids, and distinct per volume.
+        name = hashlib.sha256("/".join(_key(vol)).encode()).hexdigest()[:16]
+        server = QemuNbd(image, QEMU_FORMATS[vol.format],
+                         str(self._nbd_dir / f"{name}.sock"), read_only=read_only,
+                         bitmap=vol.bitmap, sd_id=vol.sd_id, vol_id=vol.vol_id)
+        server.start()
+        return server
 
     def _activate(self, vol: Volume, undo: ExitStack) -> _Prepared:
         ids = {"sd_id": vol.sd_id, "img_id": vol.img_id, "vol_id": vol.vol_id}
@@ -221,6 +254,8 @@ class Volumes:
         steps: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         if state.watch is not None:
             steps.append((state.watch.cancel, ()))
+        if state.server is not None:
+            steps.append((state.server.stop, ()))
         steps.append((self._links.remove, (vol,)))
         if state.activated:
             steps.append((self._lvm.deactivate, (vol.sd_id, vol.vol_id)))
@@ -280,6 +315,35 @@ class Volumes:
                 users[0] -= 1
                 if not users[0]:
                     del self._key_locks[key]
+
+
+def served_by_qemu_nbd(vol: Volume) -> bool:
+    return vol.nbd or vol.format == "cow" or vol.bitmap is not None
+
+
+def _serving(vol: Volume) -> str:
+    if not served_by_qemu_nbd(vol):
+        return "as a file"
+    bitmap = f" with bitmap {vol.bitmap}" if vol.bitmap is not None else ""
+    return f"by qemu-nbd as {QEMU_FORMATS[vol.format]}{bitmap}"
+
+
+def _check_shareable(state: _Prepared, spec: TicketSpec) -> None:
+    """Refuse a ticket the prepared volume cannot serve as it asks."""
+    vol = spec.volume
+    assert vol is not None
+    reason = None
+    if _serving(vol) != _serving(state.volume):
+        reason = (f"served {_serving(state.volume)} for another ticket; "
+                  f"this one asks for it {_serving(vol)}")
+    elif state.server is not None and state.server.read_only and spec.allows("write"):
+        reason = ("served read-only by qemu-nbd for a read ticket; add the write "
+                  "ticket after the read tickets are removed")
+    if reason is not None:
+        log.warning("PREPARE refused transfer=%s sd=%s vol=%s reason=%s",
+                    spec.transfer_id, vol.sd_id, vol.vol_id, reason)
+        raise VolumeError(action="prepare", sd_id=vol.sd_id, vol_id=vol.vol_id,
+                          reason=reason)
 
 
 def _key(vol: Volume) -> Key:

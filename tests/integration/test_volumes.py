@@ -4,7 +4,10 @@ leases and device loss run in the VM lane: tests/vm)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import random
+import subprocess
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +16,8 @@ if TYPE_CHECKING:
     from conftest import Daemon
 
 MiB = 1024**2
+KiB = 1024
+CLUSTER = 64 * KiB
 
 
 def make_volume(d: Daemon, size: int = 8 * MiB) -> dict[str, Any]:
@@ -90,3 +95,132 @@ def test_block_volume_without_lvm_domain_is_volume_not_found(daemon: Daemon) -> 
     reply = daemon.call("Ticket.add", ticket=ticket)
     assert reply["error"]["code"] in (200, 201), reply
     assert ticket["uuid"] not in [t["uuid"] for t in daemon.result("Ticket.list")]
+
+
+# Volumes served through qemu-nbd: `nbd: true`, format cow, bitmaps.
+
+
+def qemu(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True, timeout=60)
+
+
+def make_qcow2_volume(d: Daemon, *, bitmap: str | None = None) -> dict[str, Any]:
+    vol = make_volume(d)
+    qemu("qemu-img", "create", "-q", "-f", "qcow2", str(vol["path"]), str(8 * MiB))
+    if bitmap:
+        qemu("qemu-img", "bitmap", "--add", str(vol["path"]), bitmap)
+    return vol
+
+
+def qemu_nbd_pids(d: Daemon) -> list[int]:
+    """Pids of the qemu-nbd processes the daemon runs (sockets under its run dir)."""
+    needle = f"--socket={d.dir / 'run' / 'nbd'}/".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # not a pid, or it just exited
+        if argv[0].endswith(b"qemu-nbd") and any(a.startswith(needle) for a in argv):
+            pids.append(int(proc.name))
+    return pids
+
+
+def get_json(d: Daemon, url: str) -> Any:
+    conn = d.https()
+    conn.request("GET", url)
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    assert resp.status == 200, body
+    return json.loads(body)
+
+
+def test_raw_nbd_volume_upload_and_download_through_qemu_nbd(daemon: Daemon) -> None:
+    vol = make_volume(daemon)
+    ticket = volume_ticket(dict(vol, nbd=True), ["write"])
+    daemon.result("Ticket.add", ticket=ticket)
+    [pid] = qemu_nbd_pids(daemon)
+    data = random.Random(7).randbytes(3 * MiB) + bytes(MiB) + random.Random(8).randbytes(
+        4 * MiB)
+    conn = daemon.unix()
+    conn.request("PUT", f"/images/{ticket['uuid']}", body=data)
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read()
+    resp.read()
+    conn.request("GET", f"/images/{ticket['uuid']}")
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert hashlib.sha256(resp.read()).digest() == hashlib.sha256(data).digest()
+    conn.close()
+    assert daemon.result("Ticket.remove", uuid=ticket["uuid"]) is True
+    # qemu-nbd wrote through to the volume and is gone: stopped and reaped.
+    assert hashlib.sha256(vol["path"].read_bytes()).digest() == hashlib.sha256(data).digest()
+    assert not os.path.exists(f"/proc/{pid}")
+    assert qemu_nbd_pids(daemon) == []
+    assert not link_of(daemon, vol).is_symlink()
+
+
+def test_qcow2_volume_shows_its_holes(daemon: Daemon) -> None:
+    vol = make_qcow2_volume(daemon)
+    qemu("qemu-io", "-f", "qcow2", "-c", f"write -P 1 {2 * MiB} {MiB}", str(vol["path"]))
+    ticket = volume_ticket(dict(vol, format="cow"), ["read"])
+    daemon.result("Ticket.add", ticket=ticket)
+    try:
+        assert get_json(daemon, f"/images/{ticket['uuid']}/extents") == [
+            {"start": 0, "length": 2 * MiB, "zero": True, "hole": True},
+            {"start": 2 * MiB, "length": MiB, "zero": False, "hole": False},
+            {"start": 3 * MiB, "length": 5 * MiB, "zero": True, "hole": True},
+        ]
+        # The guest's view, not the qcow2 file's bytes.
+        conn = daemon.https()
+        conn.request("GET", f"/images/{ticket['uuid']}",
+                     headers={"Range": f"bytes={2 * MiB}-{2 * MiB + 4095}"})
+        assert conn.getresponse().read() == b"\1" * 4096
+        conn.close()
+    finally:
+        daemon.result("Ticket.remove", uuid=ticket["uuid"])
+    assert qemu_nbd_pids(daemon) == []
+
+
+def test_bitmap_volume_gives_dirty_extents(daemon: Daemon) -> None:
+    vol = make_qcow2_volume(daemon, bitmap="checkpoint-1")
+    qemu("qemu-io", "-f", "qcow2", "-c", f"write -P 3 {MiB} {2 * CLUSTER}", str(vol["path"]))
+    ticket = volume_ticket(dict(vol, format="cow", bitmap="checkpoint-1"), ["read"])
+    ticket["dirty"] = True
+    daemon.result("Ticket.add", ticket=ticket)
+    try:
+        assert get_json(daemon, f"/images/{ticket['uuid']}/extents?context=dirty") == [
+            {"start": 0, "length": MiB, "dirty": False, "zero": True},
+            {"start": MiB, "length": 2 * CLUSTER, "dirty": True, "zero": False},
+            {"start": MiB + 2 * CLUSTER, "length": 7 * MiB - 2 * CLUSTER,
+             "dirty": False, "zero": True},
+        ]
+    finally:
+        daemon.result("Ticket.remove", uuid=ticket["uuid"])
+    assert qemu_nbd_pids(daemon) == []
+
+
+def test_write_ticket_on_read_only_nbd_volume_is_volume_error(daemon: Daemon) -> None:
+    vol = make_volume(daemon)
+    reader = volume_ticket(dict(vol, nbd=True), ["read"])
+    writer = volume_ticket(dict(vol, nbd=True), ["write"])
+    daemon.result("Ticket.add", ticket=reader)
+    reply = daemon.call("Ticket.add", ticket=writer)
+    assert reply["error"]["code"] == 201, reply
+    assert "read-only" in json.dumps(reply["error"])
+    assert writer["uuid"] not in [t["uuid"] for t in daemon.result("Ticket.list")]
+    assert len(qemu_nbd_pids(daemon)) == 1
+    daemon.result("Ticket.remove", uuid=reader["uuid"])
+    assert qemu_nbd_pids(daemon) == []
+    assert not link_of(daemon, vol).is_symlink()
+
+
+def test_cow_volume_that_is_not_qcow2_fails_and_leaves_nothing(daemon: Daemon) -> None:
+    vol = make_volume(daemon)
+    ticket = volume_ticket(dict(vol, format="cow"), ["read"])
+    reply = daemon.call("Ticket.add", ticket=ticket)
+    assert reply["error"]["code"] == 201, reply
+    assert "qcow2" in json.dumps(reply["error"])
+    assert qemu_nbd_pids(daemon) == []
+    assert not link_of(daemon, vol).is_symlink()

@@ -136,3 +136,72 @@ def test_tickets_using_a_target(root: Path, registry: Registry,
     assert volumes.tickets_using("/dev/dm-9") == []
     registry.remove("t1")
     registry.remove("t2")
+
+
+# Volumes served through qemu-nbd (a real qemu-nbd per volume).
+
+
+def qemu_nbd_pids(root: Path) -> list[int]:
+    """Pids of the qemu-nbd processes serving sockets under root's run dir."""
+    needle = f"--socket={root / 'run' / 'nbd'}/".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # not a pid, or it just exited
+        if argv[0].endswith(b"qemu-nbd") and any(a.startswith(needle) for a in argv):
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_nbd_volume_is_served_by_one_qemu_nbd_until_its_last_ticket(
+        root: Path, registry: Registry) -> None:
+    first = registry.add(ticket("t1", ops=("write",), nbd=True))
+    second = registry.add(ticket("t2", nbd=True))
+    assert first.url == second.url
+    assert first.url.startswith(f"nbd:unix:{root / 'run' / 'nbd'}/")
+    [pid] = qemu_nbd_pids(root)
+    registry.remove("t1")
+    assert qemu_nbd_pids(root) == [pid]
+    registry.remove("t2")
+    assert qemu_nbd_pids(root) == []
+    assert not os.path.exists(f"/proc/{pid}")  # reaped, not a zombie
+    assert not os.path.lexists(link(root))
+    assert list((root / "run" / "nbd").iterdir()) == []
+
+
+def test_write_ticket_on_read_only_export_is_refused(
+        root: Path, registry: Registry, volumes: Volumes) -> None:
+    reader = registry.add(ticket("t1", nbd=True))
+    with pytest.raises(VolumeError) as e:
+        registry.add(ticket("t2", ops=("write",), nbd=True))
+    assert "read-only" in e.value.fields["reason"]
+    # The reader keeps its export; the refused writer holds no reference.
+    assert volumes.references(reader.spec.volume) == 1  # type: ignore[arg-type]
+    assert len(qemu_nbd_pids(root)) == 1
+    registry.remove("t1")
+    # With the readers gone, a writer gets a writable export.
+    registry.add(ticket("t2", ops=("write",), nbd=True))
+    registry.remove("t2")
+    assert qemu_nbd_pids(root) == []
+
+
+def test_tickets_that_disagree_on_serving_are_refused(
+        root: Path, registry: Registry) -> None:
+    registry.add(ticket("t1"))
+    with pytest.raises(VolumeError) as e:
+        registry.add(ticket("t2", nbd=True))
+    assert "qemu-nbd" in e.value.fields["reason"]
+    registry.remove("t1")
+    assert not os.path.lexists(link(root))
+
+
+def test_failed_qemu_nbd_start_leaves_nothing(root: Path, registry: Registry) -> None:
+    # The volume holds raw bytes: qemu-nbd refuses it as qcow2.
+    with pytest.raises(VolumeError) as e:
+        registry.add(ticket("t1", format="cow"))
+    assert "qcow2" in e.value.fields["reason"]
+    assert registry.list() == []
+    assert not (root / "run" / "storage" / SD).exists()
+    assert qemu_nbd_pids(root) == []
