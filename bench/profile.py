@@ -34,12 +34,14 @@ from .run import REF_VENV, REPO
 log = logging.getLogger("bench.profile")
 PY_SPY = REPO / ".venv" / "bin" / "py-spy"
 BUFFER_SIZE = 8 * 1024**2
+# Frames of the request handlers and their helper threads, in both daemons.
+DATA_PATH = ("images.py", "pipeline.py", "zerocopy.py", "ops.py")
 DEFAULT_CASES = "download-unix-curl,download-tls-curl,upload-unix-curl"
 
 
-def summarize(raw: Path, top: int, marker: str = "") -> list[str]:
-    """Self and inclusive shares of functions in collapsed stacks; with a
-    marker, only stacks with a frame containing it (the request handler)."""
+def summarize(raw: Path, top: int, markers: tuple[str, ...] = ()) -> list[str]:
+    """Self and inclusive shares of functions in collapsed stacks; with
+    markers, only stacks with a frame containing one (the data path)."""
     own: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
     total = 0
@@ -49,7 +51,7 @@ def summarize(raw: Path, top: int, marker: str = "") -> list[str]:
         # With --threads the first frame is "thread (TID): NAME".
         if frames[0].startswith("thread ("):
             frames.pop(0)
-        if not frames or (marker and not any(marker in f for f in frames)):
+        if not frames or (markers and not any(m in f for f in frames for m in markers)):
             continue
         n = int(count_text)
         total += n
@@ -118,7 +120,7 @@ def main() -> int:
                 rate, cpu = _profile_once(case, daemon, raw, idle=idle, native=args.native)
                 print(f"== {args.daemon} {case_id} ({'wall' if idle else 'cpu'}): "
                       f"{rate:.0f} MiB/s, daemon CPU {cpu:.2f} s; {raw}")
-                print("\n".join(summarize(raw, args.top, "images.py" if idle else "")))
+                print("\n".join(summarize(raw, args.top, DATA_PATH if idle else ())))
                 print()
     return 0
 
