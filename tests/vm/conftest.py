@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import sanlock
+from vmdaemon import Daemon
 from vmstorage import Domain, dm_name, run
 
 from storage.leases import Leases
@@ -69,6 +70,24 @@ def watcher() -> Iterator[DeviceWatcher]:
 def leases() -> Leases:
     # One registration for the whole test process, as in the service.
     return Leases()
+
+
+@pytest.fixture(scope="session")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """The real daemon, started once: a Python start costs seconds here."""
+    d = tmp_path_factory.mktemp("daemon")
+    conf = (f"[storage]\nfile_root = {d / 'mnt'}\n\n"
+            # Removal waits for canceled requests; lvm is slow in the guest.
+            "[daemon]\nremove_timeout = 60\n")
+    daemon = Daemon(d, conf)
+    yield daemon
+    status = daemon.stop()
+    log = daemon.log()
+    if status != 0:
+        pytest.fail(f"daemon exit status {status}:\n{log[-8000:]}")
+    # An unexpected exception is a bug even when every client got its answer.
+    if "Traceback" in log:
+        pytest.fail(f"daemon logged a traceback:\n{log[-8000:]}")
 
 
 VolumeFactory = Callable[..., dict[str, Any]]
