@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv python3-pip python3-sanlock python3-libnbd python3-pyudev \
 	qemu-utils curl util-linux e2fsprogs openssl \
 	gcc python3-dev
-PIP_PACKAGES := pytest pytest-timeout mypy ruff
+PIP_PACKAGES := pytest pytest-timeout mypy ruff py-spy
 # VM lane: tests/vm run inside one virtme-ng guest (tests/vm/runner.py) with
 # Debian's kernel, real LVM, device-mapper, udevd and sanlock.
 VM_APT_PACKAGES := qemu-system-x86 linux-image-amd64 lvm2 sanlock udev busybox-static
@@ -16,7 +16,7 @@ APT_PACKAGES += $(VM_APT_PACKAGES)
 PIP_PACKAGES += virtme-ng
 LOCAL_DIR ?= ./var
 
-.PHONY: deps apt-deps run test test-vm lint typecheck clean
+.PHONY: deps apt-deps run test test-vm bench lint typecheck clean
 
 deps: apt-deps $(VENV)/.installed
 
@@ -40,7 +40,7 @@ run: deps
 	$(VENV)/bin/vdsm-imageio serve --local $(LOCAL_DIR)
 
 lint: deps
-	$(VENV)/bin/ruff check vdsm_imageio verbs storage tests
+	$(VENV)/bin/ruff check vdsm_imageio verbs storage bench tests
 
 typecheck: deps
 	$(VENV)/bin/mypy
@@ -51,6 +51,11 @@ test: deps lint typecheck
 # Only the VM lane, with the guest's output streamed live.
 test-vm: deps
 	$(PY) tests/vm/runner.py -ra
+
+# Side by side with ovirt-imageio 2.5.1 from PyPI (its own venv under .cache);
+# BENCH_SIZE, BENCH_RUNS, BENCH_CASES override. Results in bench/results/.
+bench: deps
+	$(PY) -m bench.run
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

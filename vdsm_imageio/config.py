@@ -63,7 +63,7 @@ class Control:
 @dataclass(frozen=True)
 class Http:
     buffer_size: int = _opt(4 * 1024**2, "size of each I/O buffer; large buffers amortize syscalls")
-    max_buffers: int = _opt(40, "I/O buffers shared by all connections; bounds their memory")
+    buffer_pool_bytes: int = _opt(160 * 1024**2, "I/O buffer memory shared by all connections")
     max_connections: int = _opt(256, "connections served at once, over every listener")
     max_readers: int = _opt(8, "reading connections per ticket, advertised and enforced")
     max_writers: int = _opt(8, "writing connections per ticket, advertised and enforced")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
+from verbs import protocol
 from verbs.errors import verb
 from verbs.protocol import notification_line, respond
 
@@ -93,3 +96,32 @@ def test_notification_line_is_one_line_without_id() -> None:
     assert "\n" not in line
     assert json.loads(line) == {
         "jsonrpc": "2.0", "method": "Ticket.removed", "params": {"uuid": "a\nb"}}
+
+
+@pytest.mark.parametrize("request_obj", [
+    {"jsonrpc": "2.0", "method": "m"},
+    {"jsonrpc": "2.0", "method": "m", "params": [], "id": 1},
+    {"jsonrpc": "2.0", "method": "m", "params": {}, "id": "a"},
+    {"jsonrpc": "2.0", "method": "m", "id": None},
+    [{"jsonrpc": "2.0", "method": "m", "id": 1.5}],
+])
+def test_valid_request_shapes(request_obj) -> None:
+    assert protocol.validate(request_obj) is request_obj
+
+
+@pytest.mark.parametrize("request_obj", [
+    {"jsonrpc": "1.0", "method": "m"},
+    {"method": "m"},
+    {"jsonrpc": "2.0"},
+    {"jsonrpc": "2.0", "method": 5},
+    {"jsonrpc": "2.0", "method": "m", "params": 3},
+    {"jsonrpc": "2.0", "method": "m", "id": True},
+    {"jsonrpc": "2.0", "method": "m", "id": [1]},
+    {"jsonrpc": "2.0", "method": "m", "extra": 1},
+    [],
+    [{"jsonrpc": "2.0", "method": "m"}, 7],
+    "m",
+])
+def test_invalid_request_shapes_are_refused(request_obj) -> None:
+    with pytest.raises(ValueError):
+        protocol.validate(request_obj)

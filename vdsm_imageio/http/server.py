@@ -53,7 +53,9 @@ class Deadlines:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        # Stopping a service whose start failed half-way is fine.
+        if self._thread.ident is not None:
+            self._thread.join()
 
     def arm(self, conn: Connection, timeout: float) -> None:
         with self._lock:
@@ -121,7 +123,9 @@ class Server:
         self.router = router
         self.open_backend = open_backend
         self.deadlines = Deadlines()
-        self.pool = BufferPool(config.http.buffer_size, config.http.max_buffers)
+        # Two buffers at least: one request can always double-buffer.
+        count = max(2, config.http.buffer_pool_bytes // config.http.buffer_size)
+        self.pool = BufferPool(config.http.buffer_size, count)
         self._listeners: list[Listener] = []
         self._threads: list[threading.Thread] = []
         self._conns: set[Connection] = set()
