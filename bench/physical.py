@@ -5,7 +5,11 @@
   receives into one buffer (the client's role), over an abstract unix
   socket and over TLS on loopback with the daemons' certificates;
 - dd with O_DIRECT: read of the full image, write of the same size with a
-  final fsync (what a flushed upload must wait for).
+  final fsync (what a flushed upload must wait for);
+- curl uploading the image to a server that only receives and drops the
+  body (one ``recv`` with MSG_WAITALL per buffer) over an abstract unix
+  socket: the fastest a single-connection curl upload can be here, whatever
+  the daemon does.
 
 The receiving process runs this module: ``python -m bench.physical recv
 unix|tls ADDRESS SIZE BUFSIZE [CA]``; it prints the seconds from its first
@@ -19,6 +23,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -89,6 +94,56 @@ def _receive(kind: str, arg: str, size: int, buffer_size: int, ca: str) -> float
                 started = time.monotonic()
             got += n
         return time.monotonic() - started
+
+
+def curl_upload_sink(source: Path, buffer_size: int) -> float:
+    """MiB/s of curl uploading source to a discarding HTTP server (unix socket)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    name = f"vdsm-bench-sink-{os.getpid()}"
+    listener.bind("\0" + name)
+    listener.listen(1)
+    listener.settimeout(30)
+    size = source.stat().st_size
+    received: list[int] = []
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(60)
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 65536:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                head += chunk
+            rest = head.partition(b"\r\n\r\n")[2]
+            got = len(rest)
+            buf = memoryview(bytearray(buffer_size))
+            conn.settimeout(None)
+            while got < size:
+                n = conn.recv_into(buf[:min(buffer_size, size - got)], 0, socket.MSG_WAITALL)
+                if n == 0:
+                    break
+                got += n
+            received.append(got)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    server = threading.Thread(target=serve, daemon=True)
+    with listener:
+        server.start()
+        started = time.monotonic()
+        subprocess.run(["curl", "--silent", "--show-error", "--output", "/dev/null",
+                        "--upload-file", str(source), "--header", "Expect:",
+                        "--abstract-unix-socket", name, "http://localhost/sink"],
+                       check=True, timeout=600)
+        seconds = time.monotonic() - started
+        server.join(30)
+    if received != [size]:
+        raise RuntimeError(f"sink received {received} of {size} bytes")
+    return size / MiB / seconds
 
 
 def dd_read(path: Path, buffer_size: int) -> float:

@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                       latency_count=args.latency_count, nbd_url=nbd_url)
         cases = select(all_cases(ctx), args.cases)
         daemons: list[Daemon] = [ours, theirs]
-        refs = physical_refs(args, images, ours.dir / "pki", work, cache)
+        refs = physical_refs(args, images, ours.dir / "pki", work, cache,
+                             scratch.upload_source)
         results: list[CaseResult] = []
         for case in cases:
             runs = case.runs or args.runs
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def physical_refs(args: argparse.Namespace, images: imagesmod.Images, pki: Path, work: Path,
-                  cache: procs.PageCache) -> dict[str, float]:
+                  cache: procs.PageCache, upload_source: Path) -> dict[str, float]:
     def median_of(fn: Callable[[], float], drop: bool = False) -> float:
         values = []
         for _ in range(args.runs):
@@ -187,6 +188,8 @@ def physical_refs(args: argparse.Namespace, images: imagesmod.Images, pki: Path,
         "dd O_DIRECT read": median_of(lambda: physical.dd_read(images.full, buf), drop=True),
         "dd O_DIRECT write (fsync)": median_of(
             lambda: physical.dd_write(work / "dd.raw", size, min(buf, size))),
+        "curl upload to a discarding unix server": median_of(
+            lambda: physical.curl_upload_sink(upload_source, buf), drop=True),
     }
 
 

@@ -83,7 +83,7 @@ def test_bench_prints_table_and_writes_json_for_both_daemons(
         cells = line[54:]
         assert re.match(r"\s*\S+" + number + number, cells), line
     for ref in ("python unix socket loopback", "python TLS loopback", "dd O_DIRECT read",
-                "dd O_DIRECT write (fsync)"):
+                "dd O_DIRECT write (fsync)", "curl upload to a discarding unix server"):
         assert re.search(re.escape(ref) + number + " MiB/s", done.stdout), ref
 
     files = list(results.glob("bench-*-16M.json"))

@@ -1,17 +1,22 @@
 """Downloads that never copy image data through user space.
 
 Theory of operation: on a plain (unix socket) connection, a download from a
-file opened with O_DIRECT moves as ``splice(file -> pipe)`` in a helper
-thread and ``splice(pipe -> socket)`` in the request's thread. Since Linux
+file opened with O_DIRECT moves as ``splice(file -> pipe)`` in helper
+threads and ``splice(pipe -> socket)`` in the request's thread. Since Linux
 6.5 a splice from an O_DIRECT file reads with direct I/O into pages the
 pipe owns (no page cache, so the shared-storage rules hold), and a unix
 stream socket takes pipe pages by reference (MSG_SPLICE_PAGES): the daemon
-spends its CPU on system calls, not on copying. The pipe is the bounded
-queue between the two threads; its capacity (1 MiB without
-CAP_SYS_RESOURCE) is the read size.
+spends its CPU on system calls, not on copying.
 
-Stopping: the request's thread closes the pipe's read end on error, so a
-helper blocked on a full pipe fails with EPIPE; the helper closes the write
+The range is cut into segments of one pipe's capacity (1 MiB without
+CAP_SYS_RESOURCE), dealt round-robin to ``LANES`` pipes, each filled by its
+own helper thread: while one segment goes to the socket, the next ones are
+being read, so the storage always has reads queued. The request's thread
+takes segment k from pipe k % LANES, which keeps the bytes in order; a full
+pipe is the bound on what each helper reads ahead.
+
+Stopping: the request's thread closes the pipes' read ends on error, so a
+helper blocked on a full pipe fails with EPIPE; a helper closes its write
 end when it stops, so the request's thread sees end of data early and
 raises the helper's error.
 
@@ -37,6 +42,9 @@ log = logging.getLogger(__name__)
 
 F_SETPIPE_SZ = 1031
 PIPE_SIZE = 1024**2
+# Pipes (and reads) in flight per download: one read in flight leaves the
+# storage idle while the previous piece goes to the socket.
+LANES = 2
 
 
 def available() -> bool:
@@ -44,62 +52,84 @@ def available() -> bool:
 
 
 def send(src_fd: int, offset: int, length: int, sock: socket.socket,
-         progress: Callable[[int], None]) -> None:
+         progress: Callable[[int], None], lanes: int = LANES) -> None:
     """Send length bytes of src_fd at offset to sock; progress(n) per piece.
 
     The socket's timeout bounds each wait for the client to take more data.
     """
-    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    pipes: list[tuple[int, int]] = []
     try:
-        size = _grow(wfd)
+        for _ in range(lanes):
+            pipes.append(os.pipe2(os.O_CLOEXEC))
+        segment = min(_grow(wfd) for _, wfd in pipes)
     except OSError:
-        os.close(rfd)
-        os.close(wfd)
+        for rfd, wfd in pipes:
+            os.close(rfd)
+            os.close(wfd)
         raise
+    count = -(-length // segment)
     failure: list[OSError] = []
 
-    def fill() -> None:
-        pos, end = offset, offset + length
+    def fill(lane: int, wfd: int) -> None:
         try:
-            while pos < end:
-                n = os.splice(src_fd, wfd, min(size, end - pos), offset_src=pos)
-                if n == 0:
-                    raise OSError(errno.EIO, "image ended before the range")
-                pos += n
+            for k in range(lane, count, lanes):
+                pos = offset + k * segment
+                end = min(pos + segment, offset + length)
+                while pos < end:
+                    n = os.splice(src_fd, wfd, end - pos, offset_src=pos)
+                    if n == 0:
+                        raise OSError(errno.EIO, "image ended before the range")
+                    pos += n
         except OSError as e:
             if e.errno != errno.EPIPE:
                 failure.append(e)
         finally:
             os.close(wfd)
 
-    helper = threading.Thread(target=fill, name="io-splice", daemon=True)
-    helper.start()
+    helpers = []
+    for lane, (_, wfd) in enumerate(pipes):
+        if lane < count:
+            helpers.append(threading.Thread(target=fill, args=(lane, wfd),
+                                            name="io-splice", daemon=True))
+        else:
+            os.close(wfd)
+    for helper in helpers:
+        helper.start()
     try:
-        _drain(rfd, sock, length, progress)
+        _drain([rfd for rfd, _ in pipes], segment, sock, length, progress)
     finally:
-        os.close(rfd)
-        helper.join()
+        for rfd, _ in pipes:
+            os.close(rfd)
+        for helper in helpers:
+            helper.join()
     if failure:
         raise BackendError(reason=failure[0].strerror or str(failure[0]))
 
 
-def _drain(rfd: int, sock: socket.socket, length: int,
+def _drain(rfds: list[int], segment: int, sock: socket.socket, length: int,
            progress: Callable[[int], None]) -> None:
     left = length
     with _blocking(sock):
+        k = 0
         while left:
-            try:
-                n = os.splice(rfd, sock.fileno(), left)
-            except BlockingIOError:
-                # SO_SNDTIMEO expired: the client stopped reading.
-                raise PeerClosed(reason="timed out sending to the client") from None
-            except OSError as e:
-                raise PeerClosed(reason=e.strerror or str(e)) from None
-            if n == 0:
-                # The helper stopped early; fill() recorded why.
-                return
-            left -= n
-            progress(n)
+            # Segment k waits in the pipe of lane k % lanes.
+            rfd = rfds[k % len(rfds)]
+            want = min(segment, left)
+            while want:
+                try:
+                    n = os.splice(rfd, sock.fileno(), want)
+                except BlockingIOError:
+                    # SO_SNDTIMEO expired: the client stopped reading.
+                    raise PeerClosed(reason="timed out sending to the client") from None
+                except OSError as e:
+                    raise PeerClosed(reason=e.strerror or str(e)) from None
+                if n == 0:
+                    # A helper stopped early; fill() recorded why.
+                    return
+                want -= n
+                left -= n
+                progress(n)
+            k += 1
 
 
 @contextmanager

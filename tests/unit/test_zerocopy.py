@@ -38,7 +38,7 @@ def receive(sock, out):
     out.append(h.hexdigest())
 
 
-def run_send(path, offset, length, progress=None, timeout=10.0):
+def run_send(path, offset, length, progress=None, timeout=10.0, lanes=zerocopy.LANES):
     a, b = socket.socketpair()
     out: list = []
     reader = threading.Thread(target=receive, args=(b, out))
@@ -49,7 +49,7 @@ def run_send(path, offset, length, progress=None, timeout=10.0):
             fd = backend.splice_source(offset, length)
             assert fd is not None
             a.settimeout(timeout)
-            zerocopy.send(fd, offset, length, a, progress or done.append)
+            zerocopy.send(fd, offset, length, a, progress or done.append, lanes=lanes)
     finally:
         a.close()
         reader.join(10)
@@ -64,6 +64,19 @@ def test_spliced_range_arrives_intact(image):
     out, progress = run_send(image, MiB, 3 * MiB)
     assert out[-1] == expected
     assert sum(progress) == 3 * MiB
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 3])
+@pytest.mark.parametrize("offset, length", [(0, 5 * MiB), (4096, 4 * MiB - 8192),
+                                            (MiB, 4096)])
+def test_segments_from_every_lane_arrive_in_order(image, lanes, offset, length):
+    with open(image, "rb") as f:
+        f.seek(offset)
+        expected = hashlib.sha256(f.read(length)).hexdigest()
+    out, progress = run_send(image, offset, length, lanes=lanes)
+    assert out[-1] == expected
+    assert sum(progress) == length
+    assert not io_threads()
 
 
 def test_splice_leaves_nothing_in_page_cache(image):

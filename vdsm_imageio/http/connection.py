@@ -28,6 +28,7 @@ from ..errors import ImageioError, PeerClosed
 from ..tickets import Ticket
 from . import errors as http_errors
 from .message import Body, Request, read_head
+from .reader import SocketReader
 
 if TYPE_CHECKING:
     from .server import Server
@@ -58,7 +59,7 @@ class Connection:
         self.server = server
         self.ticket: Ticket | None = None
         self._backend: Backend | None = None
-        self._rfile = sock.makefile("rb", buffering=256 * 1024)
+        self._rfile = SocketReader(sock)
         self._close = False
         self._linger = False
         self._head_sent = False
@@ -123,7 +124,6 @@ class Connection:
             if self._linger and not self._aborted:
                 self._drop_input()
         finally:
-            self._rfile.close()
             self.sock.close()
 
     def _drop_input(self) -> None:
