@@ -34,9 +34,11 @@ from vdsm_imageio.errors import VolumeError
 log = logging.getLogger(__name__)
 
 FORMATS = ("raw", "qcow2")
-# Connections one server accepts: the HTTP server opens one per client
-# connection, and clients use up to 4 per transfer.
-SHARED = 8
+# Connections one server accepts at once; 0 is no limit. The HTTP server
+# opens one or two per client connection and bounds those itself
+# ([http] max_connections, max_readers, max_writers); a fixed limit here
+# would make the connection over it wait in qemu-nbd's backlog.
+SHARED = 0
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 # sockaddr_un.sun_path, including the terminating NUL (unix(7)).

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 
-def _opt(default: Any, why: str) -> Any:
-    return field(default=default, metadata={"why": why})
+def _opt(default: Any, why: str, minimum: int | None = None) -> Any:
+    return field(default=default, metadata={"why": why, "minimum": minimum})
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,12 @@ class Control:
 
 @dataclass(frozen=True)
 class Http:
-    buffer_size: int = _opt(4 * 1024**2, "size of each I/O buffer; large buffers amortize syscalls")
-    buffer_pool_bytes: int = _opt(160 * 1024**2, "I/O buffer memory shared by all connections")
-    max_connections: int = _opt(256, "connections served at once, over every listener")
-    max_readers: int = _opt(8, "reading connections per ticket, advertised and enforced")
-    max_writers: int = _opt(8, "writing connections per ticket, advertised and enforced")
+    buffer_size: int = _opt(4 * 1024**2, "size of each I/O buffer; large buffers amortize syscalls", minimum=64 * 1024)
+    buffer_pool_bytes: int = _opt(160 * 1024**2, "I/O buffer memory shared by all connections", minimum=64 * 1024)
+    parallel_reads: int = _opt(2, "reads in flight per download (zero-copy file downloads, NBD exports: one more NBD connection each); 1 reads one piece at a time", minimum=1)
+    max_connections: int = _opt(256, "connections served at once, over every listener", minimum=1)
+    max_readers: int = _opt(8, "reading connections per ticket, advertised and enforced", minimum=1)
+    max_writers: int = _opt(8, "writing connections per ticket, advertised and enforced", minimum=1)
     header_timeout: float = _opt(10.0, "seconds a connection has to send a complete request head")
     max_header_bytes: int = _opt(16 * 1024, "request head limit; larger heads get 431")
     max_json_body: int = _opt(4096, "PATCH body limit; larger bodies get 413 unread")
@@ -164,6 +165,10 @@ def update(config: Config, values: dict[str, dict[str, Any]], source: str = "") 
                 raise ConfigError(f"{where}unknown option {name!r} in [{section_name}]")
             typed[name] = _convert(value, type(getattr(section, name)),
                                    f"{where}[{section_name}] {name}")
+            minimum = known[name].metadata["minimum"]
+            if minimum is not None and typed[name] < minimum:
+                raise ConfigError(f"{where}[{section_name}] {name}: expected at least "
+                                  f"{minimum}, got {typed[name]!r}")
         changes[section_name] = dataclasses.replace(
             changes.get(section_name, section), **typed)
     return dataclasses.replace(config, **changes)

@@ -333,6 +333,49 @@ def test_several_connections_share_one_server(
             assert read(backend, n * MiB, 4096) == pattern(4096, seed=n)
 
 
+def test_more_connections_than_clients_of_one_transfer(
+    cache_dir: str, serve: ServerMaker, backends: Callable[..., NbdBackend]
+) -> None:
+    # Every HTTP connection may hold two NBD connections: the server must
+    # not make the seventeenth wait in its backlog.
+    url = serve(make_image(cache_dir)).url
+    opened = [backends(url, "r") for _ in range(17)]
+    assert all(read(b, 0, 4096) == bytes(4096) for b in opened)
+
+
+def test_a_reader_of_a_read_only_export_sees_the_same_data(
+    cache_dir: str, serve: ServerMaker, backends: Callable[..., NbdBackend]
+) -> None:
+    path = make_image(cache_dir)
+    with open(path, "r+b") as f:
+        f.write(pattern(MiB, seed=7))
+    backend = backends(serve(path, read_only=True).url, "r")
+    reader = backend.open_reader()
+    assert reader is not None
+    try:
+        assert read(reader, 0, MiB) == pattern(MiB, seed=7)
+        with pytest.raises(StorageReadOnly):
+            reader.write(0, memoryview(bytearray(4096)))
+    finally:
+        reader.close()
+
+
+def test_a_reader_of_a_writer_sees_its_writes(
+    cache_dir: str, serve: ServerMaker, backends: Callable[..., NbdBackend]
+) -> None:
+    # Our qemu-nbd shares one image between connections and says so
+    # (multi-conn); without that promise there would be no second reader.
+    backend = backends(serve(make_image(cache_dir)).url, "rw")
+    assert backend._h.can_multi_conn()
+    reader = backend.open_reader()
+    assert reader is not None
+    try:
+        write(backend, 2 * MiB, pattern(MiB, seed=8))
+        assert read(reader, 2 * MiB, MiB) == pattern(MiB, seed=8)
+    finally:
+        reader.close()
+
+
 # qemu-nbd lifecycle.
 
 
@@ -379,7 +422,7 @@ def test_server_options_for_a_qcow2_read_ticket(
     server = serve(image, "qcow2", read_only=True, bitmap="b1")
     assert server.pid is not None
     argv = cmdline(server.pid)
-    for option in ("--persistent", "--shared=8", "--format=qcow2", "--cache=none",
+    for option in ("--persistent", "--shared=0", "--format=qcow2", "--cache=none",
                    "--aio=native", "--allocation-depth", "--bitmap=b1", "--read-only"):
         assert option in argv
     assert "--discard=unmap" not in argv

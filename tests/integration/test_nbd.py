@@ -265,3 +265,30 @@ def test_stopped_server_fails_requests_not_the_daemon(
     assert status == 500
     assert daemon.result("Service.info")["tickets"] >= 1
 
+
+
+@pytest.mark.parametrize("parallel_reads, connections", [(1, 1), (2, 2), (3, 3)])
+def test_download_reads_with_parallel_nbd_connections(
+    make_daemon: Any, parallel_reads: int, connections: int
+) -> None:
+    # Small buffers, so an 8 MiB download is many segments dealt to the lanes.
+    daemon = make_daemon(http={"buffer_size": 64 * KiB, "parallel_reads": parallel_reads})
+    with contextlib.ExitStack() as stack:
+        volumes = Volumes(daemon, stack)
+        image = volumes.image("raw")
+        data = random.Random(9).randbytes(SIZE)
+        image.write_bytes(data)
+        server = volumes.serve(image, "raw", read_only=True)
+        ticket_id = volumes.ticket(server.url, ops=("read",))
+        for conn in (daemon.unix(), daemon.https()):
+            status, got = request(conn, "GET", f"/images/{ticket_id}")
+            assert status == 200
+            assert sha256(got) == sha256(data)
+            status, got = request(conn, "GET", f"/images/{ticket_id}", None,
+                                  {"Range": f"bytes={MiB + 7}-{SIZE - 3}"})
+            assert status == 206 and got == data[MiB + 7:SIZE - 2]
+            conn.close()
+        opened = [line for line in daemon.log().splitlines()
+                  if f"OPEN url={server.url} mode=r" in line]
+        # Per HTTP connection: the backend and parallel_reads - 1 readers.
+        assert len(opened) == 2 * connections, opened

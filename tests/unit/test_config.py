@@ -48,6 +48,9 @@ def test_files_not_ending_in_conf_are_ignored(tmp_path):
     ("[tls]\nport = many\n", "[tls] port: expected int"),
     ("[tls]\nenable = maybe\n", "[tls] enable: expected bool"),
     ("[tls\nport = 1\n", "50.conf"),
+    ("[http]\nparallel_reads = 0\n", "[http] parallel_reads: expected at least 1, got 0"),
+    ("[http]\nmax_readers = -1\n", "[http] max_readers: expected at least 1, got -1"),
+    ("[http]\nbuffer_size = 4096\n", "[http] buffer_size: expected at least 65536"),
 ])
 def test_bad_dropin_names_file_section_option(tmp_path, text, message):
     write(tmp_path / "conf.d/50.conf", text)

@@ -148,3 +148,108 @@ def test_stuck_requests_never_starve_another():
     t.join()
     for b in stuck:
         pool.release(b)
+
+
+def reader_of(data: bytes, calls: list[tuple[int, int]] | None = None):
+    def read(offset: int, buf: memoryview) -> None:
+        if calls is not None:
+            calls.append((offset, len(buf)))
+        buf[:] = data[offset:offset + len(buf)]
+    return read
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 3])
+@pytest.mark.parametrize("start, length", [(0, 100_000), (1000, 4096 * 7), (5, 10)])
+def test_lanes_deliver_in_order(lanes, start, length):
+    data = bytes(range(256)) * 400
+    out = bytearray()
+    pool = BufferPool(4096, 8)
+    calls: list[tuple[int, int]] = []
+    assert pipeline.run_lanes(pool, [reader_of(data, calls)] * lanes, out.extend,
+                              start, length)
+    assert out == data[start:start + length]
+    # Every segment read once, none bigger than a buffer.
+    assert sorted(calls) == [(o, min(4096, start + length - o))
+                             for o in range(start, start + length, 4096)]
+    assert not io_threads()
+    assert pool.allocated() <= 2 * lanes
+
+
+def test_each_lane_reads_its_own_segments():
+    data = bytes(range(256)) * 160
+    seen: dict[int, list[int]] = {0: [], 1: []}
+
+    def lane(i):
+        read = reader_of(data)
+
+        def run(offset, buf):
+            seen[i].append(offset)
+            read(offset, buf)
+        return run
+
+    out = bytearray()
+    assert pipeline.run_lanes(BufferPool(4096, 4), [lane(0), lane(1)], out.extend, 0, len(data))
+    assert out == data
+    assert seen == {0: list(range(0, len(data), 8192)), 1: list(range(4096, len(data), 8192))}
+
+
+def test_lanes_run_reads_at_once():
+    # Both lanes must be inside a read at the same time: a barrier that
+    # only two concurrent readers can pass.
+    barrier = threading.Barrier(2, timeout=5)
+    data = bytes(8192 * 4)
+
+    def read(offset, buf):
+        barrier.wait()
+        buf[:] = data[offset:offset + len(buf)]
+
+    out = bytearray()
+    assert pipeline.run_lanes(BufferPool(8192, 4), [read, read], out.extend, 0, len(data))
+    assert len(out) == len(data)
+
+
+def test_lane_reader_error_is_raised_and_every_lane_stops():
+    pool = BufferPool(4096, 4)
+    data = bytes(4096 * 50)
+
+    def failing(offset, buf):
+        if offset >= 4096 * 7:
+            raise OSError(5, "read failed")
+        buf[:] = data[offset:offset + len(buf)]
+
+    out = bytearray()
+    with pytest.raises(OSError, match="read failed"):
+        pipeline.run_lanes(pool, [reader_of(data), failing], out.extend, 0, len(data))
+    assert len(out) <= 4096 * 7
+    assert not io_threads()
+    assert pool.allocated() == 4 and len([pool.try_acquire() for _ in range(4)]) == 4
+
+
+def test_consumer_error_stops_lanes_without_reading_on():
+    pool = BufferPool(4096, 4)
+    calls: list[tuple[int, int]] = []
+    data = bytes(4096 * 1000)
+    sent = 0
+
+    def consume(buf):
+        nonlocal sent
+        sent += 1
+        if sent == 3:
+            raise TicketCanceled(transfer_id="t")
+
+    with pytest.raises(TicketCanceled):
+        pipeline.run_lanes(pool, [reader_of(data, calls)] * 2, consume, 0, len(data))
+    # Reads stop within the buffers the lanes held, not at the end of the range.
+    assert len(calls) <= 3 + 4
+    assert not io_threads()
+
+
+def test_lanes_need_a_pooled_buffer_each():
+    pool = BufferPool(4096, 1)
+    held = pool.try_acquire()
+    assert held is not None
+    calls: list[tuple[int, int]] = []
+    assert not pipeline.run_lanes(pool, [reader_of(bytes(10_000), calls)] * 2,
+                                  lambda b: None, 0, 10_000)
+    assert calls == []
+    pool.release(held)

@@ -79,3 +79,12 @@ class Spliceable(Protocol):
 
     def splice_source(self, offset: int, length: int) -> int | None:
         """An O_DIRECT fd for this aligned range, or None to copy instead."""
+
+
+@runtime_checkable
+class ParallelReads(Protocol):
+    """A backend that reads faster with several reads in flight (NBD)."""
+
+    def open_reader(self) -> Backend | None:
+        """Another handle on the same image, for reads only, or None when
+        reads through it could miss this handle's writes; the caller closes it."""

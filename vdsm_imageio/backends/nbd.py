@@ -168,6 +168,18 @@ class NbdBackend:
     def buffer(self, size: int) -> memoryview:
         return directio.aligned_buffer(size, self._block_size)
 
+    def open_reader(self) -> NbdBackend | None:
+        """One more connection to the export, read-only: qemu-nbd serves the
+        requests of each connection in turn, so two connections keep two
+        reads going on its storage.
+
+        None when this handle writes and the server does not promise that
+        every connection sees every other's writes (NBD multi-conn).
+        """
+        if self._writable and not self._h.can_multi_conn():
+            return None
+        return open_nbd(self._url, mode="r", sparse=self._sparse, dirty=False)
+
     def readinto(self, offset: int, buf: memoryview) -> int:
         h = self._handle()
         length = min(len(buf), max(0, self._size - offset))

@@ -23,8 +23,8 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
 from .. import zerocopy
-from ..backends import Backend
-from ..errors import ImageioError, PeerClosed
+from ..backends import Backend, ParallelReads
+from ..errors import BackendError, ImageioError, PeerClosed
 from ..tickets import Ticket
 from . import errors as http_errors
 from .message import Body, Request, read_head
@@ -59,6 +59,7 @@ class Connection:
         self.server = server
         self.ticket: Ticket | None = None
         self._backend: Backend | None = None
+        self._readers: list[Backend] = []
         self._rfile = SocketReader(sock)
         self._close = False
         self._linger = False
@@ -104,6 +105,28 @@ class Connection:
             self._backend = self.server.open_backend(ticket)
         return self._backend
 
+    def readers(self, ticket: Ticket, count: int) -> list[Backend]:
+        """Up to count handles for reading in parallel, the backend first.
+
+        Only backends that gain from it have more than one; the extra
+        handles live as long as the backend. Failing to open one is not an
+        error: the download runs with those it has.
+        """
+        main = self.backend(ticket)
+        if not isinstance(main, ParallelReads):
+            return [main]
+        while len(self._readers) < count - 1:
+            try:
+                reader = main.open_reader()
+            except BackendError as e:
+                log.warning("READERS fewer than asked transfer=%s have=%d reason=%s",
+                            ticket.transfer_id, 1 + len(self._readers), e)
+                break
+            if reader is None:
+                break
+            self._readers.append(reader)
+        return [main, *self._readers[:count - 1]]
+
     def splice_target(self) -> socket.socket | None:
         """The socket when data may be spliced into it (not TLS)."""
         if isinstance(self.sock, ssl.SSLSocket) or not zerocopy.available():
@@ -111,6 +134,9 @@ class Connection:
         return self.sock
 
     def _release_ticket(self) -> None:
+        readers, self._readers = self._readers, []
+        for reader in readers:
+            reader.close()
         if self._backend is not None:
             backend, self._backend = self._backend, None
             backend.close()

@@ -13,7 +13,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from .. import pipeline, zerocopy
-from ..backends import Spliceable
+from ..backends import Backend, Spliceable
 from ..errors import (
     BadRequest,
     LengthRequired,
@@ -94,13 +94,25 @@ class Images:
     def _send(self, conn: Connection, ticket: Ticket, op: Operation,
               r: ByteRange) -> None:
         backend = conn.backend(ticket)
+        lanes = conn.server.config.http.parallel_reads
+        pool = conn.server.pool
         sock = conn.splice_target()
         if (sock is not None and r.length >= SPLICE_MIN
                 and isinstance(backend, Spliceable)):
             src_fd = backend.splice_source(r.start, r.length)
             if src_fd is not None:
                 zerocopy.send(src_fd, r.start, r.length, sock,
-                              lambda n: ticket.progress(op, n))
+                              lambda n: ticket.progress(op, n), lanes=lanes)
+                return
+
+        def send(data: memoryview) -> None:
+            conn.sendall(data)
+            ticket.progress(op, len(data))
+
+        if lanes > 1 and r.length > 2 * pool.size:
+            readers = conn.readers(ticket, lanes)
+            if len(readers) > 1 and pipeline.run_lanes(
+                    pool, [_read_exactly(b) for b in readers], send, r.start, r.length):
                 return
         offset = r.start
 
@@ -115,12 +127,7 @@ class Images:
             offset += n
             return n
 
-        def send(data: memoryview) -> None:
-            conn.sendall(data)
-            ticket.progress(op, len(data))
-
-        pipeline.run(conn.server.pool, read, send, threaded_side="produce",
-                     single=r.length <= conn.server.pool.size)
+        pipeline.run(pool, read, send, threaded_side="produce", single=r.length <= pool.size)
 
     # PUT
 
@@ -240,6 +247,13 @@ def _put_range(req: Request) -> tuple[int, int | None]:
             field="Content-Range",
             reason=f"range of {r.length} bytes but Content-Length is {req.content_length}")
     return r.start, r.length
+
+
+def _read_exactly(backend: Backend) -> pipeline.ReadAt:
+    def read(offset: int, buf: memoryview) -> None:
+        if backend.readinto(offset, buf) != len(buf):
+            raise BadRequest(field="image", reason="image ended before the range")
+    return read
 
 
 def _flag(req: Request, name: str, *, default: bool) -> bool:
