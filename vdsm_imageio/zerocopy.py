@@ -15,6 +15,10 @@ being read, so the storage always has reads queued. The request's thread
 takes segment k from pipe k % LANES, which keeps the bytes in order; a full
 pipe is the bound on what each helper reads ahead.
 
+``send`` fills the pipes from a file; ``send_from`` takes one fill
+function per lane, which is how NBD replies are spliced from the NBD
+server's socket (``vdsm_imageio.backends.nbdwire``).
+
 Stopping: the request's thread closes the pipes' read ends on error, so a
 helper blocked on a full pipe fails with EPIPE; a helper closes its write
 end when it stops, so the request's thread sees end of data early and
@@ -51,12 +55,40 @@ def available() -> bool:
     return hasattr(os, "splice")
 
 
+# Puts exactly length bytes of the image at offset into the pipe wfd.
+Fill = Callable[[int, int, int], None]
+
+
 def send(src_fd: int, offset: int, length: int, sock: socket.socket,
          progress: Callable[[int], None], lanes: int = LANES) -> None:
     """Send length bytes of src_fd at offset to sock; progress(n) per piece.
 
     The socket's timeout bounds each wait for the client to take more data.
     """
+    def fill(wfd: int, pos: int, n: int) -> None:
+        end = pos + n
+        while pos < end:
+            done = os.splice(src_fd, wfd, end - pos, offset_src=pos)
+            if done == 0:
+                raise OSError(errno.EIO, "image ended before the range")
+            pos += done
+
+    send_from([fill] * lanes, offset, length, sock, progress)
+
+
+def fill_from_stream(fd: int, wfd: int, length: int) -> None:
+    """Move exactly length bytes from a stream (a socket) into the pipe wfd."""
+    while length:
+        n = os.splice(fd, wfd, length)
+        if n == 0:
+            raise OSError(errno.ECONNRESET, "the server closed the connection")
+        length -= n
+
+
+def send_from(fills: list[Fill], offset: int, length: int, sock: socket.socket,
+              progress: Callable[[int], None]) -> None:
+    """Send length bytes at offset to sock, segment k filled by fills[k % lanes]."""
+    lanes = len(fills)
     pipes: list[tuple[int, int]] = []
     try:
         for _ in range(lanes):
@@ -68,28 +100,25 @@ def send(src_fd: int, offset: int, length: int, sock: socket.socket,
             os.close(wfd)
         raise
     count = -(-length // segment)
-    failure: list[OSError] = []
+    failure: list[Exception] = []
 
-    def fill(lane: int, wfd: int) -> None:
+    def lane_loop(lane: int, wfd: int) -> None:
         try:
             for k in range(lane, count, lanes):
                 pos = offset + k * segment
-                end = min(pos + segment, offset + length)
-                while pos < end:
-                    n = os.splice(src_fd, wfd, end - pos, offset_src=pos)
-                    if n == 0:
-                        raise OSError(errno.EIO, "image ended before the range")
-                    pos += n
+                fills[lane](wfd, pos, min(segment, offset + length - pos))
         except OSError as e:
             if e.errno != errno.EPIPE:
-                failure.append(e)
+                failure.append(BackendError(reason=e.strerror or str(e)))
+        except BackendError as e:
+            failure.append(e)
         finally:
             os.close(wfd)
 
     helpers = []
     for lane, (_, wfd) in enumerate(pipes):
         if lane < count:
-            helpers.append(threading.Thread(target=fill, args=(lane, wfd),
+            helpers.append(threading.Thread(target=lane_loop, args=(lane, wfd),
                                             name="io-splice", daemon=True))
         else:
             os.close(wfd)
@@ -103,7 +132,7 @@ def send(src_fd: int, offset: int, length: int, sock: socket.socket,
         for helper in helpers:
             helper.join()
     if failure:
-        raise BackendError(reason=failure[0].strerror or str(failure[0]))
+        raise failure[0]
 
 
 def _drain(rfds: list[int], segment: int, sock: socket.socket, length: int,

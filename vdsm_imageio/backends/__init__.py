@@ -88,3 +88,22 @@ class ParallelReads(Protocol):
     def open_reader(self) -> Backend | None:
         """Another handle on the same image, for reads only, or None when
         reads through it could miss this handle's writes; the caller closes it."""
+
+
+class SpliceReader(Protocol):
+    """A connection whose reads go into a pipe without passing through us."""
+
+    def fill(self, wfd: int, offset: int, length: int) -> None:
+        """Put exactly length bytes of the image at offset into the pipe wfd."""
+
+    def close(self) -> None:
+        """Release the connection; idempotent."""
+
+
+@runtime_checkable
+class SpliceReaders(Protocol):
+    """A backend that can open connections for spliced reads (NBD)."""
+
+    def open_splice_reader(self) -> SpliceReader | None:
+        """A new connection for spliced reads, or None when reads through
+        another connection could miss this handle's writes."""

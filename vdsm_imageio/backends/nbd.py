@@ -42,6 +42,7 @@ from vdsm_imageio.backends.nbdstatus import (
     runs,
     zero_extent,
 )
+from vdsm_imageio.backends.nbdwire import WireReader
 from vdsm_imageio.errors import BackendError, StorageReadOnly, UnsupportedContext
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,14 @@ class NbdBackend:
 
     def buffer(self, size: int) -> memoryview:
         return directio.aligned_buffer(size, self._block_size)
+
+    def open_splice_reader(self) -> WireReader | None:
+        """A connection of our own for reads spliced to the client (same
+        consistency rule as open_reader)."""
+        if self._writable and not self._h.can_multi_conn():
+            return None
+        path, export = parse_url(self._url)
+        return WireReader(path, export)
 
     def open_reader(self) -> NbdBackend | None:
         """One more connection to the export, read-only: qemu-nbd serves the

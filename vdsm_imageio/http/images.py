@@ -10,11 +10,13 @@ progress, expiry and cancel apply chunk by chunk.
 from __future__ import annotations
 
 import logging
+import socket
 from typing import TYPE_CHECKING, Any
 
 from .. import pipeline, zerocopy
-from ..backends import Backend, Spliceable
+from ..backends import Backend, Spliceable, SpliceReader, SpliceReaders
 from ..errors import (
+    BackendError,
     BadRequest,
     LengthRequired,
     RangeNotSatisfiable,
@@ -97,13 +99,16 @@ class Images:
         lanes = conn.server.config.http.parallel_reads
         pool = conn.server.pool
         sock = conn.splice_target()
-        if (sock is not None and r.length >= SPLICE_MIN
-                and isinstance(backend, Spliceable)):
-            src_fd = backend.splice_source(r.start, r.length)
-            if src_fd is not None:
-                zerocopy.send(src_fd, r.start, r.length, sock,
-                              lambda n: ticket.progress(op, n), lanes=lanes)
-                return
+        if sock is not None and r.length >= SPLICE_MIN:
+            if isinstance(backend, Spliceable):
+                src_fd = backend.splice_source(r.start, r.length)
+                if src_fd is not None:
+                    zerocopy.send(src_fd, r.start, r.length, sock,
+                                  lambda n: ticket.progress(op, n), lanes=lanes)
+                    return
+            elif isinstance(backend, SpliceReaders):
+                if self._send_spliced(backend, lanes, ticket, op, r, sock):
+                    return
 
         def send(data: memoryview) -> None:
             conn.sendall(data)
@@ -128,6 +133,31 @@ class Images:
             return n
 
         pipeline.run(pool, read, send, threaded_side="produce", single=r.length <= pool.size)
+
+    def _send_spliced(self, backend: SpliceReaders, lanes: int, ticket: Ticket,
+                      op: Operation, r: ByteRange, sock: socket.socket) -> bool:
+        """Send through connections of our own to the storage server; False
+        (nothing sent) when none could be opened."""
+        readers: list[SpliceReader] = []
+        try:
+            for _ in range(lanes):
+                try:
+                    reader = backend.open_splice_reader()
+                except BackendError as e:
+                    log.warning("SPLICE readers fewer than asked transfer=%s have=%d "
+                                "reason=%s", ticket.transfer_id, len(readers), e)
+                    break
+                if reader is None:
+                    break
+                readers.append(reader)
+            if not readers:
+                return False
+            zerocopy.send_from([rd.fill for rd in readers], r.start, r.length, sock,
+                               lambda n: ticket.progress(op, n))
+            return True
+        finally:
+            for reader in readers:
+                reader.close()
 
     # PUT
 
