@@ -31,7 +31,7 @@ import pytest
 from storage.qemu_nbd import QemuNbd
 from vdsm_imageio.backends import Backend
 from vdsm_imageio.backends.file import open_file
-from vdsm_imageio.backends.nbd import open_nbd
+from vdsm_imageio.backends.nbd import NbdBackend, open_nbd
 
 from .images import MiB
 
@@ -377,3 +377,51 @@ def solid_factory(request: pytest.FixtureRequest) -> Iterator[BackendFactory]:
 @pytest.fixture(params=[_param(name) for name in NBD_TARGETS])
 def nbd_factory(request: pytest.FixtureRequest) -> Iterator[BackendFactory]:
     yield from _factory(request)
+
+
+ServerMaker = Callable[..., QemuNbd]
+
+
+@pytest.fixture
+def serve(socket_dir: str) -> Iterator[ServerMaker]:
+    """Start qemu-nbd servers; every one is stopped at teardown."""
+    with contextlib.ExitStack() as stack:
+
+        def start(image: str, fmt: str = "raw", **kw: object) -> QemuNbd:
+            sock = os.path.join(socket_dir, f"{uuid.uuid4().hex}.sock")
+            return stack.enter_context(QemuNbd(image, fmt, sock, **kw))  # type: ignore[arg-type]
+
+        yield start
+
+
+@pytest.fixture
+def backends() -> Iterator[Callable[..., NbdBackend]]:
+    opened: list[NbdBackend] = []
+
+    def open_(url: str, mode: str = "rw", *, sparse: bool = True,
+              dirty: bool = False) -> NbdBackend:
+        backend = open_nbd(url, mode=mode, sparse=sparse, dirty=dirty)
+        opened.append(backend)
+        return backend
+
+    yield open_
+    for backend in opened:
+        backend.close()
+
+
+@pytest.fixture
+def qcow2(cache_dir: str) -> Iterator[Callable[..., str]]:
+    made: list[str] = []
+
+    def create(size: int = IMAGE_SIZE, *, backing: str | None = None) -> str:
+        path = os.path.join(cache_dir, f"{uuid.uuid4().hex}.qcow2")
+        argv = ["qemu-img", "create", "-q", "-f", "qcow2"]
+        if backing:
+            argv += ["-b", backing, "-F", "qcow2"]
+        run(*argv, path, str(size))
+        made.append(path)
+        return path
+
+    yield create
+    for path in made:
+        os.unlink(path)

@@ -1,20 +1,15 @@
 """What only the nbd backend and its qemu-nbd do: qcow2 allocation, dirty
-bitmaps, read-only exports, server lifecycle, URL parsing and the pure
-block status helpers."""
+bitmaps, read-only exports, several connections, URL parsing and the pure
+block status helpers. qemu-nbd's own lifecycle is in test_qemu_nbd.py."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import mmap
-import os
-import signal
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
-from storage.qemu_nbd import QemuNbd
 from vdsm_imageio.backends import DirtyExtent, ZeroExtent
 from vdsm_imageio.backends.nbd import NbdBackend, open_nbd, parse_url
 from vdsm_imageio.backends.nbdstatus import (
@@ -31,62 +26,13 @@ from vdsm_imageio.errors import (
     BackendError,
     StorageReadOnly,
     UnsupportedContext,
-    VolumeError,
 )
 
-from .conftest import IMAGE_SIZE, make_image, run
+from .conftest import IMAGE_SIZE, ServerMaker, make_image, run
 from .images import METADATA_SLACK, KiB, MiB, allocated, pattern, read, write
 
 GiB = 1024 * MiB
 CLUSTER = 64 * KiB
-
-ServerMaker = Callable[..., QemuNbd]
-
-
-@pytest.fixture
-def serve(socket_dir: str) -> Iterator[ServerMaker]:
-    """Start qemu-nbd servers; every one is stopped at teardown."""
-    with contextlib.ExitStack() as stack:
-
-        def start(image: str, fmt: str = "raw", **kw: object) -> QemuNbd:
-            sock = os.path.join(socket_dir, f"{uuid.uuid4().hex}.sock")
-            return stack.enter_context(QemuNbd(image, fmt, sock, **kw))  # type: ignore[arg-type]
-
-        yield start
-
-
-@pytest.fixture
-def backends() -> Iterator[Callable[..., NbdBackend]]:
-    opened: list[NbdBackend] = []
-
-    def open_(url: str, mode: str = "rw", *, sparse: bool = True,
-              dirty: bool = False) -> NbdBackend:
-        backend = open_nbd(url, mode=mode, sparse=sparse, dirty=dirty)
-        opened.append(backend)
-        return backend
-
-    yield open_
-    for backend in opened:
-        backend.close()
-
-
-@pytest.fixture
-def qcow2(cache_dir: str) -> Iterator[Callable[..., str]]:
-    made: list[str] = []
-
-    def create(size: int = IMAGE_SIZE, *, backing: str | None = None) -> str:
-        path = os.path.join(cache_dir, f"{uuid.uuid4().hex}.qcow2")
-        argv = ["qemu-img", "create", "-q", "-f", "qcow2"]
-        if backing:
-            argv += ["-b", backing, "-F", "qcow2"]
-        run(*argv, path, str(size))
-        made.append(path)
-        return path
-
-    yield create
-    for path in made:
-        os.unlink(path)
-
 
 def qemu_io(image: str, *commands: str) -> None:
     argv = ["qemu-io", "-f", "qcow2"]
@@ -105,10 +51,6 @@ def dirty_extents(backend: NbdBackend) -> list[DirtyExtent]:
     found = list(backend.extents("dirty", 0, backend.size))
     assert all(isinstance(e, DirtyExtent) for e in found)
     return found  # type: ignore[return-value]
-
-
-def alive(pid: int) -> bool:
-    return os.path.exists(f"/proc/{pid}")
 
 
 # qcow2 allocation.
@@ -376,139 +318,6 @@ def test_a_reader_of_a_writer_sees_its_writes(
         reader.close()
 
 
-# qemu-nbd lifecycle.
-
-
-def test_stop_ends_the_process_and_removes_the_socket(
-    cache_dir: str, socket_dir: str
-) -> None:
-    server = QemuNbd(make_image(cache_dir), "raw", os.path.join(socket_dir, "a.sock"))
-    server.start()
-    pid = server.pid
-    assert pid is not None and alive(pid)
-    server.stop()
-    assert not alive(pid)
-    assert not os.path.exists(server.socket_path)
-    server.stop()
-
-
-def test_stop_kills_a_server_that_ignores_sigterm(cache_dir: str, socket_dir: str) -> None:
-    server = QemuNbd(make_image(cache_dir), "raw", os.path.join(socket_dir, "b.sock"),
-                     stop_timeout=0.5)
-    server.start()
-    pid = server.pid
-    assert pid is not None
-    try:
-        # A stopped process leaves SIGTERM pending; only SIGKILL ends it.
-        os.kill(pid, signal.SIGSTOP)
-        server.stop()
-        assert not alive(pid)
-        assert not os.path.exists(server.socket_path)
-    finally:
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
-
-
-def cmdline(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return [arg.decode() for arg in f.read().split(b"\0") if arg]
-
-
-def test_server_options_for_a_qcow2_read_ticket(
-    qcow2: Callable[..., str], serve: ServerMaker
-) -> None:
-    image = qcow2()
-    run("qemu-img", "bitmap", "--add", image, "b1")
-    server = serve(image, "qcow2", read_only=True, bitmap="b1")
-    assert server.pid is not None
-    argv = cmdline(server.pid)
-    for option in ("--persistent", "--shared=0", "--format=qcow2", "--cache=none",
-                   "--aio=native", "--allocation-depth", "--bitmap=b1", "--read-only"):
-        assert option in argv
-    assert "--discard=unmap" not in argv
-
-
-def test_raw_write_server_punches_and_reports_no_depth(
-    cache_dir: str, serve: ServerMaker
-) -> None:
-    server = serve(make_image(cache_dir))
-    assert server.pid is not None
-    argv = cmdline(server.pid)
-    assert "--discard=unmap" in argv and "--read-only" not in argv
-    assert "--allocation-depth" not in argv
-
-
-@pytest.mark.loop
-def test_writeback_cache_where_direct_io_fails(ramfs_dir: str, serve: ServerMaker) -> None:
-    server = serve(make_image(ramfs_dir))
-    assert server.pid is not None
-    argv = cmdline(server.pid)
-    assert "--cache=writeback" in argv and "--aio=native" not in argv
-
-
-def test_start_fails_with_qemu_nbd_message_and_leaves_nothing(
-    cache_dir: str, socket_dir: str
-) -> None:
-    path = make_image(cache_dir)
-    server = QemuNbd(path, "qcow2", os.path.join(socket_dir, "c.sock"))
-    with pytest.raises(VolumeError, match="not in qcow2 format"):
-        server.start()
-    assert server.pid is None
-    assert not os.path.exists(server.socket_path)
-
-
-def test_start_with_missing_bitmap_fails(
-    qcow2: Callable[..., str], socket_dir: str
-) -> None:
-    server = QemuNbd(qcow2(), "qcow2", os.path.join(socket_dir, "d.sock"), bitmap="nope")
-    with pytest.raises(VolumeError, match="nope"):
-        server.start()
-    assert server.pid is None
-
-
-def test_start_with_missing_image_fails(socket_dir: str) -> None:
-    server = QemuNbd(os.path.join(socket_dir, "missing.img"), "raw",
-                     os.path.join(socket_dir, "e.sock"), sd_id="sd-1", vol_id="vol-1")
-    with pytest.raises(VolumeError) as info:
-        server.start()
-    assert info.value.fields["vol_id"] == "vol-1"
-    assert info.value.fields["sd_id"] == "sd-1"
-
-
-def test_start_refuses_a_socket_another_server_listens_on(
-    cache_dir: str, serve: ServerMaker, backends: Callable[..., NbdBackend]
-) -> None:
-    first = serve(make_image(cache_dir))
-    second = QemuNbd(make_image(cache_dir), "raw", first.socket_path)
-    with pytest.raises(VolumeError, match="another server"):
-        second.start()
-    assert backends(first.url).size == IMAGE_SIZE
-
-
-def test_start_refuses_a_socket_path_too_long(cache_dir: str, socket_dir: str) -> None:
-    server = QemuNbd(make_image(cache_dir), "raw", os.path.join(socket_dir, "s" * 120))
-    with pytest.raises(VolumeError, match="longer than"):
-        server.start()
-
-
-def test_stale_socket_is_replaced(
-    cache_dir: str, socket_dir: str, serve: ServerMaker, backends: Callable[..., NbdBackend]
-) -> None:
-    first = serve(make_image(cache_dir))
-    assert first.pid is not None
-    os.kill(first.pid, signal.SIGKILL)  # leaves its socket behind
-    os.waitpid(first.pid, 0)
-    assert os.path.exists(first.socket_path)
-    second = QemuNbd(make_image(cache_dir), "raw", first.socket_path)
-    with second:
-        assert backends(second.url).size == IMAGE_SIZE
-
-
-def test_unknown_format_is_refused() -> None:
-    with pytest.raises(ValueError):
-        QemuNbd("image", "vmdk", "sock")
-
-
 # Pure helpers.
 
 
@@ -572,14 +381,6 @@ def test_backend_keeps_no_reference_to_caller_buffers(
     assert backend.readinto(0, view[:8192]) == 8192
     view.release()
     region.close()  # BufferError if a view of it is still exported
-
-
-def test_start_with_unusable_socket_directory_fails(cache_dir: str) -> None:
-    not_a_dir = make_image(cache_dir)
-    server = QemuNbd(make_image(cache_dir), "raw", os.path.join(not_a_dir, "f.sock"))
-    with pytest.raises(VolumeError, match="cannot use socket"):
-        server.start()
-    assert server.pid is None
 
 
 @pytest.mark.parametrize("flags, expected", [

@@ -6,8 +6,6 @@ import contextlib
 import os
 import socket
 import threading
-import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,7 +15,7 @@ from vdsm_imageio.backends.nbd import open_nbd
 from vdsm_imageio.backends.nbdwire import WireReader
 from vdsm_imageio.errors import BackendError
 
-from .conftest import make_image
+from .conftest import ServerMaker, make_image
 from .images import MiB, pattern
 
 SIZE = 8 * MiB
@@ -32,10 +30,8 @@ def image(cache_dir: str) -> str:
 
 
 @pytest.fixture
-def server(image: str, socket_dir: str) -> Iterator[QemuNbd]:
-    sock = os.path.join(socket_dir, f"{uuid.uuid4().hex}.sock")
-    with QemuNbd(image, "raw", sock, read_only=True) as s:
-        yield s
+def server(image: str, serve: ServerMaker) -> QemuNbd:
+    return serve(image, read_only=True)
 
 
 def export(server: QemuNbd) -> tuple[str, str]:
