@@ -170,16 +170,24 @@ def _blocking(sock: socket.socket) -> Iterator[None]:
     kernel's send timeout keeps the bound without the wake-ups.
     """
     timeout = sock.gettimeout()
-    seconds = 0.0 if timeout is None else timeout
-    timeval = struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000))
-    saved = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, len(timeval))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+    limit = timeval(timeout)
+    saved = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, len(limit))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
     sock.settimeout(None)
     try:
         yield
     finally:
         sock.settimeout(timeout)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, saved)
+
+
+def timeval(seconds: float | None) -> bytes:
+    """SO_SNDTIMEO / SO_RCVTIMEO for a socket timeout (None: wait forever).
+
+    The kernel reads zero as "no limit", so a limit rounds up to 1 us.
+    """
+    usec = 0 if seconds is None else max(1, round(seconds * 1_000_000))
+    return struct.pack("ll", *divmod(usec, 1_000_000))
 
 
 def _grow(wfd: int) -> int:

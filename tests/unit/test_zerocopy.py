@@ -144,3 +144,11 @@ def test_closed_client_is_peer_closed(image):
                           lambda n: None)
     finally:
         a.close()
+
+
+def test_timeval_rounds_a_limit_up_and_none_waits_forever():
+    import struct
+    assert zerocopy.timeval(None) == struct.pack("ll", 0, 0)
+    assert zerocopy.timeval(2.5) == struct.pack("ll", 2, 500_000)
+    # Zero would mean no limit to the kernel.
+    assert zerocopy.timeval(1e-9) == struct.pack("ll", 0, 1)

@@ -71,7 +71,8 @@ class WireReader:
             raise
         # Payloads are spliced from a blocking socket; the timeout bounds
         # each wait in the kernel instead.
-        _set_timeouts(self._sock, timeout)
+        for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+            self._sock.setsockopt(socket.SOL_SOCKET, option, zerocopy.timeval(timeout))
         self._sock.settimeout(None)
 
     def fileno(self) -> int:
@@ -167,9 +168,3 @@ class WireReader:
             data += chunk
         return bytes(data)
 
-
-def _set_timeouts(sock: socket.socket, seconds: float) -> None:
-    usec = max(1, round(seconds * 1_000_000))
-    timeval = struct.pack("ll", *divmod(usec, 1_000_000))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)

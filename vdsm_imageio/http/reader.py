@@ -20,7 +20,8 @@ from __future__ import annotations
 import errno
 import socket
 import ssl
-import struct
+
+from .. import zerocopy
 
 # Large enough for any request head we accept in one or two reads.
 BUFFER_SIZE = 64 * 1024
@@ -86,12 +87,9 @@ class SocketReader:
         if not self._plain:
             return sock.recv_into(buf)
         timeout = sock.gettimeout()
-        # Zero means "no limit" to the kernel: a limit rounds up to 1 us.
-        usec = 0 if timeout is None else max(1, round(timeout * 1_000_000))
         # Only a blocking socket looks at SO_RCVTIMEO, and this is the only
         # place where a connection's socket blocks on receive.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                        struct.pack("ll", *divmod(usec, 1_000_000)))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, zerocopy.timeval(timeout))
         sock.settimeout(None)
         try:
             return sock.recv_into(buf, len(buf), socket.MSG_WAITALL)
