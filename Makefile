@@ -41,6 +41,7 @@ run: deps
 
 lint: deps
 	$(VENV)/bin/ruff check vdsm_imageio verbs storage bench tests
+	$(VENV)/bin/ruff format --check vdsm_imageio verbs storage bench tests
 
 typecheck: deps
 	$(VENV)/bin/mypy

@@ -46,8 +46,15 @@ class Context:
         self._ids = itertools.count(1)
 
     def ticket(self, url: str, size: int, ops: list[str], **extra: Any) -> dict[str, Any]:
-        return {"uuid": str(uuid.uuid4()), "size": size, "ops": ops, "timeout": 3600,
-                "url": url, "transfer_id": f"bench-{next(self._ids)}", **extra}
+        return {
+            "uuid": str(uuid.uuid4()),
+            "size": size,
+            "ops": ops,
+            "timeout": 3600,
+            "url": url,
+            "transfer_id": f"bench-{next(self._ids)}",
+            **extra,
+        }
 
     def add(self, d: Daemon, url: str, size: int, ops: list[str], **extra: Any) -> str:
         t = self.ticket(url, size, ops, **extra)
@@ -87,8 +94,9 @@ class Case:
 class Transfer(Case):
     """One whole-image transfer over one transport; source is 'file' or 'nbd'."""
 
-    def __init__(self, ctx: Context, *, direction: str, transport: str, tool: str,
-                 source: str = "file") -> None:
+    def __init__(
+        self, ctx: Context, *, direction: str, transport: str, tool: str, source: str = "file"
+    ) -> None:
         super().__init__(ctx)
         self.direction, self.via, self.tool, self.source = direction, transport, tool, source
         self.transport = transport
@@ -177,12 +185,16 @@ class SparseDownload(Case):
         self.moved = ctx.images.size
 
     def prepare(self, d: Daemon) -> list[str]:
-        return [self.ctx.add(d, self.ctx.images.sparse.as_uri(), self.ctx.images.size,
-                             ["read"], sparse=True)]
+        return [
+            self.ctx.add(
+                d, self.ctx.images.sparse.as_uri(), self.ctx.images.size, ["read"], sparse=True
+            )
+        ]
 
     def run(self, d: Daemon, tickets: list[str]) -> dict[str, float]:
-        seconds = self.ctx.client.download(d, tickets[0], "unix",
-                                           self.ctx.scratch.path("sparse.raw"))
+        seconds = self.ctx.client.download(
+            d, tickets[0], "unix", self.ctx.scratch.path("sparse.raw")
+        )
         self.ctx.scratch.discard("sparse.raw")
         return {self.metrics[0].name: self.rate(seconds)}
 
@@ -195,9 +207,13 @@ class RandomReads(Case):
         return [self.ctx.add(d, self.ctx.images.full.as_uri(), self.ctx.images.size, ["read"])]
 
     def run(self, d: Daemon, tickets: list[str]) -> dict[str, float]:
-        rate = clients.random_reads(d, tickets[0], self.ctx.images.size,
-                                    count=self.ctx.random_count,
-                                    seconds=self.ctx.random_seconds)
+        rate = clients.random_reads(
+            d,
+            tickets[0],
+            self.ctx.images.size,
+            count=self.ctx.random_count,
+            seconds=self.ctx.random_seconds,
+        )
         return {self.metrics[0].name: rate}
 
 
@@ -217,8 +233,7 @@ class ConcurrentDownloads(Case):
 
     def prepare(self, d: Daemon) -> list[str]:
         url = self.ctx.images.full.as_uri()
-        return [self.ctx.add(d, url, self.ctx.images.size, ["read"])
-                for _ in range(self.count)]
+        return [self.ctx.add(d, url, self.ctx.images.size, ["read"]) for _ in range(self.count)]
 
     def run(self, d: Daemon, tickets: list[str]) -> dict[str, float]:
         jobs = [(t, i * self.length, self.length) for i, t in enumerate(tickets)]
@@ -248,8 +263,10 @@ class Lifecycle(Case):
     """SIGTERM to exit of an idle daemon, then start to the first OPTIONS."""
 
     id = "lifecycle"
-    metrics = (Metric("SIGTERM to exit (idle)", "s", False),
-               Metric("start to first OPTIONS over TLS", "s", False))
+    metrics = (
+        Metric("SIGTERM to exit (idle)", "s", False),
+        Metric("start to first OPTIONS over TLS", "s", False),
+    )
     drop_cache = False
 
     def run(self, d: Daemon, tickets: list[str]) -> dict[str, float]:
@@ -276,14 +293,16 @@ class PeakRss(Case):
 
     def prepare(self, d: Daemon) -> list[str]:
         url = self.ctx.images.full.as_uri()
-        return [self.ctx.add(d, url, self.ctx.images.size, ["read"])
-                for _ in range(self.tickets)]
+        return [self.ctx.add(d, url, self.ctx.images.size, ["read"]) for _ in range(self.tickets)]
 
     def run(self, d: Daemon, tickets: list[str]) -> dict[str, float]:
         if not procs.reset_peak_rss(d.pid):
             raise RuntimeError("cannot reset VmHWM (/proc/<pid>/clear_refs)")
-        jobs = [(t, (i * self.per_ticket + j) * self.length, self.length)
-                for i, t in enumerate(tickets) for j in range(self.per_ticket)]
+        jobs = [
+            (t, (i * self.per_ticket + j) * self.length, self.length)
+            for i, t in enumerate(tickets)
+            for j in range(self.per_ticket)
+        ]
         clients.curl_download_many(d, jobs)
         return {self.metrics[0].name: procs.status_kib(d.pid, "VmHWM") / 1024}
 
@@ -295,13 +314,23 @@ def transfer_id(direction: str, transport: str, tool: str, source: str) -> str:
 
 # (direction, transport, tool, source) of the whole-image transfer cases.
 TRANSFERS = [
-    *((d, t, tool, "file") for tool in ("curl", "client") for d in ("download", "upload")
-      for t in ("unix", "tls")),
+    *(
+        (d, t, tool, "file")
+        for tool in ("curl", "client")
+        for d in ("download", "upload")
+        for t in ("unix", "tls")
+    ),
     ("download", "unix", "curl", "nbd"),
     ("upload", "unix", "curl", "nbd"),
 ]
-OTHERS: list[type[Case]] = [SparseDownload, RandomReads, ConcurrentDownloads, TicketLatency,
-                            Lifecycle, PeakRss]
+OTHERS: list[type[Case]] = [
+    SparseDownload,
+    RandomReads,
+    ConcurrentDownloads,
+    TicketLatency,
+    Lifecycle,
+    PeakRss,
+]
 
 
 def case_ids() -> list[str]:
@@ -309,6 +338,8 @@ def case_ids() -> list[str]:
 
 
 def all_cases(ctx: Context) -> list[Case]:
-    cases: list[Case] = [Transfer(ctx, direction=d, transport=t, tool=tool, source=src)
-                         for d, t, tool, src in TRANSFERS]
+    cases: list[Case] = [
+        Transfer(ctx, direction=d, transport=t, tool=tool, source=src)
+        for d, t, tool, src in TRANSFERS
+    ]
     return cases + [c(ctx) for c in OTHERS]

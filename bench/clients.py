@@ -29,8 +29,14 @@ class ClientError(Exception):
 
 def _curl(args: list[str]) -> tuple[int, int]:
     """Run curl; returns (http_code, bytes moved) from its -w report."""
-    cmd = ["curl", "--silent", "--show-error", "--write-out", "%{http_code} %{size_download} "
-           "%{size_upload}", *args]
+    cmd = [
+        "curl",
+        "--silent",
+        "--show-error",
+        "--write-out",
+        "%{http_code} %{size_download} %{size_upload}",
+        *args,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=CURL_TIMEOUT)
     fields = out.stdout.split()
     if out.returncode != 0 or len(fields) != 3:
@@ -41,13 +47,17 @@ def _curl(args: list[str]) -> tuple[int, int]:
 
 def _curl_target(daemon: Daemon, ticket_id: str, transport: str) -> list[str]:
     if transport == "unix":
-        return ["--abstract-unix-socket", daemon.unix_socket.lstrip("\0"),
-                f"http://localhost/images/{ticket_id}"]
+        return [
+            "--abstract-unix-socket",
+            daemon.unix_socket.lstrip("\0"),
+            f"http://localhost/images/{ticket_id}",
+        ]
     return ["--cacert", str(daemon.ca), f"{daemon.data_url}{ticket_id}"]
 
 
-def curl_download(daemon: Daemon, ticket_id: str, transport: str, length: int,
-                  start: int = 0) -> None:
+def curl_download(
+    daemon: Daemon, ticket_id: str, transport: str, length: int, start: int = 0
+) -> None:
     args = ["--output", "/dev/null", *_curl_target(daemon, ticket_id, transport)]
     if start:
         args[:0] = ["--range", f"{start}-{start + length - 1}"]
@@ -68,11 +78,25 @@ def curl_download_many(daemon: Daemon, jobs: list[tuple[str, int, int]]) -> None
     for ticket_id, start, length in jobs:
         if procs:
             time.sleep(ARRIVAL_INTERVAL)
-        cmd = ["curl", "--silent", "--show-error", "--fail", "--output", "/dev/null",
-               "--write-out", "%{size_download}", "--range", f"{start}-{start + length - 1}",
-               *_curl_target(daemon, ticket_id, "unix")]
-        procs.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       text=True), length))
+        cmd = [
+            "curl",
+            "--silent",
+            "--show-error",
+            "--fail",
+            "--output",
+            "/dev/null",
+            "--write-out",
+            "%{size_download}",
+            "--range",
+            f"{start}-{start + length - 1}",
+            *_curl_target(daemon, ticket_id, "unix"),
+        ]
+        procs.append(
+            (
+                subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+                length,
+            )
+        )
     errors = []
     for proc, length in procs:
         out, err = proc.communicate(timeout=CURL_TIMEOUT)
@@ -85,8 +109,13 @@ def curl_download_many(daemon: Daemon, jobs: list[tuple[str, int, int]]) -> None
 def curl_upload(daemon: Daemon, ticket_id: str, transport: str, source: Path) -> None:
     # No "Expect: 100-continue": curl would wait a second for an answer
     # from a server that does not send one.
-    args = ["--upload-file", str(source), "--header", "Expect:",
-            *_curl_target(daemon, ticket_id, transport)]
+    args = [
+        "--upload-file",
+        str(source),
+        "--header",
+        "Expect:",
+        *_curl_target(daemon, ticket_id, transport),
+    ]
     code, moved = _curl(args)
     size = source.stat().st_size
     if code != 200 or moved != size:
@@ -99,16 +128,25 @@ class ImageioClient:
     def __init__(self, python: Path) -> None:
         self.python = python
 
-    def run(self, op: str, src: str, dst: str, daemon: Daemon, transport: str,
-            workers: int = 4) -> float:
-        cmd = [str(self.python), str(HERE / "imageio_driver.py"), op, src, dst,
-               "--cafile", str(daemon.ca), "--workers", str(workers)]
+    def run(
+        self, op: str, src: str, dst: str, daemon: Daemon, transport: str, workers: int = 4
+    ) -> float:
+        cmd = [
+            str(self.python),
+            str(HERE / "imageio_driver.py"),
+            op,
+            src,
+            dst,
+            "--cafile",
+            str(daemon.ca),
+            "--workers",
+            str(workers),
+        ]
         if transport == "tls":
             cmd.append("--tls")
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=CURL_TIMEOUT)
         if out.returncode != 0:
-            raise ClientError(f"ovirt-imageio client {op} failed: "
-                              f"{out.stderr.strip()[-500:]}")
+            raise ClientError(f"ovirt-imageio client {op} failed: {out.stderr.strip()[-500:]}")
         report: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
         used_unix = report["unix_connections"] > 0
         if used_unix != (transport == "unix"):
@@ -156,8 +194,16 @@ def _read_head(reader: Any) -> tuple[int, int]:
     return status, length
 
 
-def random_reads(daemon: Daemon, ticket_id: str, size: int, *, count: int,
-                 seconds: float, block: int = 4096, seed: int = 1) -> float:
+def random_reads(
+    daemon: Daemon,
+    ticket_id: str,
+    size: int,
+    *,
+    count: int,
+    seconds: float,
+    block: int = 4096,
+    seed: int = 1,
+) -> float:
     """Requests/s of block-sized ranged GETs at random aligned offsets,
     one keep-alive connection over the unix socket."""
     rng = random.Random(seed)
@@ -170,8 +216,10 @@ def random_reads(daemon: Daemon, ticket_id: str, size: int, *, count: int,
     try:
         while done < count and time.monotonic() < deadline:
             offset = rng.randrange(blocks) * block
-            sock.sendall(f"GET /images/{ticket_id} HTTP/1.1\r\nHost: localhost\r\n"
-                         f"Range: bytes={offset}-{offset + block - 1}\r\n\r\n".encode())
+            sock.sendall(
+                f"GET /images/{ticket_id} HTTP/1.1\r\nHost: localhost\r\n"
+                f"Range: bytes={offset}-{offset + block - 1}\r\n\r\n".encode()
+            )
             status, length = _read_head(reader)
             body = reader.read(length)
             if status != 206 or len(body) != block:

@@ -79,8 +79,9 @@ class Daemon:
     def https(self, timeout: float = IO_TIMEOUT) -> http.client.HTTPSConnection:
         if self._ssl is None:
             self._ssl = ssl.create_default_context(cafile=str(self.ca))
-        return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout,
-                                           context=self._ssl)
+        return http.client.HTTPSConnection(
+            "127.0.0.1", self.port, timeout=timeout, context=self._ssl
+        )
 
     def unix(self, timeout: float = IO_TIMEOUT) -> UnixHTTPConnection:
         return UnixHTTPConnection(self.unix_socket, timeout=timeout)
@@ -123,8 +124,9 @@ class Daemon:
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.label} exited with {self.proc.returncode}; "
-                                   f"log in {self.dir}")
+                raise RuntimeError(
+                    f"{self.label} exited with {self.proc.returncode}; log in {self.dir}"
+                )
             if self.ca.exists():
                 try:
                     return self.options_any()
@@ -181,8 +183,11 @@ class Ours(Daemon):
         log = open(self.dir / "daemon.log", "wb")
         with log:
             return subprocess.Popen(
-                [str(self.program), "serve", "--local", str(self.dir), "--port",
-                 str(self.port)], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                [str(self.program), "serve", "--local", str(self.dir), "--port", str(self.port)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
 
     def _connect_control(self) -> None:
         # The data listeners may answer a moment before the control socket.
@@ -209,8 +214,7 @@ class Ours(Daemon):
     def call(self, method: str, **params: Any) -> Any:
         assert self._sock is not None
         req_id = next(self._ids)
-        line = json.dumps({"jsonrpc": "2.0", "id": req_id, "method": method,
-                           "params": params})
+        line = json.dumps({"jsonrpc": "2.0", "id": req_id, "method": method, "params": params})
         self._sock.sendall(line.encode() + b"\n")
         reply = json.loads(self._reader.readline())
         if "error" in reply:
@@ -277,8 +281,12 @@ args = ({str(log_file)!r},)
         log_file.unlink(missing_ok=True)
         err = open(self.dir / "stderr.log", "wb")
         with err:
-            return subprocess.Popen([str(self.program), "--conf-dir", str(self.dir)],
-                                    stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+            return subprocess.Popen(
+                [str(self.program), "--conf-dir", str(self.dir)],
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+            )
 
     def _connect_control(self) -> None:
         self._control = UnixHTTPConnection(str(self.dir / "control.sock"))
@@ -294,8 +302,7 @@ args = ({str(log_file)!r},)
         resp = self._control.getresponse()
         data = resp.read()
         if resp.status >= 300:
-            raise ControlError(f"{method} {path.split('/')[1]}: {resp.status} "
-                               f"{data[:200]!r}")
+            raise ControlError(f"{method} {path.split('/')[1]}: {resp.status} {data[:200]!r}")
 
     def add_ticket(self, ticket: dict[str, Any]) -> None:
         self._request("PUT", f"/tickets/{ticket['uuid']}", json.dumps(ticket).encode())

@@ -47,15 +47,20 @@ class CaseResult:
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.case.id, "transport": self.case.transport,
-                               "seconds": round(self.seconds, 1), "metrics": []}
+        out: dict[str, Any] = {
+            "id": self.case.id,
+            "transport": self.case.transport,
+            "seconds": round(self.seconds, 1),
+            "metrics": [],
+        }
         for i, m in enumerate(self.case.metrics):
-            row: dict[str, Any] = {"name": m.name, "unit": m.unit,
-                                   "higher_better": m.higher_better}
+            row: dict[str, Any] = {"name": m.name, "unit": m.unit, "higher_better": m.higher_better}
             for name, side in self.sides.items():
-                entry: dict[str, Any] = {"status": side.status,
-                                         "median": side.median(m.name),
-                                         "runs": side.values.get(m.name, [])}
+                entry: dict[str, Any] = {
+                    "status": side.status,
+                    "median": side.median(m.name),
+                    "runs": side.values.get(m.name, []),
+                }
                 if i == 0 and self.case.moved:
                     entry["cpu_s_per_gib"] = side.cpu()
                     entry["cpu_runs"] = side.cpu_per_gib
@@ -75,8 +80,9 @@ def ratio(result: CaseResult, metric: str, a: str, b: str) -> float | None:
     return x / y
 
 
-def measure(case: Case, daemons: list[Daemon], runs: int, cache: procs.PageCache,
-            files: list[Path]) -> CaseResult:
+def measure(
+    case: Case, daemons: list[Daemon], runs: int, cache: procs.PageCache, files: list[Path]
+) -> CaseResult:
     started = time.monotonic()
     sides = {d.name: Side() for d in daemons}
     for d in daemons:
@@ -98,8 +104,7 @@ def measure(case: Case, daemons: list[Daemon], runs: int, cache: procs.PageCache
     return CaseResult(case, sides, time.monotonic() - started)
 
 
-def _run_once(case: Case, d: Daemon, side: Side, cache: procs.PageCache,
-              files: list[Path]) -> None:
+def _run_once(case: Case, d: Daemon, side: Side, cache: procs.PageCache, files: list[Path]) -> None:
     tickets = case.prepare(d)
     try:
         if case.drop_cache:

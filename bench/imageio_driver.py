@@ -55,8 +55,7 @@ def main() -> int:
     if args.op == "upload":
         client.upload(args.src, args.dst, args.cafile, max_workers=args.workers)
     else:
-        client.download(args.src, args.dst, args.cafile, fmt="raw",
-                        max_workers=args.workers)
+        client.download(args.src, args.dst, args.cafile, fmt="raw", max_workers=args.workers)
     seconds = time.monotonic() - started
     json.dump({"seconds": seconds, **counts}, sys.stdout)
     sys.stdout.write("\n")

@@ -49,8 +49,9 @@ def ensure(cache: Path, size: int) -> Images:
         _create(sparse, lambda f: _write_sparse(f, size, run, period))
     if not qcow2.exists():
         tmp = qcow2.with_suffix(".tmp")
-        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(full),
-                        str(tmp)], check=True)
+        subprocess.run(
+            ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(full), str(tmp)], check=True
+        )
         tmp.rename(qcow2)
     data = sum(min(run, size - start) for start in range(0, size, period))
     return Images(full=full, sparse=sparse, qcow2=qcow2, size=size, sparse_data=data)

@@ -15,10 +15,29 @@ class QemuNbd:
         self.socket = socket_path
         socket_path.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
-            ["qemu-nbd", "--socket", str(socket_path), "--format", "qcow2",
-             "--export-name", EXPORT, "--persistent", "--shared", "16", "--cache", "none",
-             "--aio", "native", "--discard", "unmap", str(image)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                "qemu-nbd",
+                "--socket",
+                str(socket_path),
+                "--format",
+                "qcow2",
+                "--export-name",
+                EXPORT,
+                "--persistent",
+                "--shared",
+                "16",
+                "--cache",
+                "none",
+                "--aio",
+                "native",
+                "--discard",
+                "unmap",
+                str(image),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.monotonic() + 10
         while not socket_path.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -43,9 +43,21 @@ def loopback(kind: str, size: int, buffer_size: int, pki: Path) -> float:
     listener.listen(1)
     with listener:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.physical", "recv", kind, arg, str(size),
-             str(buffer_size), str(pki / "ca.pem")],
-            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+            [
+                sys.executable,
+                "-m",
+                "bench.physical",
+                "recv",
+                kind,
+                arg,
+                str(size),
+                str(buffer_size),
+                str(pki / "ca.pem"),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
         try:
             listener.settimeout(30)
             conn, _ = listener.accept()
@@ -124,7 +136,7 @@ def curl_upload_sink(source: Path, buffer_size: int) -> float:
             buf = memoryview(bytearray(buffer_size))
             conn.settimeout(None)
             while got < size:
-                n = conn.recv_into(buf[:min(buffer_size, size - got)], 0, socket.MSG_WAITALL)
+                n = conn.recv_into(buf[: min(buffer_size, size - got)], 0, socket.MSG_WAITALL)
                 if n == 0:
                     break
                 got += n
@@ -135,10 +147,24 @@ def curl_upload_sink(source: Path, buffer_size: int) -> float:
     with listener:
         server.start()
         started = time.monotonic()
-        subprocess.run(["curl", "--silent", "--show-error", "--output", "/dev/null",
-                        "--upload-file", str(source), "--header", "Expect:",
-                        "--abstract-unix-socket", name, "http://localhost/sink"],
-                       check=True, timeout=600)
+        subprocess.run(
+            [
+                "curl",
+                "--silent",
+                "--show-error",
+                "--output",
+                "/dev/null",
+                "--upload-file",
+                str(source),
+                "--header",
+                "Expect:",
+                "--abstract-unix-socket",
+                name,
+                "http://localhost/sink",
+            ],
+            check=True,
+            timeout=600,
+        )
         seconds = time.monotonic() - started
         server.join(30)
     if received != [size]:
@@ -148,8 +174,10 @@ def curl_upload_sink(source: Path, buffer_size: int) -> float:
 
 def dd_read(path: Path, buffer_size: int) -> float:
     started = time.monotonic()
-    subprocess.run(["dd", f"if={path}", "of=/dev/null", f"bs={buffer_size}", "iflag=direct",
-                    "status=none"], check=True)
+    subprocess.run(
+        ["dd", f"if={path}", "of=/dev/null", f"bs={buffer_size}", "iflag=direct", "status=none"],
+        check=True,
+    )
     return path.stat().st_size / MiB / (time.monotonic() - started)
 
 
@@ -157,9 +185,19 @@ def dd_write(path: Path, size: int, buffer_size: int) -> float:
     path.unlink(missing_ok=True)
     started = time.monotonic()
     try:
-        subprocess.run(["dd", "if=/dev/zero", f"of={path}", f"bs={buffer_size}",
-                        f"count={size // buffer_size}", "oflag=direct", "conv=fsync",
-                        "status=none"], check=True)
+        subprocess.run(
+            [
+                "dd",
+                "if=/dev/zero",
+                f"of={path}",
+                f"bs={buffer_size}",
+                f"count={size // buffer_size}",
+                "oflag=direct",
+                "conv=fsync",
+                "status=none",
+            ],
+            check=True,
+        )
         return size / MiB / (time.monotonic() - started)
     finally:
         path.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU seconds the process has used so far."""
     text = Path(f"/proc/{pid}/stat").read_text()
     # The command name may hold spaces and parentheses: split after the last ')'.
-    fields = text[text.rindex(")") + 2:].split()
+    fields = text[text.rindex(")") + 2 :].split()
     # Fields 14 and 15 of stat(5); fields[0] here is field 3.
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
@@ -56,8 +56,10 @@ class PageCache:
     def describe(self) -> str:
         if self.method == "drop_caches":
             return "page cache dropped before each run (echo 3 > /proc/sys/vm/drop_caches)"
-        return ("page cache: drop_caches not permitted; image files evicted with "
-                "posix_fadvise(POSIX_FADV_DONTNEED) before each run")
+        return (
+            "page cache: drop_caches not permitted; image files evicted with "
+            "posix_fadvise(POSIX_FADV_DONTNEED) before each run"
+        )
 
     @staticmethod
     def _drop_all() -> bool:
@@ -85,6 +87,10 @@ def cached_fraction(path: Path) -> float:
     size = path.stat().st_size
     if size == 0:
         return 0.0
-    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "--output", "RES",
-                          str(path)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--raw", "--output", "RES", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(out.stdout.split()[0]) / size

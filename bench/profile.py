@@ -63,14 +63,29 @@ def summarize(raw: Path, top: int, markers: tuple[str, ...] = ()) -> list[str]:
     lines = [f"  {total} samples; self:"]
     lines += [f"    {100 * n / total:5.1f}%  {f}" for f, n in own.most_common(top)]
     lines.append("  inclusive:")
-    lines += [f"    {100 * n / total:5.1f}%  {f}" for f, n in incl.most_common(top)
-              if not f.startswith("<module>") and "thread" not in f.split(" ")[0].lower()]
+    lines += [
+        f"    {100 * n / total:5.1f}%  {f}"
+        for f, n in incl.most_common(top)
+        if not f.startswith("<module>") and "thread" not in f.split(" ")[0].lower()
+    ]
     return lines
 
 
 def record(pid: int, out: Path, *, idle: bool, native: bool) -> subprocess.Popen[bytes]:
-    cmd = [str(PY_SPY), "record", "--pid", str(pid), "--rate", "100", "--format", "raw",
-           "--nolineno", "--threads", "--output", str(out)]
+    cmd = [
+        str(PY_SPY),
+        "record",
+        "--pid",
+        str(pid),
+        "--rate",
+        "100",
+        "--format",
+        "raw",
+        "--nolineno",
+        "--threads",
+        "--output",
+        str(out),
+    ]
     if idle:
         cmd.append("--idle")
     if native:
@@ -80,17 +95,28 @@ def record(pid: int, out: Path, *, idle: bool, native: bool) -> subprocess.Popen
 
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.profile")
-    p.add_argument("--size", type=imagesmod.parse_size,
-                   default=imagesmod.parse_size(os.environ.get("BENCH_SIZE", "4G")))
+    p.add_argument(
+        "--size",
+        type=imagesmod.parse_size,
+        default=imagesmod.parse_size(os.environ.get("BENCH_SIZE", "4G")),
+    )
     p.add_argument("--cases", default=DEFAULT_CASES)
     p.add_argument("--dir", type=Path, default=REPO / ".cache" / "bench")
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--native", action="store_true", help="include C frames (OpenSSL, libc)")
-    p.add_argument("--daemon", choices=["ours", "theirs"], default="ours",
-                   help="theirs: profile ovirt-imageio 2.5.1 the same way, for comparison")
+    p.add_argument(
+        "--daemon",
+        choices=["ours", "theirs"],
+        default="ours",
+        help="theirs: profile ovirt-imageio 2.5.1 the same way, for comparison",
+    )
     args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s bench: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s bench: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     if not PY_SPY.exists():
         sys.exit(f"{PY_SPY} not found: .venv/bin/pip install py-spy")
     images = imagesmod.ensure(args.dir, args.size)
@@ -101,10 +127,15 @@ def main() -> int:
         stack.callback(daemon.stop)
         scratch = imagesmod.Scratch(images)
         stack.callback(scratch.close)
-        ctx = Context(images=images, scratch=scratch,
-                      client=ImageioClient(REF_VENV / "bin" / "python"),
-                      workdir=args.dir / "work", random_count=0, random_seconds=0,
-                      latency_count=0)
+        ctx = Context(
+            images=images,
+            scratch=scratch,
+            client=ImageioClient(REF_VENV / "bin" / "python"),
+            workdir=args.dir / "work",
+            random_count=0,
+            random_seconds=0,
+            latency_count=0,
+        )
         for case_id in args.cases.split(","):
             source = "nbd" if case_id.startswith("nbd-") else "file"
             direction, transport, tool = case_id.removeprefix("nbd-").split("-")
@@ -113,32 +144,41 @@ def main() -> int:
                 nbd = QemuNbd(images.qcow2, ctx.workdir / "nbd.sock")
                 stack.callback(nbd.close)
                 ctx.nbd_url = nbd.url
-            case = Transfer(ctx, direction=direction, transport=transport, tool=tool,
-                            source=source)
+            case = Transfer(ctx, direction=direction, transport=transport, tool=tool, source=source)
             for idle in (False, True):
                 raw = out_dir / f"{args.daemon}-{case_id}-{'wall' if idle else 'cpu'}.txt"
                 rate, cpu = _profile_once(case, daemon, raw, idle=idle, native=args.native)
-                print(f"== {args.daemon} {case_id} ({'wall' if idle else 'cpu'}): "
-                      f"{rate:.0f} MiB/s, daemon CPU {cpu:.2f} s; {raw}")
+                print(
+                    f"== {args.daemon} {case_id} ({'wall' if idle else 'cpu'}): "
+                    f"{rate:.0f} MiB/s, daemon CPU {cpu:.2f} s; {raw}"
+                )
                 print("\n".join(summarize(raw, args.top, DATA_PATH if idle else ())))
                 print()
     return 0
 
 
 def _start(which: str, base: Path) -> Daemon:
-    ours = Ours(base / "daemons" / "ours", buffer_size=BUFFER_SIZE,
-                program=REPO / ".venv" / "bin" / "vdsm-imageio")
+    ours = Ours(
+        base / "daemons" / "ours",
+        buffer_size=BUFFER_SIZE,
+        program=REPO / ".venv" / "bin" / "vdsm-imageio",
+    )
     daemon: Daemon = ours
     if which == "theirs":
         # Ours made the certificates on its first start (make bench).
-        daemon = Theirs(base / "daemons" / "theirs", buffer_size=BUFFER_SIZE,
-                        program=REF_VENV / "bin" / "ovirt-imageio", pki=ours.dir / "pki")
+        daemon = Theirs(
+            base / "daemons" / "theirs",
+            buffer_size=BUFFER_SIZE,
+            program=REF_VENV / "bin" / "ovirt-imageio",
+            pki=ours.dir / "pki",
+        )
     daemon.start()
     return daemon
 
 
-def _profile_once(case: Transfer, daemon: Daemon, raw: Path, *, idle: bool,
-                  native: bool) -> tuple[float, float]:
+def _profile_once(
+    case: Transfer, daemon: Daemon, raw: Path, *, idle: bool, native: bool
+) -> tuple[float, float]:
     """One run of case under py-spy: (MiB/s, daemon CPU seconds)."""
     images = case.ctx.images
     tickets = case.prepare(daemon)

@@ -21,8 +21,13 @@ class Target:
     info: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "want": self.want, "got": self.got, "met": self.met,
-                "info": self.info}
+        return {
+            "name": self.name,
+            "want": self.want,
+            "got": self.got,
+            "met": self.met,
+            "info": self.info,
+        }
 
 
 def _fmt(value: float | None, width: int, digits: int = 1) -> str:
@@ -41,8 +46,10 @@ def _ratio(value: float | None, width: int) -> str:
 
 def table(results: list[CaseResult]) -> tuple[list[str], list[str]]:
     """Lines of the table, and footnotes for rows that did not run."""
-    head = (f"{'case':<54} {'unit':<6} {'ours':>9} {'theirs':>9} {'ratio':>7}"
-            f"  {'CPU s/GiB ours':>14} {'theirs':>7} {'ratio':>6}")
+    head = (
+        f"{'case':<54} {'unit':<6} {'ours':>9} {'theirs':>9} {'ratio':>7}"
+        f"  {'CPU s/GiB ours':>14} {'theirs':>7} {'ratio':>6}"
+    )
     lines = [head, "-" * len(head)]
     notes: list[str] = []
     for r in results:
@@ -51,16 +58,14 @@ def table(results: list[CaseResult]) -> tuple[list[str], list[str]]:
             for side_name in ("ours", "theirs"):
                 side = r.sides[side_name]
                 if side.status != "ok":
-                    cells.append(("n/a" if side.status.startswith("n/a") else "FAILED")
-                                 .rjust(9))
+                    cells.append(("n/a" if side.status.startswith("n/a") else "FAILED").rjust(9))
                     note = f"{m.name} [{side_name}]: {side.status}"
                     if i == 0 and note not in notes:
                         notes.append(note)
                 else:
                     cells.append(_fmt(side.median(m.name), 9))
             rat = ratio(r, m.name, "ours", "theirs")
-            line = (f"{m.name:<54.54} {m.unit:<6} {cells[0]} {cells[1]} "
-                    f"{_ratio(rat, 6)}")
+            line = f"{m.name:<54.54} {m.unit:<6} {cells[0]} {cells[1]} {_ratio(rat, 6)}"
             if i == 0 and r.case.moved:
                 co, ct = r.sides["ours"].cpu(), r.sides["theirs"].cpu()
                 cr = co / ct if co is not None and ct else None
@@ -84,18 +89,33 @@ def targets(results: list[CaseResult], physical: dict[str, float]) -> list[Targe
         elif cid.startswith("download-tls"):
             check(f"{m0}: ours/theirs", ">= 1.3", rat, lambda v: v >= 1.3)
             tls = physical.get("python TLS loopback")
-            check(f"{m0}: ours/Python TLS loopback", ">= 0.8",
-                  ours / tls if ours is not None and tls else None, lambda v: v >= 0.8)
+            check(
+                f"{m0}: ours/Python TLS loopback",
+                ">= 0.8",
+                ours / tls if ours is not None and tls else None,
+                lambda v: v >= 0.8,
+            )
         elif "upload" in cid:
             check(f"{m0}: ours/theirs", ">= 1.0", rat, lambda v: v >= 1.0)
             dd = physical.get("dd O_DIRECT write (fsync)")
-            check(f"{m0}: ours/dd write", ">= 0.9",
-                  ours / dd if ours is not None and dd else None, lambda v: v >= 0.9)
+            check(
+                f"{m0}: ours/dd write",
+                ">= 0.9",
+                ours / dd if ours is not None and dd else None,
+                lambda v: v >= 0.9,
+            )
             sink = physical.get("curl upload to a discarding unix server")
             if "curl" in cid and sink:
                 # Not an issue target: how close we are to the client's own limit.
-                out.append(Target(f"{m0}: ours/curl into a discarding server", "",
-                                  ours / sink if ours is not None else None, None, info=True))
+                out.append(
+                    Target(
+                        f"{m0}: ours/curl into a discarding server",
+                        "",
+                        ours / sink if ours is not None else None,
+                        None,
+                        info=True,
+                    )
+                )
         elif cid == "sparse-download-client":
             check(f"{m0}: ours/theirs", ">= 3.0", rat, lambda v: v >= 3.0)
         elif cid == "random-4k-reads":
@@ -110,11 +130,19 @@ def targets(results: list[CaseResult], physical: dict[str, float]) -> list[Targe
         if r.case.moved and r.case.transport in ("unix", "tls"):
             co, ct = r.sides["ours"].cpu(), r.sides["theirs"].cpu()
             if r.case.transport == "unix":
-                check(f"{m0}: CPU/GiB ours/theirs", "<= 0.7",
-                      co / ct if co is not None and ct else None, lambda v: v <= 0.7)
+                check(
+                    f"{m0}: CPU/GiB ours/theirs",
+                    "<= 0.7",
+                    co / ct if co is not None and ct else None,
+                    lambda v: v <= 0.7,
+                )
             else:
-                check(f"{m0}: CPU/GiB ours/theirs", "<= 1.0",
-                      co / ct if co is not None and ct else None, lambda v: v <= 1.0)
+                check(
+                    f"{m0}: CPU/GiB ours/theirs",
+                    "<= 1.0",
+                    co / ct if co is not None and ct else None,
+                    lambda v: v <= 1.0,
+                )
     return out
 
 
@@ -127,9 +155,18 @@ def target_lines(found: list[Target]) -> list[str]:
     return lines
 
 
-def write_json(path: Path, meta: dict[str, Any], physical: dict[str, float],
-               results: list[CaseResult], found: list[Target]) -> None:
-    doc = {**meta, "physical": physical, "cases": [r.to_json() for r in results],
-           "targets": [t.to_json() for t in found]}
+def write_json(
+    path: Path,
+    meta: dict[str, Any],
+    physical: dict[str, float],
+    results: list[CaseResult],
+    found: list[Target],
+) -> None:
+    doc = {
+        **meta,
+        "physical": physical,
+        "cases": [r.to_json() for r in results],
+        "targets": [t.to_json() for t in found],
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")

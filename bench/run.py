@@ -50,22 +50,41 @@ def _env(name: str, default: str) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
-    p.add_argument("--size", type=imagesmod.parse_size,
-                   default=imagesmod.parse_size(_env("BENCH_SIZE", "4G")),
-                   help="image size (default 4G)")
-    p.add_argument("--runs", type=int, default=int(_env("BENCH_RUNS", "3")),
-                   help="runs per case and daemon; the table shows medians")
-    p.add_argument("--cases", default=_env("BENCH_CASES", ""),
-                   help="comma-separated case ids or id prefixes (default: all)")
-    p.add_argument("--dir", type=Path, default=Path(_env("BENCH_DIR", str(REPO / ".cache/bench"))),
-                   help="images and daemon directories (not on tmpfs: O_DIRECT)")
-    p.add_argument("--results", type=Path,
-                   default=Path(_env("BENCH_RESULTS", str(REPO / "bench/results"))))
-    p.add_argument("--buffer-size", type=imagesmod.parse_size,
-                   default=imagesmod.parse_size(_env("BENCH_BUFFER_SIZE", "8M")))
+    p.add_argument(
+        "--size",
+        type=imagesmod.parse_size,
+        default=imagesmod.parse_size(_env("BENCH_SIZE", "4G")),
+        help="image size (default 4G)",
+    )
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=int(_env("BENCH_RUNS", "3")),
+        help="runs per case and daemon; the table shows medians",
+    )
+    p.add_argument(
+        "--cases",
+        default=_env("BENCH_CASES", ""),
+        help="comma-separated case ids or id prefixes (default: all)",
+    )
+    p.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(_env("BENCH_DIR", str(REPO / ".cache/bench"))),
+        help="images and daemon directories (not on tmpfs: O_DIRECT)",
+    )
+    p.add_argument(
+        "--results", type=Path, default=Path(_env("BENCH_RESULTS", str(REPO / "bench/results")))
+    )
+    p.add_argument(
+        "--buffer-size",
+        type=imagesmod.parse_size,
+        default=imagesmod.parse_size(_env("BENCH_BUFFER_SIZE", "8M")),
+    )
     p.add_argument("--random-reads", type=int, default=int(_env("BENCH_RANDOM_READS", "20000")))
-    p.add_argument("--random-seconds", type=float,
-                   default=float(_env("BENCH_RANDOM_SECONDS", "10")))
+    p.add_argument(
+        "--random-seconds", type=float, default=float(_env("BENCH_RANDOM_SECONDS", "10"))
+    )
     p.add_argument("--latency-count", type=int, default=int(_env("BENCH_LATENCY_COUNT", "200")))
     p.add_argument("--list", action="store_true", help="list case ids and exit")
     return p.parse_args(argv)
@@ -92,25 +111,37 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(case_ids()))
         return 0
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s bench: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s bench: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     started = time.monotonic()
     load_before = os.getloadavg()[0]
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    subprocess.run(["sh", str(REPO / "tests/compat/setup-ovirt-imageio.sh"), str(REF_VENV)],
-                   check=True)
+    subprocess.run(
+        ["sh", str(REPO / "tests/compat/setup-ovirt-imageio.sh"), str(REF_VENV)], check=True
+    )
     log.info("IMAGES size=%d dir=%s", args.size, args.dir)
     images = imagesmod.ensure(args.dir, args.size)
     cache = procs.PageCache()
     work = args.dir / "work"
     work.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        ours = Ours(args.dir / "daemons" / "ours", buffer_size=args.buffer_size,
-                    program=REPO / ".venv" / "bin" / "vdsm-imageio")
+        ours = Ours(
+            args.dir / "daemons" / "ours",
+            buffer_size=args.buffer_size,
+            program=REPO / ".venv" / "bin" / "vdsm-imageio",
+        )
         ours.start()
         stack.callback(ours.stop)
-        theirs = Theirs(args.dir / "daemons" / "theirs", buffer_size=args.buffer_size,
-                        program=REF_VENV / "bin" / "ovirt-imageio", pki=ours.dir / "pki")
+        theirs = Theirs(
+            args.dir / "daemons" / "theirs",
+            buffer_size=args.buffer_size,
+            program=REF_VENV / "bin" / "ovirt-imageio",
+            pki=ours.dir / "pki",
+        )
         theirs.start()
         stack.callback(theirs.stop)
         scratch = imagesmod.Scratch(images)
@@ -120,35 +151,44 @@ def main(argv: list[str] | None = None) -> int:
             nbd = QemuNbd(images.qcow2, work / "nbd.sock")
             stack.callback(nbd.close)
             nbd_url = nbd.url
-        ctx = Context(images=images, scratch=scratch,
-                      client=ImageioClient(REF_VENV / "bin" / "python"), workdir=work,
-                      random_count=args.random_reads, random_seconds=args.random_seconds,
-                      latency_count=args.latency_count, nbd_url=nbd_url)
+        ctx = Context(
+            images=images,
+            scratch=scratch,
+            client=ImageioClient(REF_VENV / "bin" / "python"),
+            workdir=work,
+            random_count=args.random_reads,
+            random_seconds=args.random_seconds,
+            latency_count=args.latency_count,
+            nbd_url=nbd_url,
+        )
         cases = select(all_cases(ctx), args.cases)
         daemons: list[Daemon] = [ours, theirs]
-        refs = physical_refs(args, images, ours.dir / "pki", work, cache,
-                             scratch.upload_source)
+        refs = physical_refs(args, images, ours.dir / "pki", work, cache, scratch.upload_source)
         results: list[CaseResult] = []
         for case in cases:
             runs = case.runs or args.runs
-            result = measure(case, daemons, runs, cache, [images.full, images.sparse,
-                                                           images.qcow2])
+            result = measure(case, daemons, runs, cache, [images.full, images.sparse, images.qcow2])
             log.info("DONE case=%s seconds=%.1f", case.id, result.seconds)
             results.append(result)
-        notes = [cache.describe(), scratch.describe(),
-                 f"buffer size {args.buffer_size // MiB} MiB in both daemons; TLS with the "
-                 "same certificates; both on loopback; A B A B order, median of "
-                 f"{args.runs} runs",
-                 "CPU s/GiB: daemon utime+stime during the run per GiB of image "
-                 "(sparse download: per GiB of image size, not of data sent)",
-                 f"1-minute load average {load_before:.1f} at start, "
-                 f"{os.getloadavg()[0]:.1f} at end ({os.cpu_count()} CPUs): "
-                 "other work on the machine shifts absolute numbers; ratios hold better"]
+        notes = [
+            cache.describe(),
+            scratch.describe(),
+            f"buffer size {args.buffer_size // MiB} MiB in both daemons; TLS with the "
+            "same certificates; both on loopback; A B A B order, median of "
+            f"{args.runs} runs",
+            "CPU s/GiB: daemon utime+stime during the run per GiB of image "
+            "(sparse download: per GiB of image size, not of data sent)",
+            f"1-minute load average {load_before:.1f} at start, "
+            f"{os.getloadavg()[0]:.1f} at end ({os.cpu_count()} CPUs): "
+            "other work on the machine shifts absolute numbers; ratios hold better",
+        ]
     meta = _meta(args, stamp, time.monotonic() - started, notes, ours, theirs)
     found = report.targets(results, refs)
     lines, footnotes = report.table(results)
-    print(f"vdsm-imageio vs ovirt-imageio 2.5.1 -- image {imagesmod.size_tag(args.size)}, "
-          f"{args.runs} runs, {meta['host']['cpus']} CPUs, {meta['duration_s']:.0f} s")
+    print(
+        f"vdsm-imageio vs ovirt-imageio 2.5.1 -- image {imagesmod.size_tag(args.size)}, "
+        f"{args.runs} runs, {meta['host']['cpus']} CPUs, {meta['duration_s']:.0f} s"
+    )
     print()
     print("\n".join(lines))
     for note in footnotes:
@@ -169,8 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def physical_refs(args: argparse.Namespace, images: imagesmod.Images, pki: Path, work: Path,
-                  cache: procs.PageCache, upload_source: Path) -> dict[str, float]:
+def physical_refs(
+    args: argparse.Namespace,
+    images: imagesmod.Images,
+    pki: Path,
+    work: Path,
+    cache: procs.PageCache,
+    upload_source: Path,
+) -> dict[str, float]:
     def median_of(fn: Callable[[], float], drop: bool = False) -> float:
         values = []
         for _ in range(args.runs):
@@ -182,27 +228,43 @@ def physical_refs(args: argparse.Namespace, images: imagesmod.Images, pki: Path,
     log.info("PHYSICAL references")
     size, buf = args.size, args.buffer_size
     return {
-        "python unix socket loopback": median_of(
-            lambda: physical.loopback("unix", size, buf, pki)),
+        "python unix socket loopback": median_of(lambda: physical.loopback("unix", size, buf, pki)),
         "python TLS loopback": median_of(lambda: physical.loopback("tls", size, buf, pki)),
         "dd O_DIRECT read": median_of(lambda: physical.dd_read(images.full, buf), drop=True),
         "dd O_DIRECT write (fsync)": median_of(
-            lambda: physical.dd_write(work / "dd.raw", size, min(buf, size))),
+            lambda: physical.dd_write(work / "dd.raw", size, min(buf, size))
+        ),
         "curl upload to a discarding unix server": median_of(
-            lambda: physical.curl_upload_sink(upload_source, buf), drop=True),
+            lambda: physical.curl_upload_sink(upload_source, buf), drop=True
+        ),
     }
 
 
-def _meta(args: argparse.Namespace, stamp: str, duration: float, notes: list[str],
-          ours: Daemon, theirs: Daemon) -> dict[str, Any]:
+def _meta(
+    args: argparse.Namespace,
+    stamp: str,
+    duration: float,
+    notes: list[str],
+    ours: Daemon,
+    theirs: Daemon,
+) -> dict[str, Any]:
     return {
         "stamp": stamp,
         "duration_s": round(duration, 1),
-        "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
-                 "python": platform.python_version()},
-        "config": {"size": args.size, "runs": args.runs, "buffer_size": args.buffer_size,
-                   "random_reads": args.random_reads, "random_seconds": args.random_seconds,
-                   "latency_count": args.latency_count, "cases": args.cases},
+        "host": {
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+        },
+        "config": {
+            "size": args.size,
+            "runs": args.runs,
+            "buffer_size": args.buffer_size,
+            "random_reads": args.random_reads,
+            "random_seconds": args.random_seconds,
+            "latency_count": args.latency_count,
+            "cases": args.cases,
+        },
         "daemons": {"ours": ours.label, "theirs": theirs.label},
         "notes": notes,
     }

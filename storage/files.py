@@ -40,11 +40,19 @@ def find_volume(file_root: Path, volume: Volume) -> Path:
     except FileNotFoundError:
         raise VolumeNotFound(**ids) from None
     except OSError as e:
-        raise VolumeError(action="prepare", sd_id=volume.sd_id, vol_id=volume.vol_id,
-                          reason=f"cannot stat {path}: {e.strerror}") from None
+        raise VolumeError(
+            action="prepare",
+            sd_id=volume.sd_id,
+            vol_id=volume.vol_id,
+            reason=f"cannot stat {path}: {e.strerror}",
+        ) from None
     if not stat.S_ISREG(mode):
-        raise VolumeError(action="prepare", sd_id=volume.sd_id, vol_id=volume.vol_id,
-                          reason=f"{path} is not a regular file")
+        raise VolumeError(
+            action="prepare",
+            sd_id=volume.sd_id,
+            vol_id=volume.vol_id,
+            reason=f"{path} is not a regular file",
+        )
     return path
 
 
@@ -52,6 +60,10 @@ def _find_domain(file_root: Path, sd_id: str) -> Path | None:
     found = sorted(p for p in file_root.glob(f"*/{sd_id}") if p.is_dir())
     if len(found) > 1:
         # Two mounts of one domain is a host misconfiguration; be predictable.
-        log.warning("DOMAIN found in several mounts sd=%s mounts=%s using=%s",
-                    sd_id, [str(p.parent) for p in found], found[0].parent)
+        log.warning(
+            "DOMAIN found in several mounts sd=%s mounts=%s using=%s",
+            sd_id,
+            [str(p.parent) for p in found],
+            found[0].parent,
+        )
     return found[0] if found else None

@@ -38,9 +38,17 @@ SANLK_ACQUIRE_OWNED = -244  # owned by another host
 SANLK_ACQUIRE_OTHER = -245  # another host is acquiring it
 SANLK_ACQUIRE_SHRETRY = -246  # shared holders, retry
 # EEXIST: held by a process on this host (also this one).
-BUSY_ERRNOS = frozenset({errno.EEXIST, errno.EAGAIN, errno.EBUSY, SANLK_ACQUIRE_IDLIVE,
-                         SANLK_ACQUIRE_OWNED, SANLK_ACQUIRE_OTHER,
-                         SANLK_ACQUIRE_SHRETRY})
+BUSY_ERRNOS = frozenset(
+    {
+        errno.EEXIST,
+        errno.EAGAIN,
+        errno.EBUSY,
+        SANLK_ACQUIRE_IDLIVE,
+        SANLK_ACQUIRE_OWNED,
+        SANLK_ACQUIRE_OTHER,
+        SANLK_ACQUIRE_SHRETRY,
+    }
+)
 # cmd_acquire answers ENOSPC when the lockspace is not joined (or failed).
 LOCKSPACE_ERRNOS = frozenset({errno.ENOSPC})
 
@@ -62,10 +70,14 @@ def translate(e: sanlock.SanlockException, lease: Lease, action: str) -> Imageio
     if action == "acquire" and code in BUSY_ERRNOS:
         return LeaseBusy(sd_id=lease.lockspace, vol_id=lease.resource, errno=code)
     if action == "acquire" and code in LOCKSPACE_ERRNOS:
-        return LockspaceUnavailable(sd_id=lease.lockspace,
-                                    reason=f"sanlock: {reason}", errno=code)
-    return VolumeError(action=f"{action} the lease of", sd_id=lease.lockspace,
-                       vol_id=lease.resource, reason=f"sanlock: {reason}", errno=code)
+        return LockspaceUnavailable(sd_id=lease.lockspace, reason=f"sanlock: {reason}", errno=code)
+    return VolumeError(
+        action=f"{action} the lease of",
+        sd_id=lease.lockspace,
+        vol_id=lease.resource,
+        reason=f"sanlock: {reason}",
+        errno=code,
+    )
 
 
 class Leases:
@@ -83,20 +95,32 @@ class Leases:
     def acquire(self, lease: Lease) -> None:
         try:
             fd = self._registration()
-            sanlock.acquire(_name(lease.lockspace), _name(lease.resource),
-                            lease.disks(), slkfd=fd)
+            sanlock.acquire(_name(lease.lockspace), _name(lease.resource), lease.disks(), slkfd=fd)
         except sanlock.SanlockException as e:
             error = translate(e, lease, "acquire")
-            log.warning("ACQUIRE lease failed sd=%s vol=%s errno=%s",
-                        lease.lockspace, lease.resource, e.errno)
+            log.warning(
+                "ACQUIRE lease failed sd=%s vol=%s errno=%s",
+                lease.lockspace,
+                lease.resource,
+                e.errno,
+            )
             raise error from None
-        log.info("ACQUIRE lease sd=%s vol=%s path=%s offset=%d",
-                 lease.lockspace, lease.resource, lease.path, lease.offset)
+        log.info(
+            "ACQUIRE lease sd=%s vol=%s path=%s offset=%d",
+            lease.lockspace,
+            lease.resource,
+            lease.path,
+            lease.offset,
+        )
 
     def release(self, lease: Lease) -> None:
         try:
-            sanlock.release(_name(lease.lockspace), _name(lease.resource),
-                            lease.disks(), slkfd=self._registration())
+            sanlock.release(
+                _name(lease.lockspace),
+                _name(lease.resource),
+                lease.disks(),
+                slkfd=self._registration(),
+            )
         except sanlock.SanlockException as e:
             raise translate(e, lease, "release") from None
         log.info("RELEASE lease sd=%s vol=%s", lease.lockspace, lease.resource)
@@ -107,8 +131,9 @@ class Leases:
             fd = self._fd
         if fd is None:
             return []
-        return [(r["lockspace"].decode(), r["resource"].decode())
-                for r in sanlock.inquire(slkfd=fd)]
+        return [
+            (r["lockspace"].decode(), r["resource"].decode()) for r in sanlock.inquire(slkfd=fd)
+        ]
 
 
 def _name(value: str) -> bytes:

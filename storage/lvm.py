@@ -38,8 +38,7 @@ log = logging.getLogger(__name__)
 LV_FIELDS = "vg_name,lv_name,lv_size,lv_attr,lv_path,lv_tags"
 # Only what a report needs; the rest of lvm.conf stays the host's.
 _DEVICES_CONFIG = (
-    "obtain_device_list_from_udev=0 write_cache_state=0 hints=\"none\" "
-    "use_devicesfile=0 scan_lvs=0"
+    'obtain_device_list_from_udev=0 write_cache_state=0 hints="none" use_devicesfile=0 scan_lvs=0'
 )
 _VG_MISSING = re.compile(r'Volume group "[^"]*" not found')
 _LV_MISSING = re.compile(r"Failed to find logical volume")
@@ -125,14 +124,14 @@ def translate(*, action: str, vg: str, lv: str, rc: int, stderr: str) -> Imageio
     """The domain error for a failed lvm command."""
     message = " ".join(line.strip() for line in stderr.splitlines() if line.strip())
     if _VG_MISSING.search(stderr):
-        return DomainNotFound(sd_id=vg, img_id="-", vol_id=lv,
-                              reason="no such volume group")
+        return DomainNotFound(sd_id=vg, img_id="-", vol_id=lv, reason="no such volume group")
     if _LV_MISSING.search(stderr):
         return VolumeNotFound(sd_id=vg, img_id="-", vol_id=lv)
     if action == "deactivate" and _IN_USE.search(stderr):
         message = f"the device is open elsewhere ({message})"
-    return VolumeError(action=action, sd_id=vg, vol_id=lv,
-                       reason=message or f"lvm exit code {rc}", rc=rc)
+    return VolumeError(
+        action=action, sd_id=vg, vol_id=lv, reason=message or f"lvm exit code {rc}", rc=rc
+    )
 
 
 # I/O shell.
@@ -147,19 +146,37 @@ class Lvm:
 
     def devices(self, vg: str) -> tuple[str, ...]:
         """The physical volumes backing vg, from a scan of every device."""
-        out = self._run("scan", vg, "", ["pvs", "--reportformat", "json",
-                                          "-o", "pv_name,vg_name"], devices=())
+        out = self._run(
+            "scan", vg, "", ["pvs", "--reportformat", "json", "-o", "pv_name,vg_name"], devices=()
+        )
         found = devices_of(parse_report(out, "pv"), vg)
         if not found:
-            raise DomainNotFound(sd_id=vg, img_id="-", vol_id=None,
-                                 reason="no physical volume holds its volume group")
+            raise DomainNotFound(
+                sd_id=vg,
+                img_id="-",
+                vol_id=None,
+                reason="no physical volume holds its volume group",
+            )
         self._devices[vg] = found
         return found
 
     def lv_info(self, vg: str, lv: str) -> LogicalVolume:
-        out = self._domain("inspect", vg, lv, [
-            "lvs", "--reportformat", "json", "--units", "b", "--nosuffix",
-            "-o", LV_FIELDS, f"{vg}/{lv}"])
+        out = self._domain(
+            "inspect",
+            vg,
+            lv,
+            [
+                "lvs",
+                "--reportformat",
+                "json",
+                "--units",
+                "b",
+                "--nosuffix",
+                "-o",
+                LV_FIELDS,
+                f"{vg}/{lv}",
+            ],
+        )
         rows = parse_report(out, "lv")
         if not rows:
             raise VolumeNotFound(sd_id=vg, img_id="-", vol_id=lv)
@@ -173,10 +190,8 @@ class Lvm:
         if info.active:
             self._domain("refresh", vg, lv, ["lvchange", "--refresh", f"{vg}/{lv}"])
         else:
-            self._domain("activate", vg, lv,
-                         ["lvchange", "--available", "y", f"{vg}/{lv}"])
-        log.info("ACTIVATE vg=%s lv=%s size=%d refreshed=%s", vg, lv, info.size,
-                 info.active)
+            self._domain("activate", vg, lv, ["lvchange", "--available", "y", f"{vg}/{lv}"])
+        log.info("ACTIVATE vg=%s lv=%s size=%d refreshed=%s", vg, lv, info.size, info.active)
         return info
 
     def deactivate(self, vg: str, lv: str) -> None:
@@ -195,24 +210,35 @@ class Lvm:
                 raise
             return self._run(action, vg, lv, args, devices=fresh)
 
-    def _run(self, action: str, vg: str, lv: str, args: list[str],
-             *, devices: Sequence[str]) -> str:
+    def _run(
+        self, action: str, vg: str, lv: str, args: list[str], *, devices: Sequence[str]
+    ) -> str:
         argv = [self._command, args[0], "--config", config(devices), *args[1:]]
         log.debug("LVM argv=%s", argv)
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True,
-                                  timeout=self._timeout, check=False)
+            proc = subprocess.run(
+                argv, capture_output=True, text=True, timeout=self._timeout, check=False
+            )
         except subprocess.TimeoutExpired:
-            raise VolumeError(action=action, sd_id=vg, vol_id=lv,
-                              reason=f"lvm {args[0]} timed out after "
-                                     f"{self._timeout:.0f} seconds") from None
+            raise VolumeError(
+                action=action,
+                sd_id=vg,
+                vol_id=lv,
+                reason=f"lvm {args[0]} timed out after {self._timeout:.0f} seconds",
+            ) from None
         except OSError as e:
-            raise VolumeError(action=action, sd_id=vg, vol_id=lv,
-                              reason=f"cannot run lvm: {e.strerror}") from None
+            raise VolumeError(
+                action=action, sd_id=vg, vol_id=lv, reason=f"cannot run lvm: {e.strerror}"
+            ) from None
         if proc.returncode != 0:
-            error = translate(action=action, vg=vg, lv=lv, rc=proc.returncode,
-                              stderr=proc.stderr)
-            log.warning("LVM failed action=%s vg=%s lv=%s rc=%d stderr=%r",
-                        action, vg, lv, proc.returncode, proc.stderr.strip())
+            error = translate(action=action, vg=vg, lv=lv, rc=proc.returncode, stderr=proc.stderr)
+            log.warning(
+                "LVM failed action=%s vg=%s lv=%s rc=%d stderr=%r",
+                action,
+                vg,
+                lv,
+                proc.returncode,
+                proc.stderr.strip(),
+            )
             raise error
         return proc.stdout

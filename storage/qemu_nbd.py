@@ -50,10 +50,18 @@ class QemuNbd:
     """A qemu-nbd serving one image; ``url`` is what a ticket's url takes."""
 
     def __init__(
-        self, image: str, fmt: str, socket_path: str, *, read_only: bool = False,
-        bitmap: str | None = None, export_name: str = "",
-        sd_id: str = "-", vol_id: str | None = None,
-        start_timeout: float = START_TIMEOUT, stop_timeout: float = STOP_TIMEOUT,
+        self,
+        image: str,
+        fmt: str,
+        socket_path: str,
+        *,
+        read_only: bool = False,
+        bitmap: str | None = None,
+        export_name: str = "",
+        sd_id: str = "-",
+        vol_id: str | None = None,
+        start_timeout: float = START_TIMEOUT,
+        stop_timeout: float = STOP_TIMEOUT,
     ) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
@@ -76,7 +84,9 @@ class QemuNbd:
         return self
 
     def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None,
+        self,
+        t: type[BaseException] | None,
+        v: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.stop()
@@ -93,8 +103,12 @@ class QemuNbd:
     def command(self, *, direct: bool) -> list[str]:
         """The qemu-nbd argv; direct says whether the image accepts O_DIRECT."""
         argv = [
-            "qemu-nbd", "--persistent", f"--shared={SHARED}", f"--format={self.fmt}",
-            f"--socket={self.socket_path}", f"--export-name={self.export_name}",
+            "qemu-nbd",
+            "--persistent",
+            f"--shared={SHARED}",
+            f"--format={self.fmt}",
+            f"--socket={self.socket_path}",
+            f"--export-name={self.export_name}",
         ]
         # aio=native needs O_DIRECT; without it qemu uses its thread pool.
         argv += ["--cache=none", "--aio=native"] if direct else ["--cache=writeback"]
@@ -121,14 +135,23 @@ class QemuNbd:
         self._stderr = tempfile.TemporaryFile()
         try:
             self._proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=self._stderr, close_fds=True,
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=self._stderr,
+                close_fds=True,
             )
         except OSError as e:
             self._close_stderr()
             raise self._error("serve", f"cannot run qemu-nbd: {e.strerror}") from e
-        log.info("START qemu-nbd pid=%d image=%s format=%s socket=%s argv=%s",
-                 self._proc.pid, self.image, self.fmt, self.socket_path, argv)
+        log.info(
+            "START qemu-nbd pid=%d image=%s format=%s socket=%s argv=%s",
+            self._proc.pid,
+            self.image,
+            self.fmt,
+            self.socket_path,
+            argv,
+        )
         try:
             self._wait_until_serving(self._proc)
         except BaseException:
@@ -159,8 +182,7 @@ class QemuNbd:
             self._remove_socket()
             os.makedirs(os.path.dirname(self.socket_path) or ".", exist_ok=True)
         except OSError as e:
-            raise self._error("serve", f"cannot use socket {self.socket_path}: "
-                              f"{e.strerror}") from e
+            raise self._error("serve", f"cannot use socket {self.socket_path}: {e.strerror}") from e
 
     def _direct_io_works(self) -> bool:
         try:
@@ -180,8 +202,9 @@ class QemuNbd:
             except subprocess.TimeoutExpired:
                 if time.monotonic() > deadline:
                     raise self._error(
-                        "serve", f"qemu-nbd not listening after {self._start_timeout}s"
-                        + self._stderr_suffix()
+                        "serve",
+                        f"qemu-nbd not listening after {self._start_timeout}s"
+                        + self._stderr_suffix(),
                     ) from None
                 continue
             raise self._error(
@@ -197,8 +220,11 @@ class QemuNbd:
             try:
                 proc.wait(self._stop_timeout)
             except subprocess.TimeoutExpired:
-                log.warning("KILL qemu-nbd pid=%d: no exit %.1fs after SIGTERM",
-                            proc.pid, self._stop_timeout)
+                log.warning(
+                    "KILL qemu-nbd pid=%d: no exit %.1fs after SIGTERM",
+                    proc.pid,
+                    self._stop_timeout,
+                )
                 proc.kill()
                 try:
                     proc.wait(self._stop_timeout)
@@ -209,8 +235,9 @@ class QemuNbd:
         # SIGTERM is how we stop it: a clean exit after it is not an error.
         status = proc.returncode
         if status not in (0, -signal.SIGTERM, -signal.SIGKILL):
-            log.warning("STOPPED qemu-nbd pid=%d status=%s%s",
-                        proc.pid, status, self._stderr_suffix())
+            log.warning(
+                "STOPPED qemu-nbd pid=%d status=%s%s", proc.pid, status, self._stderr_suffix()
+            )
         else:
             log.info("STOPPED qemu-nbd pid=%d status=%s", proc.pid, status)
 
@@ -236,10 +263,14 @@ class QemuNbd:
             self._stderr = None
 
     def _error(self, action: str, reason: str) -> VolumeError:
-        log.error("QEMU-NBD %s failed image=%s socket=%s reason=%s",
-                  action.upper(), self.image, self.socket_path, reason)
-        return VolumeError(action=action, sd_id=self._sd_id, vol_id=self._vol_id,
-                           reason=reason)
+        log.error(
+            "QEMU-NBD %s failed image=%s socket=%s reason=%s",
+            action.upper(),
+            self.image,
+            self.socket_path,
+            reason,
+        )
+        return VolumeError(action=action, sd_id=self._sd_id, vol_id=self._vol_id, reason=reason)
 
 
 def _negotiates(path: str, export_name: str) -> bool:

@@ -80,15 +80,15 @@ class _Waiter:
 
 
 class DeviceWatcher:
-    def __init__(self, *, clock: Clock = time.monotonic,
-                 context: pyudev.Context | None = None) -> None:
+    def __init__(
+        self, *, clock: Clock = time.monotonic, context: pyudev.Context | None = None
+    ) -> None:
         self._clock = clock
         self._context = context or pyudev.Context()
         self._lock = threading.Lock()
         self._waiters: list[_Waiter] = []
         self._watches: dict[int, list[Watch]] = {}
-        self._calls: queue.SimpleQueue[tuple[Callback, str, str] | None] = (
-            queue.SimpleQueue())
+        self._calls: queue.SimpleQueue[tuple[Callback, str, str] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._monitor: pyudev.Monitor | None = None
         self._wakeup: tuple[int, int] | None = None
@@ -164,8 +164,7 @@ class DeviceWatcher:
         w = Watch(self, number, callback)
         with self._lock:
             self._watches.setdefault(number, []).append(w)
-        log.debug("UDEV watch path=%s device=%d:%d", path, os.major(number),
-                  os.minor(number))
+        log.debug("UDEV watch path=%s device=%d:%d", path, os.major(number), os.minor(number))
         return w
 
     def _unwatch(self, w: Watch) -> None:

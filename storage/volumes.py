@@ -130,9 +130,14 @@ class Volumes:
                 if wants_lease:
                     state.writers[spec.uuid] += 1
                 state.transfers[spec.uuid] = spec.transfer_id
-            log.info("PREPARED transfer=%s sd=%s vol=%s refs=%d lease=%s",
-                     spec.transfer_id, vol.sd_id, vol.vol_id,
-                     sum(state.refs.values()), state.lease is not None)
+            log.info(
+                "PREPARED transfer=%s sd=%s vol=%s refs=%d lease=%s",
+                spec.transfer_id,
+                vol.sd_id,
+                vol.vol_id,
+                sum(state.refs.values()),
+                state.lease is not None,
+            )
             return state.url
 
     def release(self, spec: TicketSpec) -> None:
@@ -143,16 +148,25 @@ class Volumes:
         with self._locked(key):
             state = self._volumes.get(key)
             if state is None or state.refs[spec.uuid] <= 0:
-                log.warning("RELEASE of an unprepared volume transfer=%s sd=%s vol=%s",
-                            spec.transfer_id, vol.sd_id, vol.vol_id)
+                log.warning(
+                    "RELEASE of an unprepared volume transfer=%s sd=%s vol=%s",
+                    spec.transfer_id,
+                    vol.sd_id,
+                    vol.vol_id,
+                )
                 return
             with self._lock:
                 _drop(state.refs, spec.uuid)
                 _drop(state.writers, spec.uuid)
                 if spec.uuid not in state.refs:
                     state.transfers.pop(spec.uuid, None)
-            log.info("RELEASED transfer=%s sd=%s vol=%s refs=%d", spec.transfer_id,
-                     vol.sd_id, vol.vol_id, sum(state.refs.values()))
+            log.info(
+                "RELEASED transfer=%s sd=%s vol=%s refs=%d",
+                spec.transfer_id,
+                vol.sd_id,
+                vol.vol_id,
+                sum(state.refs.values()),
+            )
             if state.refs:
                 if state.lease is not None and not state.writers:
                     lease, state.lease = state.lease, None
@@ -167,9 +181,12 @@ class Volumes:
     def tickets_using(self, device: str) -> list[str]:
         """The uuids of the tickets whose volume is device (node or link)."""
         with self._lock:
-            return [uuid for state in self._volumes.values()
-                    if device in (state.device, state.target, state.url)
-                    for uuid in state.refs]
+            return [
+                uuid
+                for state in self._volumes.values()
+                if device in (state.device, state.target, state.url)
+                for uuid in state.refs
+            ]
 
     def references(self, volume: Volume) -> int:
         with self._lock:
@@ -187,8 +204,7 @@ class Volumes:
                 lease = self._acquire(vol)
                 undo.callback(_quietly, self._leases.release, lease)
             if vol.domain == "file":
-                state = _Prepared(vol, url="", target=str(find_volume(
-                    self._file_root, vol)))
+                state = _Prepared(vol, url="", target=str(find_volume(self._file_root, vol)))
             else:
                 state = self._activate(vol, undo)
             state.lease = lease
@@ -196,24 +212,30 @@ class Volumes:
             undo.callback(_quietly, self._links.remove, vol)
             state.url = link.as_uri()
             if served_by_qemu_nbd(vol):
-                state.server = self._serve(vol, state.target,
-                                           read_only=not spec.allows("write"))
+                state.server = self._serve(vol, state.target, read_only=not spec.allows("write"))
                 undo.callback(_quietly, state.server.stop)
                 state.url = state.server.url
             if state.device is not None:
                 state.watch = self._udev.watch(
-                    state.device, lambda node, action: self._device_event(
-                        _key(vol), node, action))
+                    state.device, lambda node, action: self._device_event(_key(vol), node, action)
+                )
             undo.pop_all()
-        log.info("SETUP transfer=%s domain=%s sd=%s img=%s vol=%s target=%s",
-                 transfer_id, vol.domain, vol.sd_id, vol.img_id, vol.vol_id,
-                 state.target)
+        log.info(
+            "SETUP transfer=%s domain=%s sd=%s img=%s vol=%s target=%s",
+            transfer_id,
+            vol.domain,
+            vol.sd_id,
+            vol.img_id,
+            vol.vol_id,
+            state.target,
+        )
         return state
 
     def _acquire(self, vol: Volume) -> Lease:
         assert vol.lease is not None
-        lease = Lease(lockspace=vol.sd_id, resource=vol.vol_id,
-                      path=vol.lease.path, offset=vol.lease.offset)
+        lease = Lease(
+            lockspace=vol.sd_id, resource=vol.vol_id, path=vol.lease.path, offset=vol.lease.offset
+        )
         self._leases.acquire(lease)
         return lease
 
@@ -221,9 +243,15 @@ class Volumes:
         # sun_path holds 107 bytes: a digest keeps the name short whatever
         # the ids, and distinct per volume.
         name = hashlib.sha256("/".join(_key(vol)).encode()).hexdigest()[:16]
-        server = QemuNbd(image, QEMU_FORMATS[vol.format],
-                         str(self._nbd_dir / f"{name}.sock"), read_only=read_only,
-                         bitmap=vol.bitmap, sd_id=vol.sd_id, vol_id=vol.vol_id)
+        server = QemuNbd(
+            image,
+            QEMU_FORMATS[vol.format],
+            str(self._nbd_dir / f"{name}.sock"),
+            read_only=read_only,
+            bitmap=vol.bitmap,
+            sd_id=vol.sd_id,
+            vol_id=vol.vol_id,
+        )
         server.start()
         return server
 
@@ -242,11 +270,15 @@ class Volumes:
             raise ImageNotFound(**ids, reason=f"volume belongs to image {lv.image}")
         try:
             node = self._udev.wait_for_device(
-                lv.path, deadline=self._clock() + self._device_timeout)
+                lv.path, deadline=self._clock() + self._device_timeout
+            )
         except TimeoutError:
-            raise VolumeError(action="prepare", sd_id=vol.sd_id, vol_id=vol.vol_id,
-                              reason=f"device {lv.path} did not appear within "
-                                     f"{self._device_timeout:g} seconds") from None
+            raise VolumeError(
+                action="prepare",
+                sd_id=vol.sd_id,
+                vol_id=vol.vol_id,
+                reason=f"device {lv.path} did not appear within {self._device_timeout:g} seconds",
+            ) from None
         return _Prepared(vol, url="", target=lv.path, device=node, activated=activated)
 
     def _teardown(self, state: _Prepared) -> None:
@@ -266,8 +298,7 @@ class Volumes:
             try:
                 fn(*args)
             except ImageioError as e:
-                log.error("TEARDOWN step failed sd=%s vol=%s error=%s",
-                          vol.sd_id, vol.vol_id, e)
+                log.error("TEARDOWN step failed sd=%s vol=%s error=%s", vol.sd_id, vol.vol_id, e)
                 first = first or e
         if first is not None:
             raise first
@@ -283,11 +314,18 @@ class Volumes:
             return
         vol = state.volume
         if action == "change" and self._still_active(vol):
-            log.info("DEVICE changed, LV still active sd=%s vol=%s node=%s",
-                     vol.sd_id, vol.vol_id, node)
+            log.info(
+                "DEVICE changed, LV still active sd=%s vol=%s node=%s", vol.sd_id, vol.vol_id, node
+            )
             return
-        log.warning("LOST device=%s action=%s sd=%s vol=%s transfers=%s", node,
-                    action, vol.sd_id, vol.vol_id, ",".join(sorted(users.values())))
+        log.warning(
+            "LOST device=%s action=%s sd=%s vol=%s transfers=%s",
+            node,
+            action,
+            vol.sd_id,
+            vol.vol_id,
+            ",".join(sorted(users.values())),
+        )
         if self.on_lost is None:
             return
         for uuid, transfer_id in users.items():
@@ -334,16 +372,24 @@ def _check_shareable(state: _Prepared, spec: TicketSpec) -> None:
     assert vol is not None
     reason = None
     if _serving(vol) != _serving(state.volume):
-        reason = (f"served {_serving(state.volume)} for another ticket; "
-                  f"this one asks for it {_serving(vol)}")
+        reason = (
+            f"served {_serving(state.volume)} for another ticket; "
+            f"this one asks for it {_serving(vol)}"
+        )
     elif state.server is not None and state.server.read_only and spec.allows("write"):
-        reason = ("served read-only by qemu-nbd for a read ticket; add the write "
-                  "ticket after the read tickets are removed")
+        reason = (
+            "served read-only by qemu-nbd for a read ticket; add the write "
+            "ticket after the read tickets are removed"
+        )
     if reason is not None:
-        log.warning("PREPARE refused transfer=%s sd=%s vol=%s reason=%s",
-                    spec.transfer_id, vol.sd_id, vol.vol_id, reason)
-        raise VolumeError(action="prepare", sd_id=vol.sd_id, vol_id=vol.vol_id,
-                          reason=reason)
+        log.warning(
+            "PREPARE refused transfer=%s sd=%s vol=%s reason=%s",
+            spec.transfer_id,
+            vol.sd_id,
+            vol.vol_id,
+            reason,
+        )
+        raise VolumeError(action="prepare", sd_id=vol.sd_id, vol_id=vol.vol_id, reason=reason)
 
 
 def _key(vol: Volume) -> Key:

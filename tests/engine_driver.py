@@ -61,8 +61,7 @@ class Vdsm:
 
     def call(self, method: str, **params: Any) -> Any:
         req_id = next(self._ids)
-        line = json.dumps({"jsonrpc": "2.0", "id": req_id, "method": method,
-                           "params": params})
+        line = json.dumps({"jsonrpc": "2.0", "id": req_id, "method": method, "params": params})
         self._sock.sendall(line.encode() + b"\n")
         while True:
             reply = json.loads(self._reader.readline())
@@ -78,9 +77,15 @@ class Vdsm:
 
 
 class EngineDriver:
-    def __init__(self, control_path: str, ticket: dict[str, Any], *,
-                 poll: float = 0.2, renew_margin: float = 1.5,
-                 verify: Any = None) -> None:
+    def __init__(
+        self,
+        control_path: str,
+        ticket: dict[str, Any],
+        *,
+        poll: float = 0.2,
+        renew_margin: float = 1.5,
+        verify: Any = None,
+    ) -> None:
         self.ticket = ticket
         self.phases: list[str] = []
         self.extends = 0
@@ -115,7 +120,8 @@ class EngineDriver:
     def wait_phase(self, phase: str, timeout: float) -> bool:
         with self._changed:
             return self._changed.wait_for(
-                lambda: self.phase == phase or self.error is not None, timeout)
+                lambda: self.phase == phase or self.error is not None, timeout
+            )
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
@@ -168,16 +174,17 @@ class EngineDriver:
 
     def _extend(self) -> None:
         timeout = self.ticket["timeout"]
-        assert self._vdsm.call("Host.extend_image_ticket", uuid=self.ticket["uuid"],
-                               timeout=timeout) is True
+        assert (
+            self._vdsm.call("Host.extend_image_ticket", uuid=self.ticket["uuid"], timeout=timeout)
+            is True
+        )
         self._expires = time.monotonic() + timeout
         self.extends += 1
 
     def _remove(self) -> None:
         for _ in range(50):
             try:
-                assert self._vdsm.call("Host.remove_image_ticket",
-                                       uuid=self.ticket["uuid"]) is True
+                assert self._vdsm.call("Host.remove_image_ticket", uuid=self.ticket["uuid"]) is True
                 return
             except RpcError as e:
                 if e.code != TICKET_BUSY:

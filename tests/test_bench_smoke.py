@@ -23,16 +23,21 @@ pytestmark = [pytest.mark.compat, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[1]
 SETUP = ROOT / "tests" / "compat" / "setup-ovirt-imageio.sh"
 CASES = ["download-unix-curl", "upload-tls-curl", "download-unix-client", "ticket-latency"]
-METRICS = ["download unix curl", "page cache after download", "upload tls curl",
-           "download unix client 4 workers",
-           "ticket add+remove over the control socket (median)"]
+METRICS = [
+    "download unix curl",
+    "page cache after download",
+    "upload tls curl",
+    "download unix client 4 workers",
+    "ticket add+remove over the control socket (median)",
+]
 BUDGET = 60.0
 
 
 def _not_tmpfs(path: Path) -> Path:
     """Images need O_DIRECT, which tmpfs lacks."""
-    out = subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        ["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True, check=True
+    )
     if out.stdout.strip() != "tmpfs":
         return path
     base = ROOT / ".cache" / "bench-smoke"
@@ -42,22 +47,34 @@ def _not_tmpfs(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def reference_installed() -> None:
-    result = subprocess.run([str(SETUP)], capture_output=True, text=True, timeout=900,
-                            check=False)
+    result = subprocess.run([str(SETUP)], capture_output=True, text=True, timeout=900, check=False)
     if result.returncode != 0:
         pytest.fail(f"{SETUP.name} failed:\n{result.stdout}{result.stderr}")
 
 
 def _run_bench(tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
     results = tmp_path / "results"
-    env = dict(os.environ, BENCH_SIZE="16M", BENCH_RUNS="1", BENCH_CASES=",".join(CASES),
-               BENCH_DIR=str(_not_tmpfs(tmp_path) / "bench"), BENCH_RESULTS=str(results),
-               BENCH_RANDOM_SECONDS="1", BENCH_LATENCY_COUNT="10")
+    env = dict(
+        os.environ,
+        BENCH_SIZE="16M",
+        BENCH_RUNS="1",
+        BENCH_CASES=",".join(CASES),
+        BENCH_DIR=str(_not_tmpfs(tmp_path) / "bench"),
+        BENCH_RESULTS=str(results),
+        BENCH_RANDOM_SECONDS="1",
+        BENCH_LATENCY_COUNT="10",
+    )
     # Its own session, so a harness that overruns is stopped with every
     # daemon and client it started.
-    proc = subprocess.Popen([sys.executable, "-m", "bench.run"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.run"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=BUDGET)
     except subprocess.TimeoutExpired:
@@ -68,7 +85,8 @@ def _run_bench(tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
 
 
 def test_bench_prints_table_and_writes_json_for_both_daemons(
-        reference_installed: None, tmp_path: Path) -> None:
+    reference_installed: None, tmp_path: Path
+) -> None:
     done, results = _run_bench(tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -82,8 +100,13 @@ def test_bench_prints_table_and_writes_json_for_both_daemons(
     for line in rows.values():
         cells = line[54:]
         assert re.match(r"\s*\S+" + number + number, cells), line
-    for ref in ("python unix socket loopback", "python TLS loopback", "dd O_DIRECT read",
-                "dd O_DIRECT write (fsync)", "curl upload to a discarding unix server"):
+    for ref in (
+        "python unix socket loopback",
+        "python TLS loopback",
+        "dd O_DIRECT read",
+        "dd O_DIRECT write (fsync)",
+        "curl upload to a discarding unix server",
+    ):
         assert re.search(re.escape(ref) + number + " MiB/s", done.stdout), ref
 
     files = list(results.glob("bench-*-16M.json"))
@@ -103,8 +126,14 @@ def test_bench_prints_table_and_writes_json_for_both_daemons(
 
 
 def test_bench_lists_its_cases() -> None:
-    out = subprocess.run([sys.executable, "-m", "bench.run", "--list"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=30, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--list"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     ids = out.stdout.split()
     assert set(CASES) <= set(ids)
     assert "peak-rss" in ids and "nbd-download-unix-curl" in ids

@@ -21,8 +21,11 @@ RUNNER_LOG = Path(".cache") / "vm-lane.log"
 # Boot (~30 s in software emulation) plus the guest suite; the runner
 # enforces this limit itself and stops the guest.
 GUEST_TIMEOUT = 600
-SUMMARY_RE = re.compile(r"^=*\s*(\d+ (?:passed|failed|error|skipped).* in [\d.]+s\b.*?)"
-                        r"\s*=*$", re.M)
+SUMMARY_RE = re.compile(
+    r"^=*\s*(\d+ (?:passed|failed|error|skipped).* in [\d.]+s\b.*?)"
+    r"\s*=*$",
+    re.M,
+)
 
 
 @pytest.mark.vm
@@ -30,8 +33,13 @@ SUMMARY_RE = re.compile(r"^=*\s*(\d+ (?:passed|failed|error|skipped).* in [\d.]+
 def test_vm_lane_guest_suite_passes(record_property: Callable[[str, Any], None]) -> None:
     env = dict(os.environ, VDSM_IMAGEIO_VM_TIMEOUT=str(GUEST_TIMEOUT))
     proc = subprocess.run(
-        [sys.executable, str(RUNNER), "-ra"], env=env, capture_output=True,
-        text=True, errors="replace", timeout=GUEST_TIMEOUT + 60, check=False,
+        [sys.executable, str(RUNNER), "-ra"],
+        env=env,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=GUEST_TIMEOUT + 60,
+        check=False,
     )
     out = proc.stdout + proc.stderr
     summaries = SUMMARY_RE.findall(out)

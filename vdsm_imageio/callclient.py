@@ -65,8 +65,12 @@ VERBS = (
     Verb("Host.get_image_ticket", ("uuid",), "vdsm's Ticket.status"),
     Verb("Host.remove_image_ticket", ("uuid",), "vdsm's Ticket.remove; true"),
     Verb("Service.info", (), "version, features, data URL, unix socket, uptime, counts"),
-    Verb("Events.subscribe", (), "notifications on this connection (see --subscribe)",
-         optional=("events",)),
+    Verb(
+        "Events.subscribe",
+        (),
+        "notifications on this connection (see --subscribe)",
+        optional=("events",),
+    ),
 )
 EVENTS = (
     ("Ticket.progress", "uuid, transfer_id, transferred, size, active"),
@@ -109,15 +113,16 @@ def parse_pair(arg: str) -> tuple[str, Any]:
 
 
 def parse_args(
-    argv: list[str], stdin: TextIO, default_socket: str = DEFAULT_SOCKET,
+    argv: list[str],
+    stdin: TextIO,
+    default_socket: str = DEFAULT_SOCKET,
 ) -> Call:
     args = _parser(default_socket).parse_args(argv)
     if args.subscribe is not None:
         if args.method or args.params or args.file:
             raise UsageError("--subscribe takes no METHOD, params or -f")
         params = {"events": args.subscribe} if args.subscribe else {}
-        return Call(socket=args.socket, method="Events.subscribe", params=params,
-                    stream=True)
+        return Call(socket=args.socket, method="Events.subscribe", params=params, stream=True)
     if args.method is None:
         raise UsageError("METHOD is required (see --help)")
     params = _read_params(args.file, stdin) if args.file else {}
@@ -132,8 +137,7 @@ def parse_args(
 
 
 def request_line(call: Call, request_id: int = 1) -> bytes:
-    request = {"jsonrpc": "2.0", "id": request_id, "method": call.method,
-               "params": call.params}
+    request = {"jsonrpc": "2.0", "id": request_id, "method": call.method, "params": call.params}
     return json.dumps(request).encode("utf-8") + b"\n"
 
 
@@ -223,8 +227,7 @@ def main(
     except KeyboardInterrupt:
         return EXIT_OK  # how a subscriber stops listening
     except (OSError, ProtocolError) as e:
-        print(f"vdsm-imageio call: cannot call {call.method} on {call.socket}: {e}",
-              file=stderr)
+        print(f"vdsm-imageio call: cannot call {call.method} on {call.socket}: {e}", file=stderr)
         return EXIT_UNREACHABLE
 
 
@@ -233,20 +236,30 @@ def _parser(default_socket: str) -> argparse.ArgumentParser:
         prog="vdsm-imageio call",
         description="Call a method of the vdsm-imageio control channel.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_verbs_help())
+        epilog=_verbs_help(),
+    )
     parser.add_argument(
-        "--socket", default=default_socket,
-        help="control socket (default %(default)s)")
+        "--socket", default=default_socket, help="control socket (default %(default)s)"
+    )
     parser.add_argument(
-        "-f", dest="file", metavar="FILE",
-        help="read a JSON object of params from FILE, or stdin for '-'")
+        "-f",
+        dest="file",
+        metavar="FILE",
+        help="read a JSON object of params from FILE, or stdin for '-'",
+    )
     parser.add_argument(
-        "--subscribe", nargs="*", metavar="EVENT",
-        help="print notifications (all, or the EVENTs named) as JSON lines until ^C")
+        "--subscribe",
+        nargs="*",
+        metavar="EVENT",
+        help="print notifications (all, or the EVENTs named) as JSON lines until ^C",
+    )
     parser.add_argument("method", metavar="METHOD", nargs="?", help="e.g. Ticket.status")
     parser.add_argument(
-        "params", metavar="name=value", nargs="*",
-        help="a param; a value that parses as JSON is sent as JSON")
+        "params",
+        metavar="name=value",
+        nargs="*",
+        help="a param; a value that parses as JSON is sent as JSON",
+    )
     return parser
 
 

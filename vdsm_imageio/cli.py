@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "call":
         from . import callclient
+
         return callclient.main(args[1:])
     parser = _parser()
     ns = parser.parse_args(args)
@@ -32,17 +33,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vdsm-imageio",
-                                     description="Disk image transfer service for oVirt hosts")
+    parser = argparse.ArgumentParser(
+        prog="vdsm-imageio", description="Disk image transfer service for oVirt hosts"
+    )
     sub = parser.add_subparsers(dest="command")
     serve_p = sub.add_parser("serve", help="run the service")
-    serve_p.add_argument("--config-dir", action="append", type=Path, default=[],
-                         help="read DIR/conf.d/*.conf (repeatable; later wins)")
-    serve_p.add_argument("--local", type=Path, metavar="DIR",
-                         help="self-contained profile: everything under DIR, loopback only")
+    serve_p.add_argument(
+        "--config-dir",
+        action="append",
+        type=Path,
+        default=[],
+        help="read DIR/conf.d/*.conf (repeatable; later wins)",
+    )
+    serve_p.add_argument(
+        "--local",
+        type=Path,
+        metavar="DIR",
+        help="self-contained profile: everything under DIR, loopback only",
+    )
     serve_p.add_argument("--port", type=int, help="TLS port (0 picks a free port)")
-    serve_p.add_argument("--show-config", action="store_true",
-                         help="print the effective configuration as JSON and exit")
+    serve_p.add_argument(
+        "--show-config",
+        action="store_true",
+        help="print the effective configuration as JSON and exit",
+    )
     sub.add_parser("call", help="call a control-channel verb (see call --help)")
     return parser
 
@@ -79,6 +93,7 @@ def serve(ns: argparse.Namespace) -> int:
     if ns.local is not None:
         _prepare_local(ns.local)
     from .services import Services
+
     services = Services(cfg)
     # Before any thread starts: a signal during start-up is waited for too.
     signals = systemd.Signals([signal.SIGTERM, signal.SIGINT])
@@ -96,8 +111,9 @@ def serve(ns: argparse.Namespace) -> int:
             log.error("START failed reason=cannot drop privileges: %s", e)
             services.stop()
             return 1
-    print(f"ready data={services.data_url} control={cfg.control.socket}",
-          file=sys.stderr, flush=True)
+    print(
+        f"ready data={services.data_url} control={cfg.control.socket}", file=sys.stderr, flush=True
+    )
     log.info("READY data=%s control=%s", services.data_url, cfg.control.socket)
     systemd.notify("READY=1")
     signo = signals.wait()
@@ -119,6 +135,7 @@ def _identity(cfg: configmod.Config) -> systemd.Identity | None:
 
 def _prepare_local(local_dir: Path) -> None:
     from .pki import ensure_local_pki
+
     for sub in ("images", "hooks", "run", "conf.d"):
         (local_dir / sub).mkdir(parents=True, exist_ok=True)
     ensure_local_pki(local_dir / "pki")
@@ -128,12 +145,13 @@ def _setup_logging(cfg: configmod.Config) -> None:
     handler: logging.Handler
     if cfg.logging.file:
         handler = logging.handlers.RotatingFileHandler(
-            cfg.logging.file, maxBytes=cfg.logging.max_bytes,
-            backupCount=cfg.logging.backups)
+            cfg.logging.file, maxBytes=cfg.logging.max_bytes, backupCount=cfg.logging.backups
+        )
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s %(levelname)-7s (%(threadName)s) [%(name)s] %(message)s"))
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-7s (%(threadName)s) [%(name)s] %(message)s")
+    )
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(cfg.logging.level.upper())

@@ -25,6 +25,8 @@ def _opt(default: Any, why: str, minimum: int | None = None) -> Any:
     return field(default=default, metadata={"why": why, "minimum": minimum})
 
 
+# The option table reads best with one option per line.
+# fmt: off
 @dataclass(frozen=True)
 class Daemon:
     run_dir: str = _opt("/run/vdsm-imageio", "runtime state: links of prepared volumes, nbd sockets")
@@ -95,6 +97,9 @@ class Logging:
     backups: int = _opt(10, "rotated log files kept")
 
 
+# fmt: on
+
+
 @dataclass(frozen=True)
 class Config:
     daemon: Daemon = field(default_factory=Daemon)
@@ -119,16 +124,26 @@ def local_profile(config: Config, local_dir: Path) -> Config:
     d = local_dir.resolve()
     # Two local daemons must not share the abstract data socket.
     tag = hashlib.sha256(str(d).encode()).hexdigest()[:16]
-    return update(config, {
-        "daemon": {"run_dir": str(d / "run")},
-        "tls": {"host": "127.0.0.1", "key_file": str(d / "pki/server.key"),
-                "cert_file": str(d / "pki/server.pem"), "ca_file": str(d / "pki/ca.pem")},
-        "local": {"socket": f"@/org/vdsm-imageio/local/{tag}"},
-        "control": {"socket": str(d / "control.sock"), "ticket_socket": str(d / "tickets.sock")},
-        "storage": {"file_root": str(d / "images")},
-        "hooks": {"dir": str(d / "hooks"), "transfer_record": str(d / "transfers.jsonl")},
-        "logging": {"file": ""},
-    })
+    return update(
+        config,
+        {
+            "daemon": {"run_dir": str(d / "run")},
+            "tls": {
+                "host": "127.0.0.1",
+                "key_file": str(d / "pki/server.key"),
+                "cert_file": str(d / "pki/server.pem"),
+                "ca_file": str(d / "pki/ca.pem"),
+            },
+            "local": {"socket": f"@/org/vdsm-imageio/local/{tag}"},
+            "control": {
+                "socket": str(d / "control.sock"),
+                "ticket_socket": str(d / "tickets.sock"),
+            },
+            "storage": {"file_root": str(d / "images")},
+            "hooks": {"dir": str(d / "hooks"), "transfer_record": str(d / "transfers.jsonl")},
+            "logging": {"file": ""},
+        },
+    )
 
 
 def load(config: Config, config_dirs: list[Path]) -> Config:
@@ -163,14 +178,16 @@ def update(config: Config, values: dict[str, dict[str, Any]], source: str = "") 
         for name, value in options.items():
             if name not in known:
                 raise ConfigError(f"{where}unknown option {name!r} in [{section_name}]")
-            typed[name] = _convert(value, type(getattr(section, name)),
-                                   f"{where}[{section_name}] {name}")
+            typed[name] = _convert(
+                value, type(getattr(section, name)), f"{where}[{section_name}] {name}"
+            )
             minimum = known[name].metadata["minimum"]
             if minimum is not None and typed[name] < minimum:
-                raise ConfigError(f"{where}[{section_name}] {name}: expected at least "
-                                  f"{minimum}, got {typed[name]!r}")
-        changes[section_name] = dataclasses.replace(
-            changes.get(section_name, section), **typed)
+                raise ConfigError(
+                    f"{where}[{section_name}] {name}: expected at least "
+                    f"{minimum}, got {typed[name]!r}"
+                )
+        changes[section_name] = dataclasses.replace(changes.get(section_name, section), **typed)
     return dataclasses.replace(config, **changes)
 
 
@@ -184,8 +201,9 @@ def _convert(value: Any, kind: type, where: str) -> Any:
     text = value.strip()
     try:
         if kind is bool:
-            return {"true": True, "yes": True, "1": True,
-                    "false": False, "no": False, "0": False}[text.lower()]
+            return {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}[
+                text.lower()
+            ]
         if kind is int:
             return int(text, 0)
         if kind is float:

@@ -82,21 +82,33 @@ def discover(directory: Path, event: str) -> list[Path]:
         entries = sorted(os.scandir(directory / event), key=lambda e: e.name)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return [Path(e.path) for e in entries
-            if not e.name.startswith(".") and e.is_file() and os.access(e.path, os.X_OK)]
+    return [
+        Path(e.path)
+        for e in entries
+        if not e.name.startswith(".") and e.is_file() and os.access(e.path, os.X_OK)
+    ]
 
 
 def execute(path: Path, stdin: bytes, env: Mapping[str, str], timeout: float) -> Outcome:
     """Run one hook to its end or its time limit."""
-    with tempfile.TemporaryFile() as inp, tempfile.TemporaryFile() as out, \
-            tempfile.TemporaryFile() as err:
+    with (
+        tempfile.TemporaryFile() as inp,
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+    ):
         inp.write(stdin)
         inp.seek(0)
         start = time.monotonic()
         try:
             proc = subprocess.Popen(
-                [str(path)], stdin=inp, stdout=out, stderr=err, env=dict(env),
-                cwd="/", start_new_session=True)
+                [str(path)],
+                stdin=inp,
+                stdout=out,
+                stderr=err,
+                env=dict(env),
+                cwd="/",
+                start_new_session=True,
+            )
         except OSError as e:
             # Like a shell: 126 found but not runnable (bad interpreter line).
             return Outcome(path.name, 126, b"", str(e).encode(), False, 0.0)
@@ -110,8 +122,7 @@ def execute(path: Path, stdin: bytes, env: Mapping[str, str], timeout: float) ->
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         elapsed = time.monotonic() - start
-        return Outcome(path.name, proc.returncode, _head(out), _head(err), timed_out,
-                       elapsed)
+        return Outcome(path.name, proc.returncode, _head(out), _head(err), timed_out, elapsed)
 
 
 def _head(f: IO[bytes]) -> bytes:
@@ -122,8 +133,9 @@ def _head(f: IO[bytes]) -> bytes:
 class Hooks:
     """Runs the hooks of an event: now and vetoing, or later and logged."""
 
-    def __init__(self, directory: str, *, timeout: float,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, directory: str, *, timeout: float, env: Mapping[str, str] | None = None
+    ) -> None:
         self._dir = Path(directory)
         self._timeout = timeout
         self._env = {"PATH": SAFE_PATH, "LC_ALL": "C.UTF-8", **(env or {})}
@@ -165,18 +177,23 @@ class Hooks:
     def _enqueue(self, event: str, payload: Payload) -> None:
         with self._lock:
             if self._closed:
-                log.warning("HOOK dropped event=%s transfer=%s reason=shutting down",
-                            event, payload.get("transfer_id"))
+                log.warning(
+                    "HOOK dropped event=%s transfer=%s reason=shutting down",
+                    event,
+                    payload.get("transfer_id"),
+                )
                 return
             if self._worker is None:
-                self._worker = threading.Thread(target=self._work, name="hooks",
-                                                daemon=True)
+                self._worker = threading.Thread(target=self._work, name="hooks", daemon=True)
                 self._worker.start()
         try:
             self._queue.put_nowait((event, payload))
         except queue.Full:
-            log.error("HOOK dropped event=%s transfer=%s reason=queue full",
-                      event, payload.get("transfer_id"))
+            log.error(
+                "HOOK dropped event=%s transfer=%s reason=queue full",
+                event,
+                payload.get("transfer_id"),
+            )
 
     def _work(self) -> None:
         while (item := self._queue.get()) is not None:
@@ -189,8 +206,12 @@ class Hooks:
     def _run_all(self, event: str, payload: Payload, *, veto: bool) -> None:
         transfer = str(payload.get("transfer_id", "-"))
         stdin = json.dumps(dict(payload)).encode()
-        env = {**self._env, "EVENT": event, "TRANSFER_ID": transfer,
-               "TICKET_UUID": str(payload.get("uuid", ""))}
+        env = {
+            **self._env,
+            "EVENT": event,
+            "TRANSFER_ID": transfer,
+            "TICKET_UUID": str(payload.get("uuid", "")),
+        }
         for path in discover(self._dir, event):
             outcome = execute(path, stdin, env, self._timeout)
             _log_outcome(event, transfer, outcome, self._timeout)
@@ -206,19 +227,30 @@ class Hooks:
                     what = f"killed by signal {-outcome.returncode}"
                 else:
                     what = f"exit code {outcome.returncode}"
-                raise HookFailed(hook=outcome.hook, event=event, outcome=what,
-                                 status=outcome.returncode, stderr=stderr)
+                raise HookFailed(
+                    hook=outcome.hook,
+                    event=event,
+                    outcome=what,
+                    status=outcome.returncode,
+                    stderr=stderr,
+                )
 
 
 def _log_outcome(event: str, transfer: str, outcome: Outcome, timeout: float) -> None:
     level = logging.INFO if outcome.ok else logging.WARNING
-    log.log(level, "HOOK event=%s hook=%s transfer=%s status=%d timed_out=%s elapsed=%.3f",
-            event, outcome.hook, transfer, outcome.returncode, outcome.timed_out,
-            outcome.elapsed)
+    log.log(
+        level,
+        "HOOK event=%s hook=%s transfer=%s status=%d timed_out=%s elapsed=%.3f",
+        event,
+        outcome.hook,
+        transfer,
+        outcome.returncode,
+        outcome.timed_out,
+        outcome.elapsed,
+    )
     for name, data in (("stdout", outcome.stdout), ("stderr", outcome.stderr)):
         for line in data.decode("utf-8", "replace").splitlines():
-            log.log(level, "HOOK %s hook=%s transfer=%s | %s", name, outcome.hook,
-                    transfer, line)
+            log.log(level, "HOOK %s hook=%s transfer=%s | %s", name, outcome.hook, transfer, line)
 
 
 class TicketHooks:
@@ -232,8 +264,7 @@ class TicketHooks:
     def __init__(self, hooks: Hooks, clock: Callable[[], float]) -> None:
         self._hooks = hooks
         self._clock = clock
-        self._interrupted: weakref.WeakKeyDictionary[Ticket, bool] = (
-            weakref.WeakKeyDictionary())
+        self._interrupted: weakref.WeakKeyDictionary[Ticket, bool] = weakref.WeakKeyDictionary()
 
     def payload(self, ticket: Ticket) -> dict[str, Any]:
         out = ticket.status().to_json()

@@ -134,8 +134,12 @@ class Monitor:
         limit = status.inactivity_timeout
         if limit and int(idle) > limit and seen.inactive_period != since:
             seen.inactive_period = since
-            log.info("INACTIVE transfer=%s idle_time=%d inactivity_timeout=%d",
-                     status.transfer_id, int(idle), limit)
+            log.info(
+                "INACTIVE transfer=%s idle_time=%d inactivity_timeout=%d",
+                status.transfer_id,
+                int(idle),
+                limit,
+            )
             events.append(Event(INACTIVE, {"uuid": status.uuid, "idle_time": int(idle)}))
         if now >= expires and seen.expired_at != expires:
             seen.expired_at = expires
@@ -149,13 +153,16 @@ class Monitor:
         seen.transferred = status.transferred
         seen.active = active
         seen.sent_at = now
-        return Event(PROGRESS, {
-            "uuid": status.uuid,
-            "transfer_id": status.transfer_id,
-            "transferred": status.transferred,
-            "size": status.size,
-            "active": active,
-        })
+        return Event(
+            PROGRESS,
+            {
+                "uuid": status.uuid,
+                "transfer_id": status.transfer_id,
+                "transferred": status.transferred,
+                "size": status.size,
+                "active": active,
+            },
+        )
 
     def _gone(self, ticket: Ticket) -> list[Event]:
         seen = self._seen.pop(ticket, None) or _Seen()
@@ -172,8 +179,7 @@ class Monitor:
             self._registry.remove(ticket.spec.uuid)
         except ImageioError as e:
             # TicketBusy: a request raced in; the next tick tries again.
-            log.warning("REAP failed transfer=%s error=%s", ticket.transfer_id,
-                        type(e).__name__)
+            log.warning("REAP failed transfer=%s error=%s", ticket.transfer_id, type(e).__name__)
 
 
 class MonitorThread:

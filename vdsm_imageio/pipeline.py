@@ -80,8 +80,14 @@ class BufferPool:
             return len(self._pooled)
 
 
-def run(pool: BufferPool, produce: Produce, consume: Consume, *,
-        threaded_side: str, single: bool = False) -> None:
+def run(
+    pool: BufferPool,
+    produce: Produce,
+    consume: Consume,
+    *,
+    threaded_side: str,
+    single: bool = False,
+) -> None:
     """Move data until produce returns 0.
 
     threaded_side names the side ("produce" or "consume") that runs in the
@@ -115,8 +121,7 @@ def _sequential(buf: memoryview, produce: Produce, consume: Consume) -> None:
 Filled = tuple[memoryview, int]
 
 
-def _threaded_producer(bufs: list[memoryview], produce: Produce,
-                       consume: Consume) -> None:
+def _threaded_producer(bufs: list[memoryview], produce: Produce, consume: Consume) -> None:
     # None in free stops the helper; an exception in filled is its failure.
     free: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
     filled: queue.SimpleQueue[Filled | BaseException] = queue.SimpleQueue()
@@ -150,8 +155,7 @@ def _threaded_producer(bufs: list[memoryview], produce: Produce,
         thread.join()
 
 
-def _threaded_consumer(bufs: list[memoryview], produce: Produce,
-                       consume: Consume) -> None:
+def _threaded_consumer(bufs: list[memoryview], produce: Produce, consume: Consume) -> None:
     # None in either queue means stop; the helper's failure is kept aside.
     free: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
     filled: queue.SimpleQueue[Filled | None] = queue.SimpleQueue()
@@ -185,8 +189,9 @@ def _threaded_consumer(bufs: list[memoryview], produce: Produce,
         raise failure[0]
 
 
-def run_lanes(pool: BufferPool, readers: list[ReadAt], consume: Consume,
-              start: int, length: int) -> bool:
+def run_lanes(
+    pool: BufferPool, readers: list[ReadAt], consume: Consume, start: int, length: int
+) -> bool:
     """Read [start, start + length) with one thread per reader, consume in order.
 
     For storage that serves several reads at once faster than one (an NBD
@@ -215,16 +220,17 @@ def run_lanes(pool: BufferPool, readers: list[ReadAt], consume: Consume,
             pool.release(buf)
 
 
-def _lanes(bufs: list[memoryview], readers: list[ReadAt], consume: Consume,
-           start: int, length: int) -> None:
+def _lanes(
+    bufs: list[memoryview], readers: list[ReadAt], consume: Consume, start: int, length: int
+) -> None:
     lanes = len(readers)
     segment = min(len(b) for b in bufs)
     count = -(-length // segment)
     # Per lane: free buffers in (None stops it), filled ones out in order.
-    free: list[queue.SimpleQueue[memoryview | None]] = [queue.SimpleQueue()
-                                                        for _ in range(lanes)]
-    filled: list[queue.SimpleQueue[Filled | BaseException]] = [queue.SimpleQueue()
-                                                               for _ in range(lanes)]
+    free: list[queue.SimpleQueue[memoryview | None]] = [queue.SimpleQueue() for _ in range(lanes)]
+    filled: list[queue.SimpleQueue[Filled | BaseException]] = [
+        queue.SimpleQueue() for _ in range(lanes)
+    ]
     for i, buf in enumerate(bufs):
         free[i % lanes].put(buf)
     stop = threading.Event()
@@ -242,8 +248,10 @@ def _lanes(bufs: list[memoryview], readers: list[ReadAt], consume: Consume,
         except BaseException as e:
             filled[lane].put(e)
 
-    threads = [threading.Thread(target=helper, args=(lane,), name="io-lane", daemon=True)
-               for lane in range(min(lanes, count))]
+    threads = [
+        threading.Thread(target=helper, args=(lane,), name="io-lane", daemon=True)
+        for lane in range(min(lanes, count))
+    ]
     for t in threads:
         t.start()
     try:

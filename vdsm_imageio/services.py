@@ -53,21 +53,33 @@ ControlFactory = Callable[[Registry, str, Callable[[], dict[str, Any]]], Control
 
 
 class Services:
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic,
-                 control_factory: ControlFactory | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        control_factory: ControlFactory | None = None,
+    ) -> None:
         self.config = config
         self.started = clock()
         self._clock = clock
         hook_env = {"TRANSFER_RECORD": config.hooks.transfer_record}
-        self.hooks = Hooks(config.hooks.dir, timeout=config.hooks.timeout,
-                           env={k: v for k, v in hook_env.items() if v})
+        self.hooks = Hooks(
+            config.hooks.dir,
+            timeout=config.hooks.timeout,
+            env={k: v for k, v in hook_env.items() if v},
+        )
         self.ticket_hooks = TicketHooks(self.hooks, clock)
         self.udev = DeviceWatcher(clock=clock)
         self.volumes = Volumes(
             file_root=Path(config.storage.file_root),
             run_dir=Path(config.daemon.run_dir),
-            lvm=Lvm(), udev=self.udev, leases=Leases(), clock=clock,
-            on_lost=self._on_volume_lost)
+            lvm=Lvm(),
+            udev=self.udev,
+            leases=Leases(),
+            clock=clock,
+            on_lost=self._on_volume_lost,
+        )
         self.registry = Registry(
             clock=clock,
             remove_timeout=config.daemon.remove_timeout,
@@ -79,35 +91,50 @@ class Services:
         self.registry.subscribe(self.ticket_hooks.listener)
         unix = socket_address(config.local.socket) if config.local.enable else None
         self.unix_socket = unix or None
-        images = Images(self.registry, unix_socket=self.unix_socket,
-                        max_json_body=config.http.max_json_body)
+        images = Images(
+            self.registry, unix_socket=self.unix_socket, max_json_body=config.http.max_json_body
+        )
         extents = Extents(self.registry)
-        router = Router([
-            route("images-options", r"/images/(\*)/?", options=images.options),
-            route("images", r"/images/([^/]+)/?", options=images.options,
-                  get=images.get, put=images.put, patch=images.patch),
-            route("extents", r"/images/([^/]+)/extents/?", get=extents.get),
-            route("info", r"/info/?", get=self._info),
-        ])
+        router = Router(
+            [
+                route("images-options", r"/images/(\*)/?", options=images.options),
+                route(
+                    "images",
+                    r"/images/([^/]+)/?",
+                    options=images.options,
+                    get=images.get,
+                    put=images.put,
+                    patch=images.patch,
+                ),
+                route("extents", r"/images/([^/]+)/extents/?", get=extents.get),
+                route("info", r"/info/?", get=self._info),
+            ]
+        )
         self.server = Server(config, router, open_backend)
         ticket_socket = config.control.ticket_socket
-        self.ticket_server = (TicketServer(config, self.registry, ticket_socket)
-                              if ticket_socket else None)
+        self.ticket_server = (
+            TicketServer(config, self.registry, ticket_socket) if ticket_socket else None
+        )
         self.tls_port: int | None = None
         factory = control_factory or _control_factory()
         self.control = factory(self.registry, config.control.socket, self.info)
-        self.monitor = Monitor(self.registry, clock=clock,
-                               progress_interval=config.http.progress_interval,
-                               expired_ticket_grace=config.daemon.expired_ticket_grace)
+        self.monitor = Monitor(
+            self.registry,
+            clock=clock,
+            progress_interval=config.http.progress_interval,
+            expired_ticket_grace=config.daemon.expired_ticket_grace,
+        )
         self.monitor_thread = MonitorThread(self.monitor, self._on_monitor_event)
 
     def start(self) -> None:
         cfg = self.config
         if cfg.tls.enable:
             ctx = tls.server_context(
-                cfg.tls.cert_file, cfg.tls.key_file,
+                cfg.tls.cert_file,
+                cfg.tls.key_file,
                 ca_file=cfg.tls.ca_file or None,
-                require_client_cert=cfg.tls.enable_client_auth)
+                require_client_cert=cfg.tls.enable_client_auth,
+            )
             listener = tcp_listener(cfg.tls.host, cfg.tls.port, ctx)
             self.tls_port = listener.port
             self.server.add_listener(listener)
@@ -166,8 +193,9 @@ class Services:
             ticket = self.registry.get(uuid)
         except TicketNotFound:
             return
-        log.warning("VOLUME lost transfer=%s device=%s action=%s",
-                    ticket.transfer_id, device, action)
+        log.warning(
+            "VOLUME lost transfer=%s device=%s action=%s", ticket.transfer_id, device, action
+        )
         ticket.cancel()
         self.publish("Volume.lost", {"uuid": uuid, "device": device, "action": action})
 
@@ -206,8 +234,9 @@ def resolve_url(spec: TicketSpec) -> str:
     if parts.scheme == "nbd":
         return _resolve_nbd(spec.url)
     if parts.scheme != "file":
-        raise InvalidTicket(field="url",
-                            reason=f"{parts.scheme} URLs are not supported by this service")
+        raise InvalidTicket(
+            field="url", reason=f"{parts.scheme} URLs are not supported by this service"
+        )
     path = unquote(parts.path)
     try:
         st = os.stat(path)
@@ -235,8 +264,7 @@ def open_backend(ticket: Ticket) -> Backend:
     parts = urlsplit(ticket.url)
     mode = "rw" if ticket.spec.allows("write") else "r"
     if parts.scheme == "nbd":
-        return open_nbd(ticket.url, mode=mode, sparse=ticket.spec.sparse,
-                        dirty=ticket.spec.dirty)
+        return open_nbd(ticket.url, mode=mode, sparse=ticket.spec.sparse, dirty=ticket.spec.dirty)
     if parts.scheme != "file":
         raise BackendError(reason=f"no backend for {parts.scheme} URLs")
     return open_file(unquote(parts.path), mode=mode, sparse=ticket.spec.sparse)

@@ -247,8 +247,7 @@ class Ticket:
             for op in self._ops.values():
                 ranges.add(op.start, op.start + op.done)
             idle = 0 if active else int(now - self._used)
-            left = self._timeout if active else math.floor(
-                self._activity + self._timeout - now)
+            left = self._timeout if active else math.floor(self._activity + self._timeout - now)
             spec = self.spec
             return Status(
                 uuid=spec.uuid,
@@ -302,8 +301,7 @@ class Registry:
             try:
                 listener(event, ticket)
             except Exception:
-                log.exception("LISTENER failed event=%s transfer=%s",
-                              event, ticket.transfer_id)
+                log.exception("LISTENER failed event=%s transfer=%s", event, ticket.transfer_id)
 
     def parse(self, obj: object) -> TicketSpec:
         return ticketspec.parse(obj, default_inactivity_timeout=self._default_inactivity)
@@ -328,9 +326,14 @@ class Registry:
             if raced.spec.first_difference(spec) is not None:
                 raise TicketConflict(uuid=spec.uuid, field="uuid")
             return raced
-        log.info("ADD transfer=%s size=%d ops=%s timeout=%d url=%s",
-                 spec.transfer_id, spec.size, ",".join(spec.ops), spec.timeout,
-                 _loggable(url))
+        log.info(
+            "ADD transfer=%s size=%d ops=%s timeout=%d url=%s",
+            spec.transfer_id,
+            spec.size,
+            ",".join(spec.ops),
+            spec.timeout,
+            _loggable(url),
+        )
         self._emit("added", ticket)
         return ticket
 
@@ -359,13 +362,11 @@ class Registry:
         if not ticket.canceled:
             # Once canceled, the removal was agreed: a retry is not vetoed.
             self._guard("remove", ticket)
-            log.info("CANCEL transfer=%s running=%d", ticket.transfer_id,
-                     ticket.running())
+            log.info("CANCEL transfer=%s running=%d", ticket.transfer_id, ticket.running())
             ticket.cancel()
             self._emit("canceled", ticket)
         if not ticket.wait_idle(self._remove_timeout):
-            raise TicketBusy(uuid=uuid, running=ticket.running(),
-                             timeout=self._remove_timeout)
+            raise TicketBusy(uuid=uuid, running=ticket.running(), timeout=self._remove_timeout)
         with self._lock:
             if self._tickets.get(uuid) is not ticket:
                 return
@@ -391,8 +392,7 @@ class Registry:
 
 def _url_only(spec: TicketSpec) -> str:
     if spec.url is None:
-        raise InvalidTicket(
-            field="volume", reason="volume tickets need the storage plane")
+        raise InvalidTicket(field="volume", reason="volume tickets need the storage plane")
     return spec.url
 
 

@@ -94,9 +94,7 @@ def parse(
         size=size,
         ops=_ops(obj),
         timeout=timeout,
-        inactivity_timeout=(
-            default_inactivity_timeout if inactivity is None else inactivity
-        ),
+        inactivity_timeout=(default_inactivity_timeout if inactivity is None else inactivity),
         transfer_id=transfer_id or anonymous_transfer_id(uuid),
         url=url,
         volume=volume,
@@ -172,9 +170,7 @@ def _url(obj: dict[str, Any]) -> str | None:
     if parts.scheme == "file" and not parts.path.startswith("/"):
         raise InvalidTicket(field="url", reason="file URL needs an absolute path")
     if parts.scheme == "nbd" and not value.startswith("nbd:unix:/"):
-        raise InvalidTicket(
-            field="url", reason="expected nbd:unix:/path[:exportname=NAME]"
-        )
+        raise InvalidTicket(field="url", reason="expected nbd:unix:/path[:exportname=NAME]")
     if parts.scheme == "https" and not parts.hostname:
         raise InvalidTicket(field="url", reason="https URL needs a host")
     return value
@@ -195,9 +191,7 @@ def _volume(obj: dict[str, Any]) -> Volume | None:
     for name in ("sd_id", "img_id", "vol_id"):
         ident = _prefixed(_string, value, name, required=True)
         if not _ID_RE.match(ident):
-            raise InvalidTicket(
-                field=f"volume.{name}", reason=f"invalid identifier {ident!r}"
-            )
+            raise InvalidTicket(field=f"volume.{name}", reason=f"invalid identifier {ident!r}")
         ids[name] = ident
     fmt = value.get("format", "raw")
     if fmt not in VOLUME_FORMATS:
@@ -226,8 +220,7 @@ def _lease(value: object) -> Lease | None:
     return Lease(path=path, offset=offset)
 
 
-def _prefixed(fn: Any, obj: dict[str, Any], name: str, prefix: str = "volume",
-              **kw: Any) -> Any:
+def _prefixed(fn: Any, obj: dict[str, Any], name: str, prefix: str = "volume", **kw: Any) -> Any:
     """Run a field check, naming the field with its parent in the error."""
     try:
         return fn(obj, name, **kw)

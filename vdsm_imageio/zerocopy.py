@@ -59,12 +59,19 @@ def available() -> bool:
 Fill = Callable[[int, int, int], None]
 
 
-def send(src_fd: int, offset: int, length: int, sock: socket.socket,
-         progress: Callable[[int], None], lanes: int = LANES) -> None:
+def send(
+    src_fd: int,
+    offset: int,
+    length: int,
+    sock: socket.socket,
+    progress: Callable[[int], None],
+    lanes: int = LANES,
+) -> None:
     """Send length bytes of src_fd at offset to sock; progress(n) per piece.
 
     The socket's timeout bounds each wait for the client to take more data.
     """
+
     def fill(wfd: int, pos: int, n: int) -> None:
         end = pos + n
         while pos < end:
@@ -85,8 +92,13 @@ def fill_from_stream(fd: int, wfd: int, length: int) -> None:
         length -= n
 
 
-def send_from(fills: list[Fill], offset: int, length: int, sock: socket.socket,
-              progress: Callable[[int], None]) -> None:
+def send_from(
+    fills: list[Fill],
+    offset: int,
+    length: int,
+    sock: socket.socket,
+    progress: Callable[[int], None],
+) -> None:
     """Send length bytes at offset to sock, segment k filled by fills[k % lanes]."""
     lanes = len(fills)
     pipes: list[tuple[int, int]] = []
@@ -118,8 +130,9 @@ def send_from(fills: list[Fill], offset: int, length: int, sock: socket.socket,
     helpers = []
     for lane, (_, wfd) in enumerate(pipes):
         if lane < count:
-            helpers.append(threading.Thread(target=lane_loop, args=(lane, wfd),
-                                            name="io-splice", daemon=True))
+            helpers.append(
+                threading.Thread(target=lane_loop, args=(lane, wfd), name="io-splice", daemon=True)
+            )
         else:
             os.close(wfd)
     for helper in helpers:
@@ -135,8 +148,9 @@ def send_from(fills: list[Fill], offset: int, length: int, sock: socket.socket,
         raise failure[0]
 
 
-def _drain(rfds: list[int], segment: int, sock: socket.socket, length: int,
-           progress: Callable[[int], None]) -> None:
+def _drain(
+    rfds: list[int], segment: int, sock: socket.socket, length: int, progress: Callable[[int], None]
+) -> None:
     left = length
     with _blocking(sock):
         k = 0

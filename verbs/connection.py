@@ -128,11 +128,14 @@ class Connection:
             buf += chunk
 
     def _refuse_long_line(self) -> None:
-        log.warning("REFUSE connection=%d reason=line-too-long limit=%d",
-                    self.ident, MAX_LINE)
-        self.send_line(protocol.error_line(
-            protocol.INVALID_REQUEST, "Invalid request",
-            f"request line exceeds {MAX_LINE} bytes"))
+        log.warning("REFUSE connection=%d reason=line-too-long limit=%d", self.ident, MAX_LINE)
+        self.send_line(
+            protocol.error_line(
+                protocol.INVALID_REQUEST,
+                "Invalid request",
+                f"request line exceeds {MAX_LINE} bytes",
+            )
+        )
 
     def _shutdown_locked(self) -> None:
         if self._closed:

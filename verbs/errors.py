@@ -109,8 +109,7 @@ def verb(
             if error.code == INTERNAL_ERROR:
                 log.exception("FAILED verb=%s", name)
             else:
-                log.info("REFUSED verb=%s code=%d error=%s",
-                         name, error.code, type(e).__name__)
+                log.info("REFUSED verb=%s code=%d error=%s", name, error.code, type(e).__name__)
             return error.result()
 
     method.__name__ = method.__qualname__ = f"verb({name})"

@@ -36,8 +36,7 @@ log = logging.getLogger(__name__)
 
 VOLUME_LOST = "Volume.lost"
 # Every event a client may subscribe to, in the order --help lists them.
-EVENTS = (monitor.PROGRESS, monitor.INACTIVE, monitor.EXPIRED, monitor.REMOVED,
-          VOLUME_LOST)
+EVENTS = (monitor.PROGRESS, monitor.INACTIVE, monitor.EXPIRED, monitor.REMOVED, VOLUME_LOST)
 # Enough for minutes of progress of every ticket a host runs at once.
 QUEUE_SIZE = 1024
 JOIN_TIMEOUT = 5.0
@@ -54,8 +53,7 @@ class Subscriber:
         self._cond = threading.Condition(threading.Lock())
         self._stopped = False
         self._dropped = 0
-        self._thread = threading.Thread(
-            target=self._run, name=f"events/{conn.ident}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"events/{conn.ident}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -69,12 +67,16 @@ class Subscriber:
             if len(self._queue) >= self._queue_size:
                 self._dropped += 1
                 if self._dropped == 1:
-                    log.warning("DROP notifications connection=%d reason=queue-full limit=%d",
-                                self.conn.ident, self._queue_size)
+                    log.warning(
+                        "DROP notifications connection=%d reason=queue-full limit=%d",
+                        self.conn.ident,
+                        self._queue_size,
+                    )
                 return
             if self._dropped:
-                log.warning("DROPPED notifications connection=%d count=%d",
-                            self.conn.ident, self._dropped)
+                log.warning(
+                    "DROPPED notifications connection=%d count=%d", self.conn.ident, self._dropped
+                )
                 self._dropped = 0
             self._queue.append(line)
             self._cond.notify()
@@ -165,17 +167,20 @@ class EventVerbs:
         """Push the named events (all when omitted) to this connection."""
         names = list(EVENTS) if events is None else params.strings("events", events)
         if not names:
-            raise InvalidParam(field="events",
-                               reason="must name at least one event; omit it for all")
+            raise InvalidParam(
+                field="events", reason="must name at least one event; omit it for all"
+            )
         for name in names:
             if name not in EVENTS:
-                raise InvalidParam(field="events", reason=(
-                    f"unknown event {name!r}; known: {', '.join(EVENTS)}"))
+                raise InvalidParam(
+                    field="events", reason=(f"unknown event {name!r}; known: {', '.join(EVENTS)}")
+                )
         self._hub.subscribe(connection, frozenset(names))
         return True
 
 
 def event_methods(hub: EventHub) -> dict[str, Method]:
     verbs = EventVerbs(hub)
-    return {"Events.subscribe": verb(verbs.subscribe, name="Events.subscribe",
-                                     pass_connection=True)}
+    return {
+        "Events.subscribe": verb(verbs.subscribe, name="Events.subscribe", pass_connection=True)
+    }

@@ -43,12 +43,12 @@ class HostVerbs:
 def host_methods(registry: Registry) -> dict[str, Method]:
     verbs = HostVerbs(registry)
     return {
-        "Host.add_image_ticket": verb(
-            verbs.add_image_ticket, name="Host.add_image_ticket"),
+        "Host.add_image_ticket": verb(verbs.add_image_ticket, name="Host.add_image_ticket"),
         "Host.extend_image_ticket": verb(
-            verbs.extend_image_ticket, name="Host.extend_image_ticket"),
-        "Host.get_image_ticket": verb(
-            verbs.get_image_ticket, name="Host.get_image_ticket"),
+            verbs.extend_image_ticket, name="Host.extend_image_ticket"
+        ),
+        "Host.get_image_ticket": verb(verbs.get_image_ticket, name="Host.get_image_ticket"),
         "Host.remove_image_ticket": verb(
-            verbs.remove_image_ticket, name="Host.remove_image_ticket"),
+            verbs.remove_image_ticket, name="Host.remove_image_ticket"
+        ),
     }

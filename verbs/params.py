@@ -32,7 +32,7 @@ def bind(
     for key in kwargs:
         if key not in names:
             raise InvalidParam(field=key, reason="is not a parameter of this method")
-    for p in params[len(args):]:
+    for p in params[len(args) :]:
         if p.name not in kwargs and p.default is inspect.Parameter.empty:
             raise InvalidParam(field=p.name, reason="is required")
     return signature.bind(*args, **kwargs)
@@ -40,8 +40,7 @@ def bind(
 
 def string(name: str, value: object) -> str:
     if not isinstance(value, str) or not value:
-        raise InvalidParam(
-            field=name, reason=f"must be a non-empty string, got {value!r}")
+        raise InvalidParam(field=name, reason=f"must be a non-empty string, got {value!r}")
     return value
 
 
@@ -55,8 +54,7 @@ def integer(name: str, value: object, *, minimum: int = 0) -> int:
 
 def strings(name: str, value: object) -> list[str]:
     if not isinstance(value, list):
-        raise InvalidParam(
-            field=name, reason=f"must be a list of strings, got {value!r}")
+        raise InvalidParam(field=name, reason=f"must be a list of strings, got {value!r}")
     for item in value:
         if not isinstance(item, str):
             raise InvalidParam(field=name, reason=f"must contain strings, got {item!r}")

@@ -32,7 +32,8 @@ def respond(line: bytes, methods: Methods, context: Any) -> str | None:
     except UnicodeDecodeError as e:
         return error_line(PARSE_ERROR, "Parse error", f"request is not UTF-8: {e}")
     response = dispatch_to_serializable(
-        text, methods, context=context, deserializer=_loads, validator=validate)
+        text, methods, context=context, deserializer=_loads, validator=validate
+    )
     if response is None:
         return None
     return _encode(response)
@@ -79,8 +80,7 @@ def error_line(code: int, message: str, data: Any = None) -> str:
 
 
 def notification_line(method: str, params: Any) -> str:
-    return json.dumps(
-        {"jsonrpc": "2.0", "method": method, "params": params}, allow_nan=False)
+    return json.dumps({"jsonrpc": "2.0", "method": method, "params": params}, allow_nan=False)
 
 
 def _loads(text: str) -> Any:
@@ -109,8 +109,10 @@ def _encode_one(response: dict[str, Any]) -> str:
         return json.dumps(response, allow_nan=False)
     except (TypeError, ValueError):
         log.exception("UNSERIALIZABLE reply id=%r", response.get("id"))
-        return json.dumps({
-            "jsonrpc": "2.0",
-            "error": {"code": INTERNAL_ERROR, "message": "Internal error, see the log"},
-            "id": response.get("id"),
-        })
+        return json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "error": {"code": INTERNAL_ERROR, "message": "Internal error, see the log"},
+                "id": response.get("id"),
+            }
+        )

@@ -73,7 +73,8 @@ class ControlServer:
             raise
         self._listener = sock
         self._accept_thread = threading.Thread(
-            target=self._accept_loop, name="control/accept", daemon=True)
+            target=self._accept_loop, name="control/accept", daemon=True
+        )
         self._accept_thread.start()
         log.info("LISTEN control=%s mode=%o", self.path, self._mode)
 
@@ -100,8 +101,7 @@ class ControlServer:
         for conn, thread in conns.items():
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
-                log.warning("STUCK connection=%d: a verb is still running",
-                            conn.ident)
+                log.warning("STUCK connection=%d: a verb is still running", conn.ident)
         self._unlink()
         log.info("STOP control=%s", self.path)
 
@@ -135,8 +135,8 @@ class ControlServer:
     def _start_connection(self, sock: socket.socket) -> None:
         conn = Connection(sock, next(self._ids))
         thread = threading.Thread(
-            target=self._serve, args=(conn,), name=f"control/{conn.ident}",
-            daemon=True)
+            target=self._serve, args=(conn,), name=f"control/{conn.ident}", daemon=True
+        )
         with self._lock:
             if self._stopping or len(self._conns) >= self._max_connections:
                 full = True
@@ -146,8 +146,11 @@ class ControlServer:
                 # Under the lock so stop() never joins an unstarted thread.
                 thread.start()
         if full:
-            log.warning("REFUSE connection=%d reason=too-many-connections limit=%d",
-                        conn.ident, self._max_connections)
+            log.warning(
+                "REFUSE connection=%d reason=too-many-connections limit=%d",
+                conn.ident,
+                self._max_connections,
+            )
             conn.close()
             sock.close()
             return

@@ -27,7 +27,8 @@ class TicketVerbs:
 
     def extend(self, uuid: object, timeout: object) -> Json:
         ticket = self._registry.extend(
-            params.string("uuid", uuid), params.integer("timeout", timeout))
+            params.string("uuid", uuid), params.integer("timeout", timeout)
+        )
         return ticket.status().to_json()
 
     def remove(self, uuid: object) -> bool:

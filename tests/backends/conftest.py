@@ -101,8 +101,12 @@ def needs_root() -> None:
 @contextlib.contextmanager
 def loop_device(backing: str, *, sector_size: int) -> Iterator[str]:
     device = run(
-        "losetup", "--find", "--show", "--direct-io=on",
-        f"--sector-size={sector_size}", backing,
+        "losetup",
+        "--find",
+        "--show",
+        "--direct-io=on",
+        f"--sector-size={sector_size}",
+        backing,
     )
     try:
         yield device
@@ -217,15 +221,25 @@ def ramfs_dir(cache_dir: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def file_target(
-    name: str, directory: str, *, block_size: int | None = None,
-    holes: bool = True, allocate: bool = False,
+    name: str,
+    directory: str,
+    *,
+    block_size: int | None = None,
+    holes: bool = True,
+    allocate: bool = False,
 ) -> Iterator[Target]:
     path = make_image(directory, allocate=allocate)
     try:
         yield Target(
-            name=name, size=IMAGE_SIZE, open=file_opener(path),
-            read_back=read_file(path), growable=True, block_size=block_size,
-            path=path, holes=holes, zeroed=(True, True) if holes else (False, False),
+            name=name,
+            size=IMAGE_SIZE,
+            open=file_opener(path),
+            read_back=read_file(path),
+            growable=True,
+            block_size=block_size,
+            path=path,
+            holes=holes,
+            zeroed=(True, True) if holes else (False, False),
         )
     finally:
         os.unlink(path)
@@ -238,8 +252,11 @@ def loop_target(name: str, directory: str, *, sector_size: int) -> Iterator[Targ
     try:
         with loop_device(backing, sector_size=sector_size) as device:
             yield Target(
-                name=name, size=IMAGE_SIZE, open=file_opener(device),
-                read_back=read_file(backing), growable=False,
+                name=name,
+                size=IMAGE_SIZE,
+                open=file_opener(device),
+                read_back=read_file(backing),
+                growable=False,
                 block_size=sector_size,
             )
     finally:
@@ -247,17 +264,23 @@ def loop_target(name: str, directory: str, *, sector_size: int) -> Iterator[Targ
 
 
 @contextlib.contextmanager
-def nbd_raw_target(name: str, directory: str, socket_dir: str, *,
-                   holes: bool = True) -> Iterator[Target]:
+def nbd_raw_target(
+    name: str, directory: str, socket_dir: str, *, holes: bool = True
+) -> Iterator[Target]:
     """qemu-nbd serving a raw file: the file is there to look at."""
     path = make_image(directory)
     server = QemuNbd(path, "raw", os.path.join(socket_dir, f"{uuid.uuid4().hex}.sock"))
     try:
         with server:
             yield Target(
-                name=name, size=IMAGE_SIZE, open=nbd_opener(server.url),
-                read_back=read_file(path), growable=False, block_size=1,
-                path=path, holes=holes,
+                name=name,
+                size=IMAGE_SIZE,
+                open=nbd_opener(server.url),
+                read_back=read_file(path),
+                growable=False,
+                block_size=1,
+                path=path,
+                holes=holes,
                 zeroed=(True, True) if holes else (False, False),
             )
     finally:
@@ -273,9 +296,14 @@ def nbd_qcow2_target(name: str, directory: str, socket_dir: str) -> Iterator[Tar
     try:
         with server:
             yield Target(
-                name=name, size=IMAGE_SIZE, open=nbd_opener(server.url),
-                read_back=read_nbd(server.url), growable=False, block_size=1,
-                zeroed=(True, False), cluster=QCOW2_CLUSTER,
+                name=name,
+                size=IMAGE_SIZE,
+                open=nbd_opener(server.url),
+                read_back=read_nbd(server.url),
+                growable=False,
+                block_size=1,
+                zeroed=(True, False),
+                cluster=QCOW2_CLUSTER,
             )
     finally:
         os.unlink(path)
@@ -289,19 +317,13 @@ TARGETS: dict[str, TargetMaker] = {
     "file-prealloc": lambda r: file_target(
         "file-prealloc", r.getfixturevalue("cache_dir"), allocate=True
     ),
-    "file-4k": lambda r: file_target(
-        "file-4k", r.getfixturevalue("ext4_4k_dir"), block_size=4096
-    ),
+    "file-4k": lambda r: file_target("file-4k", r.getfixturevalue("ext4_4k_dir"), block_size=4096),
     "file-tmpfs": lambda r: file_target("file-tmpfs", r.getfixturevalue("tmpfs_dir")),
     "file-ramfs": lambda r: file_target(
         "file-ramfs", r.getfixturevalue("ramfs_dir"), block_size=1, holes=False
     ),
-    "loop-512": lambda r: loop_target(
-        "loop-512", r.getfixturevalue("cache_dir"), sector_size=512
-    ),
-    "loop-4k": lambda r: loop_target(
-        "loop-4k", r.getfixturevalue("cache_dir"), sector_size=4096
-    ),
+    "loop-512": lambda r: loop_target("loop-512", r.getfixturevalue("cache_dir"), sector_size=512),
+    "loop-4k": lambda r: loop_target("loop-4k", r.getfixturevalue("cache_dir"), sector_size=4096),
     "nbd-raw": lambda r: nbd_raw_target(
         "nbd-raw", r.getfixturevalue("cache_dir"), r.getfixturevalue("socket_dir")
     ),
@@ -311,7 +333,9 @@ TARGETS: dict[str, TargetMaker] = {
     ),
     # No O_DIRECT: qemu-nbd runs with its writeback cache.
     "nbd-raw-ramfs": lambda r: nbd_raw_target(
-        "nbd-raw-ramfs", r.getfixturevalue("ramfs_dir"), r.getfixturevalue("socket_dir"),
+        "nbd-raw-ramfs",
+        r.getfixturevalue("ramfs_dir"),
+        r.getfixturevalue("socket_dir"),
         holes=False,
     ),
     "nbd-qcow2": lambda r: nbd_qcow2_target(
@@ -332,8 +356,9 @@ def _param(name: str) -> Any:
     return pytest.param(name, marks=[] if name in UNPRIVILEGED else [pytest.mark.loop])
 
 
-def _factory(request: pytest.FixtureRequest, *,
-             holes: bool | None = None) -> Iterator[BackendFactory]:
+def _factory(
+    request: pytest.FixtureRequest, *, holes: bool | None = None
+) -> Iterator[BackendFactory]:
     with TARGETS[request.param](request) as target:
         if holes is not None:
             # A capability list out of step with the target fails loudly.
@@ -398,8 +423,9 @@ def serve(socket_dir: str) -> Iterator[ServerMaker]:
 def backends() -> Iterator[Callable[..., NbdBackend]]:
     opened: list[NbdBackend] = []
 
-    def open_(url: str, mode: str = "rw", *, sparse: bool = True,
-              dirty: bool = False) -> NbdBackend:
+    def open_(
+        url: str, mode: str = "rw", *, sparse: bool = True, dirty: bool = False
+    ) -> NbdBackend:
         backend = open_nbd(url, mode=mode, sparse=sparse, dirty=dirty)
         opened.append(backend)
         return backend

@@ -39,9 +39,7 @@ def test_block_size_matches_storage(backend_factory: BackendFactory) -> None:
 
 
 @pytest.mark.parametrize("size", [1, 4096, MiB + 1])
-def test_buffer_is_aligned_writable_and_sized(
-    backend_factory: BackendFactory, size: int
-) -> None:
+def test_buffer_is_aligned_writable_and_sized(backend_factory: BackendFactory, size: int) -> None:
     backend = backend_factory()
     buf = backend.buffer(size)
     assert len(buf) == size and not buf.readonly
@@ -89,9 +87,7 @@ def test_unaligned_write_round_trip(
 
 
 @pytest.mark.parametrize("offset", [0, 4096, 1])
-def test_write_from_unaligned_buffers(
-    backend_factory: BackendFactory, offset: int
-) -> None:
+def test_write_from_unaligned_buffers(backend_factory: BackendFactory, offset: int) -> None:
     backend = backend_factory()
     data = pattern(2 * MiB + 100)
     unaligned = memoryview(bytearray(len(data) + 1))[1:]
@@ -157,7 +153,8 @@ def test_write_past_end_grows_only_growable_images(
 
 @pytest.mark.parametrize("punch_hole", [True, False])
 @pytest.mark.parametrize(
-    "offset, length", [(MiB, MiB), (1000, 3 * 4096 + 7), (4095, 2)],
+    "offset, length",
+    [(MiB, MiB), (1000, 3 * 4096 + 7), (4095, 2)],
     ids=["aligned", "unaligned", "inside-one-block"],
 )
 def test_zero_reads_back_as_zeros(
@@ -258,29 +255,33 @@ def test_extents_report_data_and_zeroed_ranges(backend_factory: BackendFactory) 
     def zeroed(start: int, end: int) -> ZeroExtent:
         return ZeroExtent(start, end - start, zero=zero, hole=hole)
 
-    assert list(backend.extents("zero", 0, size)) == joined([
-        data(0, 64 * KiB),
-        zeroed(64 * KiB, MiB),
-        data(MiB, MiB + 128 * KiB),
-        zeroed(MiB + 128 * KiB, 5 * MiB),
-        data(5 * MiB, tail),
-        zeroed(tail, size),
-    ])
+    assert list(backend.extents("zero", 0, size)) == joined(
+        [
+            data(0, 64 * KiB),
+            zeroed(64 * KiB, MiB),
+            data(MiB, MiB + 128 * KiB),
+            zeroed(MiB + 128 * KiB, 5 * MiB),
+            data(5 * MiB, tail),
+            zeroed(tail, size),
+        ]
+    )
     # Clipped to the range asked for: starting in data, ending in data.
-    assert list(backend.extents("zero", 32 * KiB, MiB)) == joined([
-        data(32 * KiB, 64 * KiB),
-        zeroed(64 * KiB, MiB),
-        data(MiB, MiB + 32 * KiB),
-    ])
+    assert list(backend.extents("zero", 32 * KiB, MiB)) == joined(
+        [
+            data(32 * KiB, 64 * KiB),
+            zeroed(64 * KiB, MiB),
+            data(MiB, MiB + 32 * KiB),
+        ]
+    )
     # Starting and ending inside one zeroed range.
-    assert list(backend.extents("zero", 2 * MiB, 1000)) == [
-        zeroed(2 * MiB, 2 * MiB + 1000)
-    ]
+    assert list(backend.extents("zero", 2 * MiB, 1000)) == [zeroed(2 * MiB, 2 * MiB + 1000)]
     # Clipped to the image size.
-    assert list(backend.extents("zero", 5 * MiB + 1, 2 * size)) == joined([
-        data(5 * MiB + 1, tail),
-        zeroed(tail, size),
-    ])
+    assert list(backend.extents("zero", 5 * MiB + 1, 2 * size)) == joined(
+        [
+            data(5 * MiB + 1, tail),
+            zeroed(tail, size),
+        ]
+    )
 
 
 def test_extents_from_end_of_image_are_empty(backend_factory: BackendFactory) -> None:

@@ -172,9 +172,7 @@ def test_device_zeroes_with_blkzeroout(
 
 
 @pytest.mark.parametrize("context", ["dirty", "bogus"])
-def test_other_contexts_are_unsupported(
-    file_factory: BackendFactory, context: str
-) -> None:
+def test_other_contexts_are_unsupported(file_factory: BackendFactory, context: str) -> None:
     backend = file_factory()
     with pytest.raises(UnsupportedContext, match=context):
         backend.extents(context, 0, MiB)
@@ -183,9 +181,7 @@ def test_other_contexts_are_unsupported(
 def test_device_reports_one_data_extent(device_factory: BackendFactory) -> None:
     backend = device_factory()
     size = backend.size
-    assert list(backend.extents("zero", 0, size)) == [
-        ZeroExtent(0, size, zero=False, hole=False)
-    ]
+    assert list(backend.extents("zero", 0, size)) == [ZeroExtent(0, size, zero=False, hole=False)]
     assert list(backend.extents("zero", 100, 1000)) == [
         ZeroExtent(100, 1000, zero=False, hole=False)
     ]

@@ -34,6 +34,7 @@ from .images import METADATA_SLACK, KiB, MiB, allocated, pattern, read, write
 GiB = 1024 * MiB
 CLUSTER = 64 * KiB
 
+
 def qemu_io(image: str, *commands: str) -> None:
     argv = ["qemu-io", "-f", "qcow2"]
     for command in commands:
@@ -92,8 +93,11 @@ def test_backing_file_data_is_a_hole_of_the_top_image(
 
 @pytest.mark.parametrize("sparse, freed", [(True, True), (False, False)])
 def test_qcow2_zero_frees_clusters_only_for_sparse_tickets(
-    qcow2: Callable[..., str], serve: ServerMaker, backends: Callable[..., NbdBackend],
-    sparse: bool, freed: bool,
+    qcow2: Callable[..., str],
+    serve: ServerMaker,
+    backends: Callable[..., NbdBackend],
+    sparse: bool,
+    freed: bool,
 ) -> None:
     image = qcow2()
     backend = backends(serve(image, "qcow2").url, sparse=sparse)
@@ -248,7 +252,9 @@ def test_extents_of_an_image_larger_than_one_status_request(
 
 @pytest.mark.loop
 def test_zero_falls_back_when_storage_cannot_zero_fast(
-    ramfs_dir: str, serve: ServerMaker, backends: Callable[..., NbdBackend],
+    ramfs_dir: str,
+    serve: ServerMaker,
+    backends: Callable[..., NbdBackend],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     path = make_image(ramfs_dir)
@@ -321,11 +327,14 @@ def test_a_reader_of_a_writer_sees_its_writes(
 # Pure helpers.
 
 
-@pytest.mark.parametrize("url, expected", [
-    ("nbd:unix:/run/a.sock", ("/run/a.sock", "")),
-    ("nbd:unix:/run/a.sock:exportname=vol", ("/run/a.sock", "vol")),
-    ("nbd:unix:/run/a:b.sock:exportname=x:y", ("/run/a:b.sock", "x:y")),
-])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("nbd:unix:/run/a.sock", ("/run/a.sock", "")),
+        ("nbd:unix:/run/a.sock:exportname=vol", ("/run/a.sock", "vol")),
+        ("nbd:unix:/run/a:b.sock:exportname=x:y", ("/run/a:b.sock", "x:y")),
+    ],
+)
 def test_parse_url(url: str, expected: tuple[str, str]) -> None:
     assert parse_url(url) == expected
 
@@ -346,25 +355,30 @@ def test_intersect_cuts_where_any_context_changes() -> None:
     alloc = [(100, 3), (50, 0)]
     depth = [(30, 0), (120, 1)]
     assert intersect(1000, [alloc, depth], 2000) == [
-        Run(1000, 30, (3, 0)), Run(1030, 70, (3, 1)), Run(1100, 50, (0, 1)),
+        Run(1000, 30, (3, 0)),
+        Run(1030, 70, (3, 1)),
+        Run(1100, 50, (0, 1)),
     ]
 
 
 def test_intersect_stops_at_end_and_at_the_shortest_reply() -> None:
     assert intersect(0, [[(100, 1)], [(60, 2), (100, 0)]], 80) == [
-        Run(0, 60, (1, 2)), Run(60, 20, (1, 0)),
+        Run(0, 60, (1, 2)),
+        Run(60, 20, (1, 0)),
     ]
     assert intersect(0, [[(100, 1)], [(60, 2)]], 1000) == [Run(0, 60, (1, 2))]
     assert intersect(0, [[(100, 1)], []], 1000) == []
 
 
 def test_merge_joins_equal_neighbours_only() -> None:
-    assert merge([
-        DirtyExtent(0, 10, dirty=True, zero=False),
-        DirtyExtent(10, 5, dirty=True, zero=False),
-        DirtyExtent(15, 5, dirty=True, zero=True),
-        DirtyExtent(30, 5, dirty=True, zero=True),
-    ]) == [
+    assert merge(
+        [
+            DirtyExtent(0, 10, dirty=True, zero=False),
+            DirtyExtent(10, 5, dirty=True, zero=False),
+            DirtyExtent(15, 5, dirty=True, zero=True),
+            DirtyExtent(30, 5, dirty=True, zero=True),
+        ]
+    ) == [
         DirtyExtent(0, 15, dirty=True, zero=False),
         DirtyExtent(15, 5, dirty=True, zero=True),
         DirtyExtent(30, 5, dirty=True, zero=True),
@@ -383,12 +397,15 @@ def test_backend_keeps_no_reference_to_caller_buffers(
     region.close()  # BufferError if a view of it is still exported
 
 
-@pytest.mark.parametrize("flags, expected", [
-    ((0, 1), (False, False)),  # data allocated in this image
-    ((3, 1), (True, False)),  # a zero cluster
-    ((3, 0), (True, True)),  # unallocated everywhere
-    ((0, 2), (False, True)),  # a backing file's data
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ((0, 1), (False, False)),  # data allocated in this image
+        ((3, 1), (True, False)),  # a zero cluster
+        ((3, 0), (True, True)),  # unallocated everywhere
+        ((0, 2), (False, True)),  # a backing file's data
+    ],
+)
 def test_allocation_depth_decides_holes(
     flags: tuple[int, int], expected: tuple[bool, bool]
 ) -> None:
@@ -396,9 +413,14 @@ def test_allocation_depth_decides_holes(
     assert (ext.zero, ext.hole) == expected
 
 
-@pytest.mark.parametrize("flags, expected", [
-    ((0,), (False, False)), ((2,), (True, False)), ((3,), (True, True)),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ((0,), (False, False)),
+        ((2,), (True, False)),
+        ((3,), (True, True)),
+    ],
+)
 def test_without_depth_base_allocation_decides_holes(
     flags: tuple[int], expected: tuple[bool, bool]
 ) -> None:
@@ -409,6 +431,8 @@ def test_without_depth_base_allocation_decides_holes(
 def test_dirty_extent_takes_zero_from_base_allocation() -> None:
     bitmap = "qemu:dirty-bitmap:b"
     assert dirty_extent(Run(8, 4, (1, 3)), [bitmap, ALLOCATION]) == DirtyExtent(
-        8, 4, dirty=True, zero=True)
+        8, 4, dirty=True, zero=True
+    )
     assert dirty_extent(Run(8, 4, (0, 0)), [bitmap, ALLOCATION]) == DirtyExtent(
-        8, 4, dirty=False, zero=False)
+        8, 4, dirty=False, zero=False
+    )

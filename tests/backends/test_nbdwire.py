@@ -35,7 +35,7 @@ def server(image: str, serve: ServerMaker) -> QemuNbd:
 
 
 def export(server: QemuNbd) -> tuple[str, str]:
-    path, _, name = server.url[len("nbd:unix:"):].partition(":exportname=")
+    path, _, name = server.url[len("nbd:unix:") :].partition(":exportname=")
     return path, name
 
 
@@ -43,6 +43,7 @@ def piped(reader: WireReader, offset: int, length: int) -> bytes:
     rfd, wfd = os.pipe()
     out = bytearray()
     try:
+
         def drain() -> None:
             while chunk := os.read(rfd, MiB):
                 out.extend(chunk)
@@ -69,7 +70,7 @@ def test_handshake_learns_the_size_and_reads_land_in_the_pipe(server: QemuNbd) -
         data = pattern(SIZE, seed=11)
         assert piped(reader, 0, MiB) == data[:MiB]
         # The connection stays in step for the next read.
-        assert piped(reader, 3 * MiB + 5, 1000) == data[3 * MiB + 5:3 * MiB + 1005]
+        assert piped(reader, 3 * MiB + 5, 1000) == data[3 * MiB + 5 : 3 * MiB + 1005]
     finally:
         reader.close()
 
@@ -120,10 +121,11 @@ def test_backend_splices_a_download_through_its_own_connections(server: QemuNbd)
         t.start()
         a.settimeout(10)
         with contextlib.closing(a):
-            zerocopy.send_from([r.fill for r in readers if r is not None], 4096,
-                               SIZE - 8192, a, lambda n: None)
+            zerocopy.send_from(
+                [r.fill for r in readers if r is not None], 4096, SIZE - 8192, a, lambda n: None
+            )
         t.join(10)
-        assert bytes(got) == pattern(SIZE, seed=11)[4096:SIZE - 4096]
+        assert bytes(got) == pattern(SIZE, seed=11)[4096 : SIZE - 4096]
     finally:
         for r in readers:
             if r is not None:
@@ -136,8 +138,9 @@ def test_server_gone_mid_download_is_a_backend_error(server: QemuNbd) -> None:
     reader = WireReader(*export(server))
     a, b = socket.socketpair()
     try:
-        threading.Thread(target=lambda: [None for _ in iter(lambda: b.recv(MiB), b"")],
-                         daemon=True).start()
+        threading.Thread(
+            target=lambda: [None for _ in iter(lambda: b.recv(MiB), b"")], daemon=True
+        ).start()
         server.stop()
         a.settimeout(10)
         with pytest.raises(BackendError):

@@ -19,9 +19,7 @@ def alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
 
 
-def test_stop_ends_the_process_and_removes_the_socket(
-    cache_dir: str, socket_dir: str
-) -> None:
+def test_stop_ends_the_process_and_removes_the_socket(cache_dir: str, socket_dir: str) -> None:
     server = QemuNbd(make_image(cache_dir), "raw", os.path.join(socket_dir, "a.sock"))
     server.start()
     pid = server.pid
@@ -33,8 +31,9 @@ def test_stop_ends_the_process_and_removes_the_socket(
 
 
 def test_stop_kills_a_server_that_ignores_sigterm(cache_dir: str, socket_dir: str) -> None:
-    server = QemuNbd(make_image(cache_dir), "raw", os.path.join(socket_dir, "b.sock"),
-                     stop_timeout=0.5)
+    server = QemuNbd(
+        make_image(cache_dir), "raw", os.path.join(socket_dir, "b.sock"), stop_timeout=0.5
+    )
     server.start()
     pid = server.pid
     assert pid is not None
@@ -62,15 +61,21 @@ def test_server_options_for_a_qcow2_read_ticket(
     server = serve(image, "qcow2", read_only=True, bitmap="b1")
     assert server.pid is not None
     argv = cmdline(server.pid)
-    for option in ("--persistent", "--shared=0", "--format=qcow2", "--cache=none",
-                   "--aio=native", "--allocation-depth", "--bitmap=b1", "--read-only"):
+    for option in (
+        "--persistent",
+        "--shared=0",
+        "--format=qcow2",
+        "--cache=none",
+        "--aio=native",
+        "--allocation-depth",
+        "--bitmap=b1",
+        "--read-only",
+    ):
         assert option in argv
     assert "--discard=unmap" not in argv
 
 
-def test_raw_write_server_punches_and_reports_no_depth(
-    cache_dir: str, serve: ServerMaker
-) -> None:
+def test_raw_write_server_punches_and_reports_no_depth(cache_dir: str, serve: ServerMaker) -> None:
     server = serve(make_image(cache_dir))
     assert server.pid is not None
     argv = cmdline(server.pid)
@@ -97,9 +102,7 @@ def test_start_fails_with_qemu_nbd_message_and_leaves_nothing(
     assert not os.path.exists(server.socket_path)
 
 
-def test_start_with_missing_bitmap_fails(
-    qcow2: Callable[..., str], socket_dir: str
-) -> None:
+def test_start_with_missing_bitmap_fails(qcow2: Callable[..., str], socket_dir: str) -> None:
     server = QemuNbd(qcow2(), "qcow2", os.path.join(socket_dir, "d.sock"), bitmap="nope")
     with pytest.raises(VolumeError, match="nope"):
         server.start()
@@ -107,8 +110,13 @@ def test_start_with_missing_bitmap_fails(
 
 
 def test_start_with_missing_image_fails(socket_dir: str) -> None:
-    server = QemuNbd(os.path.join(socket_dir, "missing.img"), "raw",
-                     os.path.join(socket_dir, "e.sock"), sd_id="sd-1", vol_id="vol-1")
+    server = QemuNbd(
+        os.path.join(socket_dir, "missing.img"),
+        "raw",
+        os.path.join(socket_dir, "e.sock"),
+        sd_id="sd-1",
+        vol_id="vol-1",
+    )
     with pytest.raises(VolumeError) as info:
         server.start()
     assert info.value.fields["vol_id"] == "vol-1"

@@ -36,8 +36,9 @@ MiB = 1024**2
 
 
 def _is_tmpfs(path: Path) -> bool:
-    out = subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        ["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True, check=True
+    )
     return out.stdout.strip() == "tmpfs"
 
 
@@ -89,8 +90,11 @@ class ControlClient:
     def call(self, method: str, **params: Any) -> dict[str, Any]:
         """The whole JSON-RPC response object."""
         req_id = next(self._ids)
-        reply = self.send_line(json.dumps({"jsonrpc": "2.0", "id": req_id,
-                                           "method": method, "params": params}).encode())
+        reply = self.send_line(
+            json.dumps(
+                {"jsonrpc": "2.0", "id": req_id, "method": method, "params": params}
+            ).encode()
+        )
         assert reply.get("id") == req_id, reply
         return dict(reply)
 
@@ -117,9 +121,18 @@ class Daemon:
             (self.dir / "conf.d" / "50-test.conf").write_text(_ini(conf))
         self._log = open(self.log_path, "wb")  # owned until stop()
         self.proc = subprocess.Popen(
-            [str(REPO / ".venv" / "bin" / "vdsm-imageio"), "serve",
-             "--local", str(self.dir), "--port", "0"],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)
+            [
+                str(REPO / ".venv" / "bin" / "vdsm-imageio"),
+                "serve",
+                "--local",
+                str(self.dir),
+                "--port",
+                "0",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
+        )
         try:
             self._wait_ready()
             info = self.result("Service.info")
@@ -160,9 +173,15 @@ class Daemon:
         assert "error" not in reply, reply
         return reply["result"]
 
-    def add_ticket(self, *, size: int, ops: tuple[str, ...] = ("read", "write"),
-                   data: bytes | None = None, sparse: bool = True,
-                   **extra: Any) -> tuple[str, Path]:
+    def add_ticket(
+        self,
+        *,
+        size: int,
+        ops: tuple[str, ...] = ("read", "write"),
+        data: bytes | None = None,
+        sparse: bool = True,
+        **extra: Any,
+    ) -> tuple[str, Path]:
         """Create an image file of size bytes (data at its start) and a ticket."""
         ticket_id = str(uuidlib.uuid4())
         path = self.images / f"{ticket_id}.raw"
@@ -170,9 +189,15 @@ class Daemon:
             if data:
                 f.write(data)
             f.truncate(size)
-        ticket = {"uuid": ticket_id, "size": size, "ops": list(ops), "timeout": 300,
-                  "url": path.as_uri(), "transfer_id": f"t-{ticket_id[:8]}",
-                  "sparse": sparse}
+        ticket = {
+            "uuid": ticket_id,
+            "size": size,
+            "ops": list(ops),
+            "timeout": 300,
+            "url": path.as_uri(),
+            "transfer_id": f"t-{ticket_id[:8]}",
+            "sparse": sparse,
+        }
         ticket.update(extra)
         self.result("Ticket.add", ticket=ticket)
         return ticket_id, path
@@ -189,8 +214,9 @@ class Daemon:
         return self._ssl
 
     def https(self, timeout: float = IO_TIMEOUT) -> http.client.HTTPSConnection:
-        return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout,
-                                           context=self.ssl_context)
+        return http.client.HTTPSConnection(
+            "127.0.0.1", self.port, timeout=timeout, context=self.ssl_context
+        )
 
     def unix(self, timeout: float = IO_TIMEOUT) -> UnixHTTPConnection:
         return UnixHTTPConnection(self.unix_socket, timeout=timeout)
@@ -245,8 +271,10 @@ def _stop(d: Daemon) -> None:
     # Shown by pytest only when the test failed.
     sys.stdout.write(f"--- daemon log ({d.dir}) ---\n{log[-20000:]}")
     if not clean:
-        pytest.fail(f"daemon pid {d.proc.pid} did not exit within {STOP_TIMEOUT}s "
-                    f"of SIGTERM; log kept in {d.dir}")
+        pytest.fail(
+            f"daemon pid {d.proc.pid} did not exit within {STOP_TIMEOUT}s "
+            f"of SIGTERM; log kept in {d.dir}"
+        )
     if d.proc.returncode != 0:
         pytest.fail(f"daemon exited with {d.proc.returncode}; log kept in {d.dir}")
     # An unexpected exception is a bug even when the client got its answer.
@@ -278,5 +306,3 @@ def make_daemon() -> Iterator[Callable[..., Daemon]]:
     yield make
     for d in started:
         _stop(d)
-
-

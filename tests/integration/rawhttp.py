@@ -6,15 +6,19 @@ import http.client
 import socket
 
 
-def read_reply(sock: socket.socket, method: str = "GET") -> tuple[http.client.HTTPResponse,
-                                                                  bytes]:
+def read_reply(sock: socket.socket, method: str = "GET") -> tuple[http.client.HTTPResponse, bytes]:
     resp = http.client.HTTPResponse(sock, method=method)  # type: ignore[arg-type]
     resp.begin()
     return resp, resp.read()
 
 
-def send(sock: socket.socket, method: str, target: str, headers: dict[str, str] | None = None,
-         body: bytes = b"") -> tuple[http.client.HTTPResponse, bytes]:
+def send(
+    sock: socket.socket,
+    method: str,
+    target: str,
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+) -> tuple[http.client.HTTPResponse, bytes]:
     lines = [f"{method} {target} HTTP/1.1", "Host: localhost"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)

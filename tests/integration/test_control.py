@@ -58,8 +58,9 @@ class Client:
 
     def call(self, method: str, **params: Any) -> Any:
         self.next_id += 1
-        self.send(json.dumps({"jsonrpc": "2.0", "id": self.next_id,
-                              "method": method, "params": params}))
+        self.send(
+            json.dumps({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params})
+        )
         reply = self.recv()
         assert reply["id"] == self.next_id
         return reply
@@ -110,8 +111,15 @@ def registry(clock: FakeClock) -> Registry:
     return Registry(clock=clock, remove_timeout=0.2, default_inactivity_timeout=60)
 
 
-INFO = ServiceInfo(version="0.1.0", features=["extents"], data_url="https://x/images/",
-                   unix_socket=None, uptime=5, tickets=0, connections=0)
+INFO = ServiceInfo(
+    version="0.1.0",
+    features=["extents"],
+    data_url="https://x/images/",
+    unix_socket=None,
+    uptime=5,
+    tickets=0,
+    connections=0,
+)
 
 
 @pytest.fixture
@@ -128,9 +136,15 @@ def client(server: ControlServer) -> Iterator[Client]:
 
 
 def ticket(**kw: Any) -> dict[str, Any]:
-    t = {"uuid": "secret-1", "size": 4096, "ops": ["read", "write"], "timeout": 300,
-         "url": "file:///var/tmp/disk.raw", "transfer_id": "tx-1",
-         "engine_extra": {"ignored": True}}
+    t = {
+        "uuid": "secret-1",
+        "size": 4096,
+        "ops": ["read", "write"],
+        "timeout": 300,
+        "url": "file:///var/tmp/disk.raw",
+        "transfer_id": "tx-1",
+        "engine_extra": {"ignored": True},
+    }
     t.update(kw)
     return t
 
@@ -157,13 +171,20 @@ def test_ticket_round_trip(client: Client, clock: FakeClock) -> None:
 
 
 def test_batch_gets_batch_reply(client: Client) -> None:
-    client.send(json.dumps([
-        {"jsonrpc": "2.0", "id": 1, "method": "Ticket.add",
-         "params": {"ticket": ticket()}},
-        {"jsonrpc": "2.0", "id": 2, "method": "Ticket.status",
-         "params": {"uuid": "secret-1"}},
-        {"jsonrpc": "2.0", "id": 3, "method": "Ticket.status", "params": {"uuid": "x"}},
-    ]))
+    client.send(
+        json.dumps(
+            [
+                {"jsonrpc": "2.0", "id": 1, "method": "Ticket.add", "params": {"ticket": ticket()}},
+                {
+                    "jsonrpc": "2.0",
+                    "id": 2,
+                    "method": "Ticket.status",
+                    "params": {"uuid": "secret-1"},
+                },
+                {"jsonrpc": "2.0", "id": 3, "method": "Ticket.status", "params": {"uuid": "x"}},
+            ]
+        )
+    )
     replies = client.recv()
     assert [r["id"] for r in replies] == [1, 2, 3]
     assert replies[1]["result"]["transfer_id"] == "tx-1"
@@ -171,8 +192,9 @@ def test_batch_gets_batch_reply(client: Client) -> None:
 
 
 def test_notification_gets_no_reply(client: Client, registry: Registry) -> None:
-    client.send(json.dumps({"jsonrpc": "2.0", "method": "Ticket.add",
-                            "params": {"ticket": ticket()}}))
+    client.send(
+        json.dumps({"jsonrpc": "2.0", "method": "Ticket.add", "params": {"ticket": ticket()}})
+    )
     # The next line on the wire answers the next request, not the notification.
     assert client.call("Ticket.list")["result"][0]["uuid"] == "secret-1"
     assert len(registry.list()) == 1
@@ -182,8 +204,9 @@ def test_pipelined_requests_are_answered_in_order(client: Client) -> None:
     lines = []
     for i in range(20):
         t = ticket(uuid=f"secret-{i}", transfer_id=f"tx-{i}")
-        lines.append(json.dumps({"jsonrpc": "2.0", "id": i, "method": "Ticket.add",
-                                 "params": {"ticket": t}}))
+        lines.append(
+            json.dumps({"jsonrpc": "2.0", "id": i, "method": "Ticket.add", "params": {"ticket": t}})
+        )
     client.sock.sendall("\n".join(lines).encode() + b"\n")
     replies = [client.recv() for _ in range(20)]
     assert [r["id"] for r in replies] == list(range(20))
@@ -233,7 +256,8 @@ def test_remove_of_unknown_ticket_is_true(client: Client) -> None:
 
 
 def test_remove_with_running_operation_is_busy(
-    client: Client, registry: Registry,
+    client: Client,
+    registry: Registry,
 ) -> None:
     client.result("Ticket.add", ticket=ticket())
     with registry.get("secret-1").operation(0, 4096):
@@ -302,7 +326,8 @@ def test_start_refuses_live_socket(server: ControlServer, registry: Registry) ->
 
 
 def test_start_refuses_to_replace_regular_file(
-    registry: Registry, sock_path: str,
+    registry: Registry,
+    sock_path: str,
 ) -> None:
     Path(sock_path).write_text("not a socket")
     with pytest.raises(FileExistsError):
@@ -350,11 +375,14 @@ class Subscriptions:
 
 
 @pytest.fixture
-def events_server(registry: Registry, sock_path: str) -> Iterator[
-        tuple[ControlServer, Subscriptions]]:
+def events_server(
+    registry: Registry, sock_path: str
+) -> Iterator[tuple[ControlServer, Subscriptions]]:
     subs = Subscriptions()
-    methods = {**ticket_methods(registry),
-               "Events.subscribe": verb(subs.subscribe, pass_connection=True)}
+    methods = {
+        **ticket_methods(registry),
+        "Events.subscribe": verb(subs.subscribe, pass_connection=True),
+    }
     with ControlServer(sock_path, methods) as srv:
         yield srv, subs
 
@@ -409,8 +437,9 @@ def run_call(argv: list[str], stdin: str = "") -> tuple[int, str, str]:
 
 def test_call_client_round_trip(server: ControlServer) -> None:
     sock = ["--socket", server.path]
-    rc, out, err = run_call([*sock, "-f", "-", "Ticket.add"],
-                            stdin=json.dumps({"ticket": ticket()}))
+    rc, out, err = run_call(
+        [*sock, "-f", "-", "Ticket.add"], stdin=json.dumps({"ticket": ticket()})
+    )
     assert (rc, err) == (0, "")
     assert json.loads(out)["transfer_id"] == "tx-1"
 
@@ -423,10 +452,15 @@ def test_call_client_round_trip(server: ControlServer) -> None:
 
 
 def test_call_client_sends_json_values(server: ControlServer) -> None:
-    rc, out, err = run_call([
-        "--socket", server.path, "Ticket.add",
-        'ticket={"uuid": "u", "size": 1, "ops": ["read"], "timeout": 30,'
-        ' "url": "file:///var/tmp/x"}'])
+    rc, out, err = run_call(
+        [
+            "--socket",
+            server.path,
+            "Ticket.add",
+            'ticket={"uuid": "u", "size": 1, "ops": ["read"], "timeout": 30,'
+            ' "url": "file:///var/tmp/x"}',
+        ]
+    )
     assert (rc, err) == (0, "")
     assert json.loads(out)["ops"] == ["read"]
 
@@ -439,8 +473,7 @@ def test_call_client_error_exits_1(server: ControlServer) -> None:
 
 
 def test_call_client_invalid_param_shows_field(server: ControlServer) -> None:
-    rc, _, err = run_call(["--socket", server.path, "Ticket.extend", "uuid=u",
-                           "timeout=soon"])
+    rc, _, err = run_call(["--socket", server.path, "Ticket.extend", "uuid=u", "timeout=soon"])
     assert rc == 1
     assert err.startswith("error -32602: ")
     assert '"field": "timeout"' in err

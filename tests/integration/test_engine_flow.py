@@ -22,8 +22,7 @@ GiB = 1024**3
 IO_TIMEOUT = 10.0
 PHASE_TIMEOUT = 20.0
 # What the engine reads from Host.get_image_ticket.
-ENGINE_READS = ("uuid", "size", "url", "timeout", "ops", "active", "transferred",
-                "idle_time")
+ENGINE_READS = ("uuid", "size", "url", "timeout", "ops", "active", "transferred", "idle_time")
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = IO_TIMEOUT) -> None:
@@ -33,8 +32,9 @@ def wait_for(predicate: Callable[[], bool], timeout: float = IO_TIMEOUT) -> None
         time.sleep(0.05)
 
 
-def start_put(conn: http.client.HTTPConnection, ticket_id: str, start: int,
-              length: int, size: int) -> None:
+def start_put(
+    conn: http.client.HTTPConnection, ticket_id: str, start: int, length: int, size: int
+) -> None:
     conn.putrequest("PUT", f"/images/{ticket_id}?flush=y")
     conn.putheader("Content-Length", str(length))
     conn.putheader("Content-Range", f"bytes {start}-{start + length - 1}/{size}")
@@ -47,10 +47,9 @@ def finish(conn: http.client.HTTPConnection) -> int:
     return resp.status
 
 
-def send_slowly(conn: http.client.HTTPConnection, data: bytes, *, piece: int,
-                pause: float) -> None:
+def send_slowly(conn: http.client.HTTPConnection, data: bytes, *, piece: int, pause: float) -> None:
     for i in range(0, len(data), piece):
-        conn.send(data[i:i + piece])
+        conn.send(data[i : i + piece])
         time.sleep(pause)
 
 
@@ -90,8 +89,12 @@ def test_host_get_image_ticket_integers_in_every_state(daemon: Daemon) -> None:
             assert key in status, (name, key)
         assert type(status["timeout"]) is int, (name, status)
         assert type(status["idle_time"]) is int, (name, status)
-    assert [states[s]["timeout"] for s in ("new", "active", "idle", "expired")] == \
-        [300, 300, 300, 0]
+    assert [states[s]["timeout"] for s in ("new", "active", "idle", "expired")] == [
+        300,
+        300,
+        300,
+        0,
+    ]
 
     # Expired: the data path refuses; extending revives the ticket.
     conn = daemon.unix()
@@ -127,8 +130,9 @@ def test_transfer_disk_image_flow_with_pause(daemon: Daemon) -> None:
     def image_is_uploaded() -> bool:
         return hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(data).digest()
 
-    engine = EngineDriver(daemon.control_path, ticket, poll=0.2, renew_margin=1.5,
-                          verify=image_is_uploaded)
+    engine = EngineDriver(
+        daemon.control_path, ticket, poll=0.2, renew_margin=1.5, verify=image_is_uploaded
+    )
     engine.start()
     try:
         assert engine.wait_phase("transferring", PHASE_TIMEOUT), engine.error
@@ -174,8 +178,14 @@ def test_transfer_disk_image_flow_with_pause(daemon: Daemon) -> None:
         engine.finalize()
         engine.join(PHASE_TIMEOUT)
     assert engine.error is None, engine.error
-    assert engine.phases == ["initializing", "transferring", "paused", "transferring",
-                             "finalizing", "finished"]
+    assert engine.phases == [
+        "initializing",
+        "transferring",
+        "paused",
+        "transferring",
+        "finalizing",
+        "finished",
+    ]
     # Renewed while the first half went (about 4 s of a 3 s ticket), and
     # on resume.
     assert engine.extends >= 2

@@ -40,8 +40,12 @@ class Subscriber:
         self.reader = self.sock.makefile("rb")
         self.pending: list[dict[str, Any]] = []
         params = {} if events is None else {"events": events}
-        self.sock.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "Events.subscribe",
-                                      "params": params}).encode() + b"\n")
+        self.sock.sendall(
+            json.dumps(
+                {"jsonrpc": "2.0", "id": 1, "method": "Events.subscribe", "params": params}
+            ).encode()
+            + b"\n"
+        )
         while True:
             msg = self._read(time.monotonic() + IO_TIMEOUT)
             if "id" in msg:
@@ -62,8 +66,9 @@ class Subscriber:
         assert "id" not in msg, msg
         return msg
 
-    def until(self, stop: Callable[[dict[str, Any]], bool],
-              timeout: float = EVENT_TIMEOUT) -> list[dict[str, Any]]:
+    def until(
+        self, stop: Callable[[dict[str, Any]], bool], timeout: float = EVENT_TIMEOUT
+    ) -> list[dict[str, Any]]:
         """Notifications up to and including the first one stop() accepts."""
         deadline = time.monotonic() + timeout
         got = []
@@ -86,14 +91,15 @@ def http_conn(daemon: Daemon, transport: str) -> http.client.HTTPConnection:
     return daemon.https() if transport == "https" else daemon.unix()
 
 
-def slow_put(conn: http.client.HTTPConnection, ticket_id: str, data: bytes, *,
-             piece: int, pause: float) -> int:
+def slow_put(
+    conn: http.client.HTTPConnection, ticket_id: str, data: bytes, *, piece: int, pause: float
+) -> int:
     """PUT data as one request, sending it in pieces with pauses."""
     conn.putrequest("PUT", f"/images/{ticket_id}")
     conn.putheader("Content-Length", str(len(data)))
     conn.endheaders()
     for start in range(0, len(data), piece):
-        conn.send(data[start:start + piece])
+        conn.send(data[start : start + piece])
         time.sleep(pause)
     resp = conn.getresponse()
     resp.read()
@@ -101,8 +107,9 @@ def slow_put(conn: http.client.HTTPConnection, ticket_id: str, data: bytes, *,
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_progress_during_upload_then_inactive(make_daemon: Callable[..., Daemon],
-                                              transport: str) -> None:
+def test_progress_during_upload_then_inactive(
+    make_daemon: Callable[..., Daemon], transport: str
+) -> None:
     # A request accounts its bytes per filled buffer: a small buffer lets
     # a 4 MiB upload move in steps, as a large image does with the default.
     d = make_daemon(http={"progress_interval": 0.25, "buffer_size": 256 * KiB})
@@ -127,8 +134,13 @@ def test_progress_during_upload_then_inactive(make_daemon: Callable[..., Daemon]
     values = [p["transferred"] for p in moving]
     assert values == sorted(set(values)), values  # strictly increasing
     final = progress[-1]
-    assert final == {"uuid": ticket_id, "transfer_id": f"t-{ticket_id[:8]}",
-                     "transferred": size, "size": size, "active": False}
+    assert final == {
+        "uuid": ticket_id,
+        "transfer_id": f"t-{ticket_id[:8]}",
+        "transferred": size,
+        "size": size,
+        "active": False,
+    }
     assert final["transferred"] >= values[-1]
     # The final progress comes before the inactivity, which comes once.
     assert [m["method"] for m in mine][-2:] == ["Ticket.progress", "Ticket.inactive"]
@@ -186,8 +198,11 @@ def test_removed_after_remove(daemon: Daemon) -> None:
         got = sub.until(event("Ticket.removed", ticket_id))
     finally:
         sub.close()
-    assert got[-1] == {"jsonrpc": "2.0", "method": "Ticket.removed",
-                       "params": {"uuid": ticket_id, "transfer_id": f"t-{ticket_id[:8]}"}}
+    assert got[-1] == {
+        "jsonrpc": "2.0",
+        "method": "Ticket.removed",
+        "params": {"uuid": ticket_id, "transfer_id": f"t-{ticket_id[:8]}"},
+    }
 
 
 def test_unknown_event_is_invalid_params_naming_events(daemon: Daemon) -> None:
@@ -247,9 +262,16 @@ def test_subscriber_that_never_reads_blocks_nobody(daemon: Daemon) -> None:
         t = threading.Thread(target=upload, daemon=True)
         t.start()
         for ticket_id in ids:
-            daemon.result("Ticket.add", ticket={"uuid": ticket_id, "size": MiB,
-                                                "ops": ["read"], "timeout": 300,
-                                                "url": path.as_uri()})
+            daemon.result(
+                "Ticket.add",
+                ticket={
+                    "uuid": ticket_id,
+                    "size": MiB,
+                    "ops": ["read"],
+                    "timeout": 300,
+                    "url": path.as_uri(),
+                },
+            )
             daemon.result("Ticket.remove", uuid=ticket_id)
         got = []
         deadline = time.monotonic() + EVENT_TIMEOUT
@@ -258,8 +280,7 @@ def test_subscriber_that_never_reads_blocks_nobody(daemon: Daemon) -> None:
         t.join(EVENT_TIMEOUT)
         assert status == [200]
         assert got == ids
-        assert hashlib.sha256(upload_path.read_bytes()).digest() == \
-            hashlib.sha256(data).digest()
+        assert hashlib.sha256(upload_path.read_bytes()).digest() == hashlib.sha256(data).digest()
         # The control channel still answers everyone.
         assert daemon.result("Service.info")["tickets"] >= 1
     finally:
@@ -272,9 +293,11 @@ def test_subscriber_that_never_reads_blocks_nobody(daemon: Daemon) -> None:
 def test_call_subscribe_prints_json_lines_until_sigint(daemon: Daemon) -> None:
     vdsm_imageio = str(daemon.proc.args[0])  # type: ignore[index]
     proc = subprocess.Popen(
-        [vdsm_imageio, "call", "--socket", daemon.control_path, "--subscribe",
-         "Ticket.removed"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        [vdsm_imageio, "call", "--socket", daemon.control_path, "--subscribe", "Ticket.removed"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         subscribed = time.monotonic() + IO_TIMEOUT
         ticket_id = ""
@@ -312,8 +335,16 @@ def test_subscriber_that_never_reads_does_not_delay_shutdown(
         _, path = d.add_ticket(size=MiB)
         for _ in range(60):  # 16 KiB notifications fill its socket
             ticket_id = uuidlib.uuid4().hex * 512
-            d.result("Ticket.add", ticket={"uuid": ticket_id, "size": MiB, "ops": ["read"],
-                                           "timeout": 300, "url": path.as_uri()})
+            d.result(
+                "Ticket.add",
+                ticket={
+                    "uuid": ticket_id,
+                    "size": MiB,
+                    "ops": ["read"],
+                    "timeout": 300,
+                    "url": path.as_uri(),
+                },
+            )
             d.result("Ticket.remove", uuid=ticket_id)
         time.sleep(0.5)  # the sender is now blocked in a send
         start = time.monotonic()

@@ -33,8 +33,14 @@ def new_ticket(daemon: Daemon, size: int = MiB) -> dict[str, Any]:
     path = daemon.images / f"disk-{uuidlib.uuid4()}.raw"
     with open(path, "wb") as f:
         f.truncate(size)
-    return {"uuid": str(uuidlib.uuid4()), "size": size, "ops": ["write"], "timeout": 300,
-            "url": path.as_uri(), "transfer_id": f"tr-{uuidlib.uuid4()}"}
+    return {
+        "uuid": str(uuidlib.uuid4()),
+        "size": size,
+        "ops": ["write"],
+        "timeout": 300,
+        "url": path.as_uri(),
+        "transfer_id": f"tr-{uuidlib.uuid4()}",
+    }
 
 
 class TicketsConnection(http.client.HTTPConnection):
@@ -48,20 +54,26 @@ class TicketsConnection(http.client.HTTPConnection):
         self.sock.connect(self.path)
 
 
-def http_request(daemon: Daemon, method: str, ticket_id: str,
-                 body: Any = None) -> tuple[int, str]:
+def http_request(daemon: Daemon, method: str, ticket_id: str, body: Any = None) -> tuple[int, str]:
     con = TicketsConnection(str(daemon.dir / "tickets.sock"))
     with contextlib.closing(con):
-        con.request(method, f"/tickets/{ticket_id}",
-                    body=None if body is None else json.dumps(body).encode())
+        con.request(
+            method,
+            f"/tickets/{ticket_id}",
+            body=None if body is None else json.dumps(body).encode(),
+        )
         res = con.getresponse()
         return res.status, res.read().decode()
 
 
 def upload(daemon: Daemon, ticket_id: str, data: bytes) -> None:
     con = daemon.https()
-    con.request("PUT", f"/images/{ticket_id}", body=data,
-                headers={"Content-Range": f"bytes 0-{len(data) - 1}/*"})
+    con.request(
+        "PUT",
+        f"/images/{ticket_id}",
+        body=data,
+        headers={"Content-Range": f"bytes 0-{len(data) - 1}/*"},
+    )
     res = con.getresponse()
     res.read()
     con.close()
@@ -70,8 +82,7 @@ def upload(daemon: Daemon, ticket_id: str, data: bytes) -> None:
 
 def test_vetoing_before_add_hook_fails_add_with_300_and_no_ticket(make_daemon) -> None:  # type: ignore[no-untyped-def]
     daemon = make_daemon()
-    install(daemon, "before_ticket_add", "50-deny",
-            'echo "host is in maintenance" >&2; exit 1')
+    install(daemon, "before_ticket_add", "50-deny", 'echo "host is in maintenance" >&2; exit 1')
     ticket = new_ticket(daemon)
     error = daemon.call("Ticket.add", ticket=ticket)["error"]
     assert error["code"] == 300
@@ -172,8 +183,9 @@ def wait_for(condition: Any, timeout: float = 10) -> None:
 def test_after_transfer_idle_runs_when_an_upload_ends(make_daemon) -> None:  # type: ignore[no-untyped-def]
     daemon = make_daemon()
     seen = daemon.dir / "idle"
-    install(daemon, "after_transfer_idle", "50-note",
-            f'echo "$EVENT $TRANSFER_ID $(cat)" >> {seen}')
+    install(
+        daemon, "after_transfer_idle", "50-note", f'echo "$EVENT $TRANSFER_ID $(cat)" >> {seen}'
+    )
     ticket = new_ticket(daemon)
     daemon.result("Ticket.add", ticket=ticket)
     time.sleep(0.5)

@@ -101,8 +101,9 @@ def test_remove_cancels_running_download(daemon: Daemon, transport: str) -> None
 def test_remove_cancels_running_upload(daemon: Daemon, transport: str) -> None:
     ticket_id, _ = daemon.add_ticket(size=GiB)
     sock = open_raw(daemon, transport)
-    sock.sendall(f"PUT /images/{ticket_id} HTTP/1.1\r\nHost: x\r\n"
-                 f"Content-Length: {GiB}\r\n\r\n".encode())
+    sock.sendall(
+        f"PUT /images/{ticket_id} HTTP/1.1\r\nHost: x\r\nContent-Length: {GiB}\r\n\r\n".encode()
+    )
     stopped = threading.Event()
     sent = 0
 
@@ -139,12 +140,12 @@ def test_remove_cancels_running_upload(daemon: Daemon, transport: str) -> None:
     assert daemon.call("Ticket.status", uuid=ticket_id)["error"]["code"] == 100
 
 
-def test_idle_authorized_connection_is_closed_after_inactivity_timeout(
-        daemon: Daemon) -> None:
+def test_idle_authorized_connection_is_closed_after_inactivity_timeout(daemon: Daemon) -> None:
     ticket_id, _ = daemon.add_ticket(size=MiB, inactivity_timeout=2)
     sock = daemon.raw_unix()
-    sock.sendall(f"GET /images/{ticket_id} HTTP/1.1\r\nHost: x\r\n"
-                 "Range: bytes=0-9\r\n\r\n".encode())
+    sock.sendall(
+        f"GET /images/{ticket_id} HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n\r\n".encode()
+    )
     head, body = read_head(sock)
     assert head.startswith(b"HTTP/1.1 206")
     if len(body) < 10:
@@ -180,8 +181,12 @@ def test_activity_keeps_connection_open_past_inactivity_timeout(daemon: Daemon) 
 def test_transferred_counts_union_of_downloaded_ranges(daemon: Daemon) -> None:
     ticket_id, _ = daemon.add_ticket(size=4 * MiB, ops=("read",))
     conn = daemon.https()
-    for header in ("bytes=0-1048575", "bytes=0-1048575", "bytes=524288-1572863",
-                   "bytes=3145728-3145737"):
+    for header in (
+        "bytes=0-1048575",
+        "bytes=0-1048575",
+        "bytes=524288-1572863",
+        "bytes=3145728-3145737",
+    ):
         conn.request("GET", f"/images/{ticket_id}", headers={"Range": header})
         resp = conn.getresponse()
         resp.read()
@@ -205,8 +210,12 @@ def test_transferred_counts_uploads(daemon: Daemon) -> None:
     ticket_id, _ = daemon.add_ticket(size=4 * MiB)
     conn = daemon.unix()
     for start in (0, MiB // 2, 2 * MiB):
-        conn.request("PUT", f"/images/{ticket_id}", body=b"x" * MiB,
-                     headers={"Content-Range": f"bytes {start}-{start + MiB - 1}/*"})
+        conn.request(
+            "PUT",
+            f"/images/{ticket_id}",
+            body=b"x" * MiB,
+            headers={"Content-Range": f"bytes {start}-{start + MiB - 1}/*"},
+        )
         resp = conn.getresponse()
         resp.read()
         assert resp.status == 200

@@ -77,13 +77,16 @@ def test_removed_ticket_is_403(daemon: Daemon) -> None:
     sock.close()
 
 
-@pytest.mark.parametrize("method,headers,body", [
-    ("PUT", {"Content-Length": "3"}, b"abc"),
-    ("PATCH", {"Content-Type": "application/json", "Content-Length": "15"},
-     b'{"op": "flush"}'),
-])
-def test_write_on_read_only_ticket_is_403(daemon: Daemon, method: str,
-                                          headers: dict[str, str], body: bytes) -> None:
+@pytest.mark.parametrize(
+    "method,headers,body",
+    [
+        ("PUT", {"Content-Length": "3"}, b"abc"),
+        ("PATCH", {"Content-Type": "application/json", "Content-Length": "15"}, b'{"op": "flush"}'),
+    ],
+)
+def test_write_on_read_only_ticket_is_403(
+    daemon: Daemon, method: str, headers: dict[str, str], body: bytes
+) -> None:
     ticket_id, path = daemon.add_ticket(size=MiB, ops=("read",))
     sock = daemon.raw_unix()
     resp, text = send(sock, method, f"/images/{ticket_id}", headers, body)
@@ -95,8 +98,7 @@ def test_write_on_read_only_ticket_is_403(daemon: Daemon, method: str,
 
 
 @pytest.mark.parametrize("transport", ["https", "unix"])
-def test_refused_upload_gets_its_403_not_a_broken_pipe(daemon: Daemon,
-                                                       transport: str) -> None:
+def test_refused_upload_gets_its_403_not_a_broken_pipe(daemon: Daemon, transport: str) -> None:
     # The server refuses after the head while the client is still sending
     # the body; closing at once would reset the connection under the client.
     conn = daemon.https() if transport == "https" else daemon.unix()
@@ -110,22 +112,32 @@ def test_refused_upload_gets_its_403_not_a_broken_pipe(daemon: Daemon,
 # Malformed requests: 400 and the connection stays usable.
 
 
-@pytest.mark.parametrize("method,headers,body,names", [
-    ("PUT", {"Content-Range": "bytes 0-9/*", "Content-Length": "5"}, b"abcde",
-     b"Content-Range"),
-    ("PUT", {"Content-Range": "bytes 9-0/*", "Content-Length": "5"}, b"abcde",
-     b"Content-Range"),
-    ("PUT", {"Content-Range": "bytes=0-4", "Content-Length": "5"}, b"abcde",
-     b"Content-Range"),
-    ("PUT", {"Content-Length": "5x"}, b"", b"Content-Length"),
-    ("GET", {"Range": "bytes=abc"}, b"", b"Range"),
-    ("GET", {"Range": "bytes=0-1,5-6"}, b"", b"Range"),
-    ("GET", {"Range": "bytes=9-1"}, b"", b"Range"),
-    ("GET", {"Range": "pages=0-1"}, b"", b"Range"),
-])
+@pytest.mark.parametrize(
+    "method,headers,body,names",
+    [
+        (
+            "PUT",
+            {"Content-Range": "bytes 0-9/*", "Content-Length": "5"},
+            b"abcde",
+            b"Content-Range",
+        ),
+        (
+            "PUT",
+            {"Content-Range": "bytes 9-0/*", "Content-Length": "5"},
+            b"abcde",
+            b"Content-Range",
+        ),
+        ("PUT", {"Content-Range": "bytes=0-4", "Content-Length": "5"}, b"abcde", b"Content-Range"),
+        ("PUT", {"Content-Length": "5x"}, b"", b"Content-Length"),
+        ("GET", {"Range": "bytes=abc"}, b"", b"Range"),
+        ("GET", {"Range": "bytes=0-1,5-6"}, b"", b"Range"),
+        ("GET", {"Range": "bytes=9-1"}, b"", b"Range"),
+        ("GET", {"Range": "pages=0-1"}, b"", b"Range"),
+    ],
+)
 def test_malformed_request_is_400_naming_the_header(
-        daemon: Daemon, method: str, headers: dict[str, str], body: bytes,
-        names: bytes) -> None:
+    daemon: Daemon, method: str, headers: dict[str, str], body: bytes, names: bytes
+) -> None:
     ticket_id, path = daemon.add_ticket(size=MiB)
     sock = daemon.raw_unix()
     resp, text = send(sock, method, f"/images/{ticket_id}", headers, body)
@@ -137,13 +149,16 @@ def test_malformed_request_is_400_naming_the_header(
     assert path.read_bytes() == b"\0" * MiB
 
 
-def test_chunked_body_longer_than_content_range_is_400_and_not_written(
-        daemon: Daemon) -> None:
+def test_chunked_body_longer_than_content_range_is_400_and_not_written(daemon: Daemon) -> None:
     ticket_id, path = daemon.add_ticket(size=MiB)
     sock = daemon.raw_unix()
-    resp, text = send(sock, "PUT", f"/images/{ticket_id}",
-                      {"Content-Range": "bytes 0-4/*", "Transfer-Encoding": "chunked"},
-                      b"a\r\n0123456789\r\n0\r\n\r\n")
+    resp, text = send(
+        sock,
+        "PUT",
+        f"/images/{ticket_id}",
+        {"Content-Range": "bytes 0-4/*", "Transfer-Encoding": "chunked"},
+        b"a\r\n0123456789\r\n0\r\n\r\n",
+    )
     sock.close()
     assert resp.status == 400
     assert b"Content-Range" in text
@@ -153,9 +168,13 @@ def test_chunked_body_longer_than_content_range_is_400_and_not_written(
 def test_chunked_body_shorter_than_content_range_is_400(daemon: Daemon) -> None:
     ticket_id, _ = daemon.add_ticket(size=MiB)
     sock = daemon.raw_unix()
-    resp, text = send(sock, "PUT", f"/images/{ticket_id}",
-                      {"Content-Range": "bytes 0-9/*", "Transfer-Encoding": "chunked"},
-                      b"3\r\nabc\r\n0\r\n\r\n")
+    resp, text = send(
+        sock,
+        "PUT",
+        f"/images/{ticket_id}",
+        {"Content-Range": "bytes 0-9/*", "Transfer-Encoding": "chunked"},
+        b"3\r\nabc\r\n0\r\n\r\n",
+    )
     assert resp.status == 400
     assert b"got 3 bytes" in text
     assert still_open(sock, ticket_id)
@@ -171,10 +190,13 @@ def test_put_without_length_is_411(daemon: Daemon) -> None:
     sock.close()
 
 
-@pytest.mark.parametrize("headers", [
-    {"Content-Length": str(MiB + 1)},
-    {"Content-Range": f"bytes {MiB - 2}-{MiB}/*", "Content-Length": "3"},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Content-Length": str(MiB + 1)},
+        {"Content-Range": f"bytes {MiB - 2}-{MiB}/*", "Content-Length": "3"},
+    ],
+)
 def test_put_beyond_ticket_size_is_416(daemon: Daemon, headers: dict[str, str]) -> None:
     ticket_id, path = daemon.add_ticket(size=MiB)
     sock = daemon.raw_unix()
@@ -192,8 +214,10 @@ def test_put_beyond_ticket_size_is_416(daemon: Daemon, headers: dict[str, str]) 
 def test_expect_continue_gets_100_before_the_body(daemon: Daemon) -> None:
     ticket_id, path = daemon.add_ticket(size=MiB)
     sock = daemon.raw_tls(timeout=5)
-    sock.sendall(f"PUT /images/{ticket_id} HTTP/1.1\r\nHost: x\r\n"
-                 "Content-Length: 5\r\nExpect: 100-continue\r\n\r\n".encode())
+    sock.sendall(
+        f"PUT /images/{ticket_id} HTTP/1.1\r\nHost: x\r\n"
+        "Content-Length: 5\r\nExpect: 100-continue\r\n\r\n".encode()
+    )
     # curl waits a second for this before sending the body anyway.
     sock.settimeout(0.9)
     interim = b""
@@ -211,16 +235,24 @@ def test_expect_continue_gets_100_before_the_body(daemon: Daemon) -> None:
     assert path.read_bytes()[:5] == b"hello"
 
 
-@pytest.mark.parametrize("target,status", [
-    ("/images/no-such-ticket", 403),
-    ("/images/{ticket_id}?flush=bad", 400),
-])
+@pytest.mark.parametrize(
+    "target,status",
+    [
+        ("/images/no-such-ticket", 403),
+        ("/images/{ticket_id}?flush=bad", 400),
+    ],
+)
 def test_refused_request_with_expect_continue_gets_final_status_and_close(
-        daemon: Daemon, target: str, status: int) -> None:
+    daemon: Daemon, target: str, status: int
+) -> None:
     ticket_id, _ = daemon.add_ticket(size=MiB)
     sock = daemon.raw_unix(timeout=5)
-    resp, _ = send(sock, "PUT", target.format(ticket_id=ticket_id),
-                   {"Content-Length": "5", "Expect": "100-continue"})
+    resp, _ = send(
+        sock,
+        "PUT",
+        target.format(ticket_id=ticket_id),
+        {"Content-Length": "5", "Expect": "100-continue"},
+    )
     assert resp.status == status  # and no 100 before it
     # The body never came and never will: the server must not wait for it.
     assert resp.getheader("Connection") == "close"
@@ -235,9 +267,12 @@ def test_oversized_patch_body_is_413_without_reading_it(daemon: Daemon) -> None:
     ticket_id, _ = daemon.add_ticket(size=MiB)
     sock = daemon.raw_tls(timeout=5)
     # The 10 MB body is never sent: the reply must not wait for it.
-    resp, body = send(sock, "PATCH", f"/images/{ticket_id}",
-                      {"Content-Type": "application/json",
-                       "Content-Length": str(10 * 1000**2)})
+    resp, body = send(
+        sock,
+        "PATCH",
+        f"/images/{ticket_id}",
+        {"Content-Type": "application/json", "Content-Length": str(10 * 1000**2)},
+    )
     assert resp.status == 413
     assert b"4096" in body
     assert closed_by_server(sock)
@@ -246,8 +281,12 @@ def test_oversized_patch_body_is_413_without_reading_it(daemon: Daemon) -> None:
 
 def test_oversized_patch_body_needs_authorization_first(daemon: Daemon) -> None:
     sock = daemon.raw_unix(timeout=5)
-    resp, _ = send(sock, "PATCH", "/images/no-such-ticket",
-                   {"Content-Type": "application/json", "Content-Length": "10000000"})
+    resp, _ = send(
+        sock,
+        "PATCH",
+        "/images/no-such-ticket",
+        {"Content-Type": "application/json", "Content-Length": "10000000"},
+    )
     sock.close()
     assert resp.status == 403
 
@@ -256,17 +295,24 @@ def test_oversized_chunked_patch_body_is_413(daemon: Daemon) -> None:
     ticket_id, _ = daemon.add_ticket(size=MiB)
     sock = daemon.raw_unix(timeout=5)
     chunk = b"x" * 5000
-    resp, _ = send(sock, "PATCH", f"/images/{ticket_id}",
-                   {"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
-                   b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    resp, _ = send(
+        sock,
+        "PATCH",
+        f"/images/{ticket_id}",
+        {"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        b"%x\r\n%s\r\n" % (len(chunk), chunk),
+    )
     sock.close()
     assert resp.status == 413
 
 
-@pytest.mark.parametrize("extra", [
-    {f"X-Flood-{i}": "y" * 50 for i in range(1000)},  # many headers
-    {"X-Huge": "y" * 100_000},  # one huge header
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {f"X-Flood-{i}": "y" * 50 for i in range(1000)},  # many headers
+        {"X-Huge": "y" * 100_000},  # one huge header
+    ],
+)
 def test_header_flood_is_431(daemon: Daemon, extra: dict[str, str]) -> None:
     sock = daemon.raw_tls()
     lines = ["GET /images/whatever HTTP/1.1", "Host: localhost"]
@@ -284,8 +330,9 @@ def test_header_flood_is_431(daemon: Daemon, extra: dict[str, str]) -> None:
 def test_many_headers_below_limit_are_accepted(daemon: Daemon) -> None:
     ticket_id, _ = daemon.add_ticket(size=MiB)
     sock = daemon.raw_unix()
-    resp, _ = send(sock, "OPTIONS", f"/images/{ticket_id}",
-                   {f"X-Extra-{i}": "y" * 100 for i in range(90)})
+    resp, _ = send(
+        sock, "OPTIONS", f"/images/{ticket_id}", {f"X-Extra-{i}": "y" * 100 for i in range(90)}
+    )
     sock.close()
     assert resp.status == 200
 
@@ -301,8 +348,13 @@ def test_control_garbage_is_parse_error(daemon: Daemon) -> None:
 
 
 def test_ticket_without_size_is_invalid_params_naming_size(daemon: Daemon) -> None:
-    ticket = {"uuid": "no-size", "ops": ["read"], "timeout": 300,
-              "url": (daemon.images / "x").as_uri(), "transfer_id": "t-no-size"}
+    ticket = {
+        "uuid": "no-size",
+        "ops": ["read"],
+        "timeout": 300,
+        "url": (daemon.images / "x").as_uri(),
+        "transfer_id": "t-no-size",
+    }
     reply = daemon.call("Ticket.add", ticket=ticket)
     assert reply["error"]["code"] == -32602
     assert "size" in json.dumps(reply["error"].get("data"))

@@ -17,19 +17,28 @@ if TYPE_CHECKING:
 MiB = 1024**2
 
 
-def request(conn: http.client.HTTPConnection, method: str, url: str,
-            body: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def request(
+    conn: http.client.HTTPConnection,
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
     conn.request(method, url, body=body, headers=headers or {})
     resp = conn.getresponse()
     return resp.status, dict(resp.getheaders()), resp.read()
 
 
-def patch(conn: http.client.HTTPConnection, ticket_id: str,
-          msg: dict[str, Any]) -> tuple[int, bytes]:
-    status, _, body = request(conn, "PATCH", f"/images/{ticket_id}",
-                              json.dumps(msg).encode(),
-                              {"Content-Type": "application/json"})
+def patch(
+    conn: http.client.HTTPConnection, ticket_id: str, msg: dict[str, Any]
+) -> tuple[int, bytes]:
+    status, _, body = request(
+        conn,
+        "PATCH",
+        f"/images/{ticket_id}",
+        json.dumps(msg).encode(),
+        {"Content-Type": "application/json"},
+    )
     return status, body
 
 
@@ -58,8 +67,9 @@ def test_zeroed_range_reads_back_as_zeros(daemon: Daemon, sparse: bool) -> None:
     size = 4 * MiB
     ticket_id, _ = daemon.add_ticket(size=size, data=b"\xff" * size, sparse=sparse)
     conn = daemon.https()
-    status, body = patch(conn, ticket_id,
-                         {"op": "zero", "offset": MiB + 100, "size": MiB, "flush": True})
+    status, body = patch(
+        conn, ticket_id, {"op": "zero", "offset": MiB + 100, "size": MiB, "flush": True}
+    )
     assert status == 200, body
     status, _, got = request(conn, "GET", f"/images/{ticket_id}")
     conn.close()
@@ -107,8 +117,9 @@ def test_zero_past_ticket_size_is_416(daemon: Daemon) -> None:
 def test_patch_flush_succeeds(daemon: Daemon) -> None:
     ticket_id, path = daemon.add_ticket(size=MiB)
     conn = daemon.unix()
-    status, _, _ = request(conn, "PUT", f"/images/{ticket_id}?flush=n", b"abc",
-                           {"Content-Range": "bytes 0-2/*"})
+    status, _, _ = request(
+        conn, "PUT", f"/images/{ticket_id}?flush=n", b"abc", {"Content-Range": "bytes 0-2/*"}
+    )
     assert status == 200
     status, body = patch(conn, ticket_id, {"op": "flush"})
     conn.close()
@@ -117,22 +128,26 @@ def test_patch_flush_succeeds(daemon: Daemon) -> None:
         assert f.read(3) == b"abc"
 
 
-@pytest.mark.parametrize("body,content_type,status,names", [
-    (b'{"op": "trim"}', "application/json", 400, b"op"),
-    (b"not json", "application/json", 400, b"JSON"),
-    (b'["zero"]', "application/json", 400, b"object"),
-    (b'{"op": "zero", "offset": 0}', "application/json", 400, b"size"),
-    (b'{"op": "zero", "size": -1}', "application/json", 400, b"size"),
-    (b'{"op": "zero", "size": 1, "flush": "yes"}', "application/json", 400, b"flush"),
-    (b'{"op": "flush"}', "text/plain", 415, b"application/json"),
-])
+@pytest.mark.parametrize(
+    "body,content_type,status,names",
+    [
+        (b'{"op": "trim"}', "application/json", 400, b"op"),
+        (b"not json", "application/json", 400, b"JSON"),
+        (b'["zero"]', "application/json", 400, b"object"),
+        (b'{"op": "zero", "offset": 0}', "application/json", 400, b"size"),
+        (b'{"op": "zero", "size": -1}', "application/json", 400, b"size"),
+        (b'{"op": "zero", "size": 1, "flush": "yes"}', "application/json", 400, b"flush"),
+        (b'{"op": "flush"}', "text/plain", 415, b"application/json"),
+    ],
+)
 def test_bad_patch_is_rejected_naming_the_problem(
-        daemon: Daemon, body: bytes, content_type: str, status: int,
-        names: bytes) -> None:
+    daemon: Daemon, body: bytes, content_type: str, status: int, names: bytes
+) -> None:
     ticket_id, _ = daemon.add_ticket(size=MiB)
     conn = daemon.unix()
-    got, headers, text = request(conn, "PATCH", f"/images/{ticket_id}", body,
-                                 {"Content-Type": content_type})
+    got, headers, text = request(
+        conn, "PATCH", f"/images/{ticket_id}", body, {"Content-Type": content_type}
+    )
     assert got == status
     assert headers["Content-Type"].startswith("text/plain")
     assert names in text
@@ -165,17 +180,20 @@ def extents(daemon: Daemon, ticket_id: str, query: str) -> tuple[int, Any]:
 
 
 def zero_extent(start: int, end: int, data: bool) -> dict[str, Any]:
-    return {"start": start * MiB, "length": (end - start) * MiB,
-            "zero": not data, "hole": not data}
+    return {"start": start * MiB, "length": (end - start) * MiB, "zero": not data, "hole": not data}
 
 
 def test_extents_report_data_and_holes(daemon: Daemon, holey: tuple[str, int]) -> None:
     ticket_id, _ = holey
     status, got = extents(daemon, ticket_id, "?context=zero")
     assert status == 200
-    assert got == [zero_extent(0, 1, False), zero_extent(1, 2, True),
-                   zero_extent(2, 5, False), zero_extent(5, 6, True),
-                   zero_extent(6, 8, False)]
+    assert got == [
+        zero_extent(0, 1, False),
+        zero_extent(1, 2, True),
+        zero_extent(2, 5, False),
+        zero_extent(5, 6, True),
+        zero_extent(6, 8, False),
+    ]
 
 
 def test_extents_default_context_is_zero(daemon: Daemon, holey: tuple[str, int]) -> None:
@@ -185,8 +203,9 @@ def test_extents_default_context_is_zero(daemon: Daemon, holey: tuple[str, int])
 
 def test_extents_with_start_and_length(daemon: Daemon, holey: tuple[str, int]) -> None:
     ticket_id, _ = holey
-    status, got = extents(daemon, ticket_id,
-                          f"?context=zero&start={MiB + MiB // 2}&length={3 * MiB}")
+    status, got = extents(
+        daemon, ticket_id, f"?context=zero&start={MiB + MiB // 2}&length={3 * MiB}"
+    )
     assert status == 200
     assert got == [
         {"start": MiB + MiB // 2, "length": MiB // 2, "zero": False, "hole": False},
@@ -202,16 +221,20 @@ def test_extents_of_file_shorter_than_ticket_end_in_a_hole(daemon: Daemon) -> No
     assert got == [zero_extent(0, 1, True), zero_extent(1, 4, False)]
 
 
-@pytest.mark.parametrize("query,status", [
-    ("?context=dirty", 404),  # the ticket is not a dirty ticket
-    ("?context=bogus", 400),
-    ("?start=x", 400),
-    ("?start=-1", 400),
-    (f"?start={8 * MiB}", 416),
-    (f"?start=0&length={8 * MiB + 1}", 416),
-])
-def test_bad_extents_requests(daemon: Daemon, holey: tuple[str, int], query: str,
-                              status: int) -> None:
+@pytest.mark.parametrize(
+    "query,status",
+    [
+        ("?context=dirty", 404),  # the ticket is not a dirty ticket
+        ("?context=bogus", 400),
+        ("?start=x", 400),
+        ("?start=-1", 400),
+        (f"?start={8 * MiB}", 416),
+        (f"?start=0&length={8 * MiB + 1}", 416),
+    ],
+)
+def test_bad_extents_requests(
+    daemon: Daemon, holey: tuple[str, int], query: str, status: int
+) -> None:
     ticket_id, _ = holey
     got, _ = extents(daemon, ticket_id, query)
     assert got == status
@@ -260,9 +283,9 @@ def test_unix_socket_from_options_serves_requests(daemon: Daemon) -> None:
     ticket_id, _ = daemon.add_ticket(size=MiB, data=b"hello")
     _, _, body = options(daemon, f"/images/{ticket_id}")
     from conftest import UnixHTTPConnection
+
     conn = UnixHTTPConnection(body["unix_socket"])
-    status, _, got = request(conn, "GET", f"/images/{ticket_id}",
-                             headers={"Range": "bytes=0-4"})
+    status, _, got = request(conn, "GET", f"/images/{ticket_id}", headers={"Range": "bytes=0-4"})
     conn.close()
     assert (status, got) == (206, b"hello")
 
@@ -279,8 +302,12 @@ def test_info_reports_version(daemon: Daemon) -> None:
 def test_cors_preflight_allows_browser_upload(daemon: Daemon) -> None:
     ticket_id, _ = daemon.add_ticket(size=MiB)
     conn = daemon.https()
-    status, headers, _ = request(conn, "OPTIONS", f"/images/{ticket_id}", headers={
-        "Origin": "https://engine.example", "Access-Control-Request-Method": "PUT"})
+    status, headers, _ = request(
+        conn,
+        "OPTIONS",
+        f"/images/{ticket_id}",
+        headers={"Origin": "https://engine.example", "Access-Control-Request-Method": "PUT"},
+    )
     conn.close()
     assert status == 200
     assert headers["Access-Control-Allow-Origin"] == "*"

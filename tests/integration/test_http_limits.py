@@ -90,8 +90,7 @@ def test_second_writer_gets_503_while_first_holds_its_slot(make_daemon) -> None:
     resp, _ = send(first, "PUT", f"/images/{ticket_id}", {"Content-Length": "3"}, b"abc")
     assert resp.status == 200
     second = daemon.raw_tls()
-    resp, body = send(second, "PUT", f"/images/{ticket_id}", {"Content-Length": "3"},
-                      b"xyz")
+    resp, body = send(second, "PUT", f"/images/{ticket_id}", {"Content-Length": "3"}, b"xyz")
     assert resp.status == 503
     assert b"writer" in body and b"limit 1" in body
     assert resp.getheader("Retry-After") is not None
@@ -106,8 +105,7 @@ def test_second_writer_gets_503_while_first_holds_its_slot(make_daemon) -> None:
     deadline = time.monotonic() + 5
     while True:
         third = daemon.raw_unix()
-        resp, _ = send(third, "PUT", f"/images/{ticket_id}", {"Content-Length": "3"},
-                       b"xyz")
+        resp, _ = send(third, "PUT", f"/images/{ticket_id}", {"Content-Length": "3"}, b"xyz")
         third.close()
         if resp.status != 503 or time.monotonic() > deadline:
             break
@@ -154,10 +152,13 @@ def test_connections_past_max_connections_are_closed_at_once(make_daemon) -> Non
 def test_pipelined_requests_are_answered_in_order(daemon: Daemon) -> None:
     ticket_id, _ = daemon.add_ticket(size=MiB, data=b"0123456789")
     sock = daemon.raw_unix()
-    sock.sendall(b"".join(
-        f"GET /images/{ticket_id} HTTP/1.1\r\nHost: x\r\nRange: bytes={i}-{i}\r\n"
-        f"Connection: {'close' if i == 4 else 'keep-alive'}\r\n\r\n".encode()
-        for i in range(5)))
+    sock.sendall(
+        b"".join(
+            f"GET /images/{ticket_id} HTTP/1.1\r\nHost: x\r\nRange: bytes={i}-{i}\r\n"
+            f"Connection: {'close' if i == 4 else 'keep-alive'}\r\n\r\n".encode()
+            for i in range(5)
+        )
+    )
     data = b""
     while got := sock.recv(65536):
         data += got
@@ -192,8 +193,10 @@ def test_storage_error_is_500_without_the_path(daemon: Daemon) -> None:
 def test_stalled_upload_is_closed_after_inactivity_timeout(daemon: Daemon) -> None:
     ticket_id, _ = daemon.add_ticket(size=MiB, inactivity_timeout=1)
     sock = daemon.raw_unix()
-    sock.sendall(f"PUT /images/{ticket_id} HTTP/1.1\r\nHost: x\r\n"
-                 f"Content-Length: {MiB}\r\n\r\n".encode() + b"x" * 1000)
+    sock.sendall(
+        f"PUT /images/{ticket_id} HTTP/1.1\r\nHost: x\r\nContent-Length: {MiB}\r\n\r\n".encode()
+        + b"x" * 1000
+    )
     start = time.monotonic()
     assert closed_by_server(sock, timeout=5)
     assert time.monotonic() - start < 5

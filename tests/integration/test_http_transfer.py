@@ -35,8 +35,9 @@ def connect(daemon: Daemon, transport: str) -> http.client.HTTPConnection:
     return daemon.https() if transport == "https" else daemon.unix()
 
 
-def get(conn: http.client.HTTPConnection, ticket_id: str,
-        headers: dict[str, str] | None = None) -> tuple[http.client.HTTPResponse, bytes]:
+def get(
+    conn: http.client.HTTPConnection, ticket_id: str, headers: dict[str, str] | None = None
+) -> tuple[http.client.HTTPResponse, bytes]:
     conn.request("GET", f"/images/{ticket_id}", headers=headers or {})
     resp = conn.getresponse()
     return resp, resp.read()
@@ -48,8 +49,7 @@ def test_upload_then_download_keeps_checksum(daemon: Daemon, transport: str) -> 
     data = random_bytes(size, seed=1)
     ticket_id, path = daemon.add_ticket(size=size)
     conn = connect(daemon, transport)
-    conn.request("PUT", f"/images/{ticket_id}", body=data,
-                 headers={"Content-Length": str(size)})
+    conn.request("PUT", f"/images/{ticket_id}", body=data, headers={"Content-Length": str(size)})
     resp = conn.getresponse()
     assert resp.status == 200, resp.read()
     resp.read()
@@ -67,11 +67,16 @@ def test_chunked_upload_writes_every_chunk(daemon: Daemon, transport: str) -> No
     size = 3 * MiB
     data = random_bytes(size, seed=2)
     # Uneven chunks, so chunk and buffer boundaries never line up.
-    pieces = [data[i:i + 300_001] for i in range(0, size, 300_001)]
+    pieces = [data[i : i + 300_001] for i in range(0, size, 300_001)]
     ticket_id, path = daemon.add_ticket(size=size)
     conn = connect(daemon, transport)
-    conn.request("PUT", f"/images/{ticket_id}", body=iter(pieces),
-                 encode_chunked=True, headers={"Transfer-Encoding": "chunked"})
+    conn.request(
+        "PUT",
+        f"/images/{ticket_id}",
+        body=iter(pieces),
+        encode_chunked=True,
+        headers={"Transfer-Encoding": "chunked"},
+    )
     resp = conn.getresponse()
     assert resp.status == 200, resp.read()
     resp.read()
@@ -82,8 +87,13 @@ def test_chunked_upload_writes_every_chunk(daemon: Daemon, transport: str) -> No
 def test_chunked_upload_past_ticket_size_is_416(daemon: Daemon) -> None:
     ticket_id, _ = daemon.add_ticket(size=MiB)
     conn = daemon.unix()
-    conn.request("PUT", f"/images/{ticket_id}", body=iter([b"x" * MiB, b"y"]),
-                 encode_chunked=True, headers={"Transfer-Encoding": "chunked"})
+    conn.request(
+        "PUT",
+        f"/images/{ticket_id}",
+        body=iter([b"x" * MiB, b"y"]),
+        encode_chunked=True,
+        headers={"Transfer-Encoding": "chunked"},
+    )
     resp = conn.getresponse()
     assert resp.status == 416
     assert resp.getheader("Content-Range") == f"bytes */{MiB}"
@@ -100,20 +110,24 @@ def test_random_io_with_content_range(daemon: Daemon, transport: str) -> None:
     conn = connect(daemon, transport)
     for seed, (offset, length) in enumerate(writes):
         chunk = random_bytes(length, seed=10 + seed)
-        expected[offset:offset + length] = chunk
-        conn.request("PUT", f"/images/{ticket_id}?flush=n", body=chunk, headers={
-            "Content-Range": f"bytes {offset}-{offset + length - 1}/*",
-            "Content-Length": str(length)})
+        expected[offset : offset + length] = chunk
+        conn.request(
+            "PUT",
+            f"/images/{ticket_id}?flush=n",
+            body=chunk,
+            headers={
+                "Content-Range": f"bytes {offset}-{offset + length - 1}/*",
+                "Content-Length": str(length),
+            },
+        )
         resp = conn.getresponse()
         assert resp.status == 200, resp.read()
         resp.read()
     for offset, length in [*writes, (0, size), (MiB, 10)]:
-        resp, got = get(conn, ticket_id,
-                        {"Range": f"bytes={offset}-{offset + length - 1}"})
+        resp, got = get(conn, ticket_id, {"Range": f"bytes={offset}-{offset + length - 1}"})
         assert resp.status == 206
-        assert resp.getheader("Content-Range") == \
-            f"bytes {offset}-{offset + length - 1}/{size}"
-        assert got == expected[offset:offset + length]
+        assert resp.getheader("Content-Range") == f"bytes {offset}-{offset + length - 1}/{size}"
+        assert got == expected[offset : offset + length]
     conn.close()
     assert file_sha256(path, size) == sha256(bytes(expected))
 
@@ -121,8 +135,9 @@ def test_random_io_with_content_range(daemon: Daemon, transport: str) -> None:
 def test_content_range_with_complete_length(daemon: Daemon) -> None:
     ticket_id, path = daemon.add_ticket(size=MiB)
     conn = daemon.unix()
-    conn.request("PUT", f"/images/{ticket_id}", body=b"abc",
-                 headers={"Content-Range": f"bytes 10-12/{MiB}"})
+    conn.request(
+        "PUT", f"/images/{ticket_id}", body=b"abc", headers={"Content-Range": f"bytes 10-12/{MiB}"}
+    )
     resp = conn.getresponse()
     assert resp.status == 200, resp.read()
     resp.read()
@@ -138,8 +153,12 @@ def test_keep_alive_serves_many_requests_on_one_connection(daemon: Daemon) -> No
     sock = conn.sock
     for i in range(5):
         body = bytes([i]) * 1000
-        conn.request("PUT", f"/images/{ticket_id}?flush=n", body=body,
-                     headers={"Content-Range": f"bytes {i * 1000}-{i * 1000 + 999}/*"})
+        conn.request(
+            "PUT",
+            f"/images/{ticket_id}?flush=n",
+            body=body,
+            headers={"Content-Range": f"bytes {i * 1000}-{i * 1000 + 999}/*"},
+        )
         resp = conn.getresponse()
         assert resp.status == 200
         resp.read()
@@ -157,8 +176,11 @@ def test_close_query_closes_connection_after_reply(daemon: Daemon, method: str) 
     ticket_id, _ = daemon.add_ticket(size=4096)
     sock = daemon.raw_unix()
     body = b"z" * 4096 if method == "PUT" else b""
-    sock.sendall(f"{method} /images/{ticket_id}?close=y HTTP/1.1\r\nHost: x\r\n"
-                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    sock.sendall(
+        f"{method} /images/{ticket_id}?close=y HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
     reply = _read_until_eof(sock)
     sock.close()
     head, _, rest = reply.partition(b"\r\n\r\n")
@@ -181,8 +203,12 @@ def test_flush_n_and_flush_y_both_store_data(daemon: Daemon) -> None:
     ticket_id, path = daemon.add_ticket(size=2 * MiB)
     conn = daemon.unix()
     for i, flush in enumerate(("n", "y")):
-        conn.request("PUT", f"/images/{ticket_id}?flush={flush}", body=b"%d" % i * MiB,
-                     headers={"Content-Range": f"bytes {i * MiB}-{(i + 1) * MiB - 1}/*"})
+        conn.request(
+            "PUT",
+            f"/images/{ticket_id}?flush={flush}",
+            body=b"%d" % i * MiB,
+            headers={"Content-Range": f"bytes {i * MiB}-{(i + 1) * MiB - 1}/*"},
+        )
         resp = conn.getresponse()
         assert resp.status == 200
         resp.read()
@@ -207,17 +233,20 @@ def ranged(daemon: Daemon) -> tuple[str, bytes]:
     return ticket_id, data
 
 
-@pytest.mark.parametrize("header,start,end", [
-    ("bytes=0-0", 0, 1),
-    ("bytes=1000-1999", 1000, 2000),
-    ("bytes=99000-200000", 99000, SIZE),  # a last byte past the end means the end
-    ("bytes=-500", SIZE - 500, SIZE),  # suffix
-    ("bytes=-200000", 0, SIZE),  # suffix longer than the image
-    ("bytes=90000-", 90000, SIZE),  # open-ended
-])
+@pytest.mark.parametrize(
+    "header,start,end",
+    [
+        ("bytes=0-0", 0, 1),
+        ("bytes=1000-1999", 1000, 2000),
+        ("bytes=99000-200000", 99000, SIZE),  # a last byte past the end means the end
+        ("bytes=-500", SIZE - 500, SIZE),  # suffix
+        ("bytes=-200000", 0, SIZE),  # suffix longer than the image
+        ("bytes=90000-", 90000, SIZE),  # open-ended
+    ],
+)
 def test_get_with_range_is_206_with_content_range(
-        daemon: Daemon, ranged: tuple[str, bytes], header: str, start: int,
-        end: int) -> None:
+    daemon: Daemon, ranged: tuple[str, bytes], header: str, start: int, end: int
+) -> None:
     ticket_id, data = ranged
     conn = daemon.https()
     resp, got = get(conn, ticket_id, {"Range": header})
@@ -228,10 +257,10 @@ def test_get_with_range_is_206_with_content_range(
     assert got == data[start:end]
 
 
-@pytest.mark.parametrize("header", [f"bytes={SIZE}-", f"bytes={SIZE + 5}-{SIZE + 10}",
-                                    "bytes=-0"])
+@pytest.mark.parametrize("header", [f"bytes={SIZE}-", f"bytes={SIZE + 5}-{SIZE + 10}", "bytes=-0"])
 def test_get_range_past_end_is_416_with_size(
-        daemon: Daemon, ranged: tuple[str, bytes], header: str) -> None:
+    daemon: Daemon, ranged: tuple[str, bytes], header: str
+) -> None:
     ticket_id, _ = ranged
     conn = daemon.unix()
     resp, _ = get(conn, ticket_id, {"Range": header})
@@ -240,8 +269,7 @@ def test_get_range_past_end_is_416_with_size(
     assert resp.getheader("Content-Range") == f"bytes */{SIZE}"
 
 
-def test_get_without_range_reads_whole_image(daemon: Daemon,
-                                             ranged: tuple[str, bytes]) -> None:
+def test_get_without_range_reads_whole_image(daemon: Daemon, ranged: tuple[str, bytes]) -> None:
     ticket_id, data = ranged
     conn = daemon.unix()
     resp, got = get(conn, ticket_id)
@@ -249,4 +277,3 @@ def test_get_without_range_reads_whole_image(daemon: Daemon,
     assert resp.status == 200
     assert resp.getheader("Content-Range") is None
     assert got == data
-

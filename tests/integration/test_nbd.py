@@ -47,19 +47,29 @@ def guest_data(image: Path, fmt: str) -> bytes:
         return Path(out.name).read_bytes()
 
 
-def request(conn: http.client.HTTPConnection, method: str, url: str,
-            body: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+def request(
+    conn: http.client.HTTPConnection,
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes]:
     conn.request(method, url, body=body, headers=headers or {})
     resp = conn.getresponse()
     return resp.status, resp.read()
 
 
 def put(conn: http.client.HTTPConnection, ticket_id: str, offset: int, data: bytes) -> None:
-    status, body = request(conn, "PUT", f"/images/{ticket_id}", data, {
-        "Content-Range": f"bytes {offset}-{offset + len(data) - 1}/*",
-        "Content-Length": str(len(data)),
-    })
+    status, body = request(
+        conn,
+        "PUT",
+        f"/images/{ticket_id}",
+        data,
+        {
+            "Content-Range": f"bytes {offset}-{offset + len(data) - 1}/*",
+            "Content-Length": str(len(data)),
+        },
+    )
     assert status == 200, body
 
 
@@ -96,11 +106,17 @@ class Volumes:
         sock = f"{self.sockets}/{uuidlib.uuid4().hex[:8]}.sock"
         return self._stack.enter_context(QemuNbd(str(image), fmt, sock, **kw))
 
-    def ticket(self, url: str, *, ops: tuple[str, ...] = ("read", "write"),
-               **extra: Any) -> str:
+    def ticket(self, url: str, *, ops: tuple[str, ...] = ("read", "write"), **extra: Any) -> str:
         ticket_id = str(uuidlib.uuid4())
-        ticket = {"uuid": ticket_id, "size": SIZE, "ops": list(ops), "timeout": 300,
-                  "url": url, "transfer_id": f"nbd-{ticket_id[:8]}", "sparse": True}
+        ticket = {
+            "uuid": ticket_id,
+            "size": SIZE,
+            "ops": list(ops),
+            "timeout": 300,
+            "url": url,
+            "transfer_id": f"nbd-{ticket_id[:8]}",
+            "sparse": True,
+        }
         ticket.update(extra)
         self.daemon.result("Ticket.add", ticket=ticket)
         self._stack.callback(self.daemon.result, "Ticket.remove", uuid=ticket_id)
@@ -114,23 +130,22 @@ def volumes(daemon: Daemon) -> Iterator[Volumes]:
 
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
-def test_upload_then_download_keeps_checksum(
-    daemon: Daemon, volumes: Volumes, fmt: str
-) -> None:
+def test_upload_then_download_keeps_checksum(daemon: Daemon, volumes: Volumes, fmt: str) -> None:
     image = volumes.image(fmt)
     server = volumes.serve(image, fmt)
     ticket_id = volumes.ticket(server.url)
     rng = random.Random(4)
     data = rng.randbytes(3 * MiB) + bytes(2 * MiB) + rng.randbytes(3 * MiB - 4097)
     conn = daemon.unix()
-    status, body = request(conn, "PUT", f"/images/{ticket_id}", data,
-                           {"Content-Length": str(len(data))})
+    status, body = request(
+        conn, "PUT", f"/images/{ticket_id}", data, {"Content-Length": str(len(data))}
+    )
     assert status == 200, body
 
     status, got = request(conn, "GET", f"/images/{ticket_id}")
     assert status == 200
-    assert sha256(got[:len(data)]) == sha256(data)
-    assert got[len(data):] == bytes(SIZE - len(data))
+    assert sha256(got[: len(data)]) == sha256(data)
+    assert got[len(data) :] == bytes(SIZE - len(data))
     conn.close()
     assert sha256(guest_data(image, fmt)) == sha256(got)
 
@@ -139,8 +154,7 @@ def test_ranged_download_through_nbd(daemon: Daemon, volumes: Volumes) -> None:
     image = volumes.image("raw")
     data = random.Random(5).randbytes(SIZE)
     image.write_bytes(data)
-    ticket_id = volumes.ticket(volumes.serve(image, "raw", read_only=True).url,
-                               ops=("read",))
+    ticket_id = volumes.ticket(volumes.serve(image, "raw", read_only=True).url, ops=("read",))
     conn = daemon.https()
     conn.request("GET", f"/images/{ticket_id}", headers={"Range": "bytes=1000-2000999"})
     resp = conn.getresponse()
@@ -150,9 +164,7 @@ def test_ranged_download_through_nbd(daemon: Daemon, volumes: Volumes) -> None:
     conn.close()
 
 
-def test_parallel_downloads_use_their_own_nbd_connections(
-    daemon: Daemon, volumes: Volumes
-) -> None:
+def test_parallel_downloads_use_their_own_nbd_connections(daemon: Daemon, volumes: Volumes) -> None:
     image = volumes.image("raw")
     data = random.Random(6).randbytes(SIZE)
     image.write_bytes(data)
@@ -171,14 +183,17 @@ def test_parallel_downloads_use_their_own_nbd_connections(
         t.start()
     for t in threads:
         t.join(30)
-    assert results == {0: sha256(data[:SIZE // 2]), 1: sha256(data[SIZE // 2:])}
+    assert results == {0: sha256(data[: SIZE // 2]), 1: sha256(data[SIZE // 2 :])}
 
 
-@pytest.mark.parametrize("fmt, zeroed", [
-    ("raw", {"zero": True, "hole": True}),
-    # qemu keeps a zeroed qcow2 range as allocated zero clusters.
-    ("qcow2", {"zero": True, "hole": False}),
-])
+@pytest.mark.parametrize(
+    "fmt, zeroed",
+    [
+        ("raw", {"zero": True, "hole": True}),
+        # qemu keeps a zeroed qcow2 range as allocated zero clusters.
+        ("qcow2", {"zero": True, "hole": False}),
+    ],
+)
 def test_extents_over_http(
     daemon: Daemon, volumes: Volumes, fmt: str, zeroed: dict[str, bool]
 ) -> None:
@@ -187,10 +202,13 @@ def test_extents_over_http(
     conn = daemon.https()
     put(conn, ticket_id, 0, b"\x01" * MiB)
     put(conn, ticket_id, 4 * MiB, b"\x02" * MiB)
-    status, body = request(conn, "PATCH", f"/images/{ticket_id}",
-                           json.dumps({"op": "zero", "offset": 6 * MiB,
-                                       "size": MiB}).encode(),
-                           {"Content-Type": "application/json"})
+    status, body = request(
+        conn,
+        "PATCH",
+        f"/images/{ticket_id}",
+        json.dumps({"op": "zero", "offset": 6 * MiB, "size": MiB}).encode(),
+        {"Content-Type": "application/json"},
+    )
     assert status == 200, body
     conn.close()
 
@@ -200,14 +218,21 @@ def test_extents_over_http(
     def data(start: int, end: int) -> dict[str, Any]:
         return zero_extent(start, end, zero=False, hole=False)
 
-    expected = [data(0, MiB), hole(MiB, 4 * MiB), data(4 * MiB, 5 * MiB),
-                hole(5 * MiB, 6 * MiB), {"start": 6 * MiB, "length": MiB, **zeroed},
-                hole(7 * MiB, SIZE)]
+    expected = [
+        data(0, MiB),
+        hole(MiB, 4 * MiB),
+        data(4 * MiB, 5 * MiB),
+        hole(5 * MiB, 6 * MiB),
+        {"start": 6 * MiB, "length": MiB, **zeroed},
+        hole(7 * MiB, SIZE),
+    ]
     if zeroed["hole"]:
         expected[3:] = [hole(5 * MiB, SIZE)]
     assert extents(daemon, ticket_id, "?context=zero") == expected
     assert extents(daemon, ticket_id, f"?start={MiB // 2}&length={MiB}") == [
-        data(MiB // 2, MiB), hole(MiB, MiB + MiB // 2)]
+        data(MiB // 2, MiB),
+        hole(MiB, MiB + MiB // 2),
+    ]
 
 
 def test_dirty_extents_of_a_dirty_ticket(daemon: Daemon, volumes: Volumes) -> None:
@@ -218,8 +243,12 @@ def test_dirty_extents_of_a_dirty_ticket(daemon: Daemon, volumes: Volumes) -> No
     assert extents(daemon, ticket_id, "?context=dirty") == [
         {"start": 0, "length": MiB, "dirty": False, "zero": True},
         {"start": MiB, "length": 2 * CLUSTER, "dirty": True, "zero": False},
-        {"start": MiB + 2 * CLUSTER, "length": SIZE - MiB - 2 * CLUSTER,
-         "dirty": False, "zero": True},
+        {
+            "start": MiB + 2 * CLUSTER,
+            "length": SIZE - MiB - 2 * CLUSTER,
+            "dirty": False,
+            "zero": True,
+        },
     ]
     # The same export for a ticket that is not dirty.
     plain = volumes.ticket(server.url, ops=("read",))
@@ -233,8 +262,9 @@ def test_write_ticket_on_read_only_export_is_403(daemon: Daemon, volumes: Volume
     image = volumes.image("raw")
     ticket_id = volumes.ticket(volumes.serve(image, "raw", read_only=True).url)
     conn = daemon.https()
-    status, body = request(conn, "PUT", f"/images/{ticket_id}", b"x" * 4096,
-                           {"Content-Length": "4096"})
+    status, body = request(
+        conn, "PUT", f"/images/{ticket_id}", b"x" * 4096, {"Content-Length": "4096"}
+    )
     conn.close()
     assert status == 403, body
     assert b"read-only" in body
@@ -242,29 +272,33 @@ def test_write_ticket_on_read_only_export_is_403(daemon: Daemon, volumes: Volume
 
 
 def test_ticket_for_a_missing_socket_is_invalid(daemon: Daemon, volumes: Volumes) -> None:
-    reply = daemon.call("Ticket.add", ticket={
-        "uuid": str(uuidlib.uuid4()), "size": SIZE, "ops": ["read"], "timeout": 300,
-        "url": f"nbd:unix:{volumes.sockets}/missing.sock"})
+    reply = daemon.call(
+        "Ticket.add",
+        ticket={
+            "uuid": str(uuidlib.uuid4()),
+            "size": SIZE,
+            "ops": ["read"],
+            "timeout": 300,
+            "url": f"nbd:unix:{volumes.sockets}/missing.sock",
+        },
+    )
     assert reply["error"]["code"] == -32602
     assert "url" in json.dumps(reply["error"])
 
 
-def test_stopped_server_fails_requests_not_the_daemon(
-    daemon: Daemon, volumes: Volumes
-) -> None:
+def test_stopped_server_fails_requests_not_the_daemon(daemon: Daemon, volumes: Volumes) -> None:
     image = volumes.image("raw")
     server = volumes.serve(image, "raw")
     ticket_id = volumes.ticket(server.url)
     conn = daemon.https()
-    assert request(conn, "GET", f"/images/{ticket_id}",
-                   headers={"Range": "bytes=0-4095"})[0] == 206
+    assert request(conn, "GET", f"/images/{ticket_id}", headers={"Range": "bytes=0-4095"})[0] == 206
     server.stop()
-    status, _ = request(daemon.https(), "GET", f"/images/{ticket_id}",
-                        headers={"Range": "bytes=0-4095"})
+    status, _ = request(
+        daemon.https(), "GET", f"/images/{ticket_id}", headers={"Range": "bytes=0-4095"}
+    )
     conn.close()
     assert status == 500
     assert daemon.result("Service.info")["tickets"] >= 1
-
 
 
 @pytest.mark.parametrize("parallel_reads, connections", [(1, 1), (2, 2), (3, 3)])
@@ -284,12 +318,14 @@ def test_download_reads_with_parallel_nbd_connections(
             status, got = request(conn, "GET", f"/images/{ticket_id}")
             assert status == 200
             assert sha256(got) == sha256(data)
-            status, got = request(conn, "GET", f"/images/{ticket_id}", None,
-                                  {"Range": f"bytes={MiB + 7}-{SIZE - 3}"})
-            assert status == 206 and got == data[MiB + 7:SIZE - 2]
+            status, got = request(
+                conn, "GET", f"/images/{ticket_id}", None, {"Range": f"bytes={MiB + 7}-{SIZE - 3}"}
+            )
+            assert status == 206 and got == data[MiB + 7 : SIZE - 2]
             conn.close()
-        opened = [line for line in daemon.log().splitlines()
-                  if f"OPEN url={server.url} mode=r" in line]
+        opened = [
+            line for line in daemon.log().splitlines() if f"OPEN url={server.url} mode=r" in line
+        ]
         # Over unix only the backend: its downloads are spliced through NBD
         # connections of the daemon's own (nbdwire). Over TLS the backend
         # and parallel_reads - 1 libnbd readers.

@@ -59,8 +59,9 @@ def test_sigterm_during_upload_exits_within_a_second(make_daemon) -> None:  # ty
     daemon = make_daemon()
     ticket_id, _ = daemon.add_ticket(size=GiB)
     sock = daemon.raw_tls()
-    sock.sendall(f"PUT /images/{ticket_id} HTTP/1.1\r\nHost: x\r\n"
-                 f"Content-Length: {GiB}\r\n\r\n".encode())
+    sock.sendall(
+        f"PUT /images/{ticket_id} HTTP/1.1\r\nHost: x\r\nContent-Length: {GiB}\r\n\r\n".encode()
+    )
     stop = threading.Event()
 
     def send() -> None:
@@ -103,8 +104,7 @@ def test_sigterm_during_upload_exits_within_a_second(make_daemon) -> None:  # ty
 def test_privileges_dropped_after_binding(make_daemon) -> None:  # type: ignore[no-untyped-def]
     if os.geteuid() != 0:
         pytest.skip("needs root to drop privileges")
-    daemon = make_daemon(daemon={"drop_privileges": "yes", "user": "nobody",
-                                 "group": "nogroup"})
+    daemon = make_daemon(daemon={"drop_privileges": "yes", "user": "nobody", "group": "nogroup"})
     # Like /run/vdsm-imageio under systemd: the service user's directory.
     os.chown(daemon.dir, NOBODY, NOBODY)
     os.chmod(daemon.dir, 0o755)
@@ -152,11 +152,14 @@ def proc_ids(pid: int) -> dict[str, list[int]]:
 def test_unknown_service_user_stops_start_with_a_message(tmp_path: Path) -> None:
     conf = tmp_path / "local" / "conf.d"
     conf.mkdir(parents=True)
-    (conf / "50-user.conf").write_text(
-        "[daemon]\ndrop_privileges = yes\nuser = no-such-user-x\n")
+    (conf / "50-user.conf").write_text("[daemon]\ndrop_privileges = yes\nuser = no-such-user-x\n")
     command = Path(sys.executable).parent / "vdsm-imageio"
-    proc = subprocess.run([str(command), "serve", "--local", str(tmp_path / "local"),
-                           "--port", "0"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(command), "serve", "--local", str(tmp_path / "local"), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "no such user: 'no-such-user-x'" in proc.stderr
 
@@ -164,8 +167,9 @@ def test_unknown_service_user_stops_start_with_a_message(tmp_path: Path) -> None
 def test_logging_goes_to_rotated_file_at_configured_level(make_daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     log_file = tmp_path / "log" / "daemon.log"
     log_file.parent.mkdir()
-    daemon = make_daemon(logging={"file": str(log_file), "level": "DEBUG",
-                                  "max_bytes": 4096, "backups": 2})
+    daemon = make_daemon(
+        logging={"file": str(log_file), "level": "DEBUG", "max_bytes": 4096, "backups": 2}
+    )
     for _ in range(20):
         ticket_id, _ = daemon.add_ticket(size=MiB)
         daemon.result("Ticket.remove", uuid=ticket_id)

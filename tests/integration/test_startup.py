@@ -18,8 +18,11 @@ def test_data_socket_in_use_fails_start_with_a_message(daemon: Daemon, tmp_path:
     name = daemon.unix_socket.lstrip("\0")
     (tmp_path / "conf.d" / "50-clash.conf").write_text(f"[local]\nsocket = @{name}\n")
     proc = subprocess.run(
-        [str(REPO / ".venv/bin/vdsm-imageio"), "serve", "--local", str(tmp_path),
-         "--port", "0"], capture_output=True, text=True, timeout=60)
+        [str(REPO / ".venv/bin/vdsm-imageio"), "serve", "--local", str(tmp_path), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1
     assert "START failed" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -59,10 +59,10 @@ class Reply:
         return self.body.decode()
 
 
-def vdsm_request(daemon: Daemon, method: str, ticket_id: str,
-                 body: Any = None, raw: bytes | None = None) -> Reply:
-    data = raw if raw is not None else (
-        None if body is None else json.dumps(body).encode("utf8"))
+def vdsm_request(
+    daemon: Daemon, method: str, ticket_id: str, body: Any = None, raw: bytes | None = None
+) -> Reply:
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode("utf8"))
     con = VdsmConnection(tickets_path(daemon))
     with contextlib.closing(con):
         con.request(method, f"/tickets/{ticket_id}", body=data)
@@ -81,9 +81,17 @@ def engine_ticket(daemon: Daemon, size: int = MiB, **extra: Any) -> dict[str, An
     path = daemon.images / f"disk-{uuidlib.uuid4()}.raw"
     path.write_bytes(b"")
     os.truncate(path, size)
-    ticket = {"uuid": ticket_id, "timeout": 300, "inactivity_timeout": 60,
-              "size": size, "url": path.as_uri(), "ops": ["write"], "sparse": True,
-              "transfer_id": str(uuidlib.uuid4()), "dirty": False}
+    ticket = {
+        "uuid": ticket_id,
+        "timeout": 300,
+        "inactivity_timeout": 60,
+        "size": size,
+        "url": path.as_uri(),
+        "ops": ["write"],
+        "sparse": True,
+        "transfer_id": str(uuidlib.uuid4()),
+        "dirty": False,
+    }
     ticket.update(extra)
     return ticket
 
@@ -161,8 +169,12 @@ def test_put_with_other_content_type_is_415(daemon: Daemon) -> None:
     ticket = engine_ticket(daemon)
     con = VdsmConnection(tickets_path(daemon))
     with contextlib.closing(con):
-        con.request("PUT", f"/tickets/{ticket['uuid']}", body=json.dumps(ticket).encode(),
-                    headers={"Content-Type": "text/plain"})
+        con.request(
+            "PUT",
+            f"/tickets/{ticket['uuid']}",
+            body=json.dumps(ticket).encode(),
+            headers={"Content-Type": "text/plain"},
+        )
         res = con.getresponse()
         res.read()
     assert res.status == 415
@@ -176,8 +188,7 @@ def test_get_returns_status_with_integer_times(daemon: Daemon) -> None:
     assert reply.headers["Content-Type"] == "application/json"
     status = reply.json()
     # What vdsm hands to the engine, which casts these to Java integers.
-    for key in ("uuid", "size", "url", "timeout", "ops", "active", "transferred",
-                "idle_time"):
+    for key in ("uuid", "size", "url", "timeout", "ops", "active", "transferred", "idle_time"):
         assert key in status
     assert isinstance(status["timeout"], int)
     assert isinstance(status["idle_time"], int)
@@ -285,8 +296,9 @@ def test_empty_ticket_socket_disables_the_api(make_daemon) -> None:  # type: ign
 
 
 def run(*argv: str) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True,
-                          timeout=CMD_TIMEOUT).stdout
+    return subprocess.run(
+        argv, check=True, capture_output=True, text=True, timeout=CMD_TIMEOUT
+    ).stdout
 
 
 @contextlib.contextmanager
@@ -347,8 +359,10 @@ def test_delete_while_a_write_cannot_stop_is_409_then_204(make_daemon) -> None: 
         sock = daemon.raw_unix()
         try:
             with frozen(mountpoint):
-                sock.sendall(f"PUT /images/{ticket['uuid']} HTTP/1.1\r\nHost: x\r\n"
-                             f"Content-Length: {size}\r\n\r\n".encode())
+                sock.sendall(
+                    f"PUT /images/{ticket['uuid']} HTTP/1.1\r\nHost: x\r\n"
+                    f"Content-Length: {size}\r\n\r\n".encode()
+                )
                 sock.sendall(b"\xab" * size)
                 wait_blocked_in_kernel(daemon.proc.pid)
 

@@ -21,8 +21,7 @@ CLUSTER = 64 * KiB
 
 
 def make_volume(d: Daemon, size: int = 8 * MiB) -> dict[str, Any]:
-    ids = {"sd_id": str(uuid.uuid4()), "img_id": str(uuid.uuid4()),
-           "vol_id": str(uuid.uuid4())}
+    ids = {"sd_id": str(uuid.uuid4()), "img_id": str(uuid.uuid4()), "vol_id": str(uuid.uuid4())}
     # <file_root>/<mount>/<sd_id>/images/<img_id>/<vol_id>, as vdsm lays it out.
     path = d.images / "server:_export" / ids["sd_id"] / "images" / ids["img_id"]
     path.mkdir(parents=True)
@@ -32,9 +31,14 @@ def make_volume(d: Daemon, size: int = 8 * MiB) -> dict[str, Any]:
 
 
 def volume_ticket(vol: dict[str, Any], ops: list[str], size: int = 8 * MiB) -> dict[str, Any]:
-    return {"uuid": str(uuid.uuid4()), "size": size, "ops": ops, "timeout": 300,
-            "transfer_id": f"vol-{uuid.uuid4().hex[:8]}",
-            "volume": {k: v for k, v in vol.items() if k != "path"}}
+    return {
+        "uuid": str(uuid.uuid4()),
+        "size": size,
+        "ops": ops,
+        "timeout": 300,
+        "transfer_id": f"vol-{uuid.uuid4().hex[:8]}",
+        "volume": {k: v for k, v in vol.items() if k != "path"},
+    }
 
 
 def link_of(d: Daemon, vol: dict[str, Any]) -> Path:
@@ -89,9 +93,15 @@ def test_missing_volume_is_200_naming_what_is_missing(daemon: Daemon) -> None:
 
 
 def test_block_volume_without_lvm_domain_is_volume_not_found(daemon: Daemon) -> None:
-    ticket = volume_ticket({"domain": "block", "sd_id": str(uuid.uuid4()),
-                            "img_id": str(uuid.uuid4()), "vol_id": str(uuid.uuid4())},
-                           ["read"])
+    ticket = volume_ticket(
+        {
+            "domain": "block",
+            "sd_id": str(uuid.uuid4()),
+            "img_id": str(uuid.uuid4()),
+            "vol_id": str(uuid.uuid4()),
+        },
+        ["read"],
+    )
     reply = daemon.call("Ticket.add", ticket=ticket)
     assert reply["error"]["code"] in (200, 201), reply
     assert ticket["uuid"] not in [t["uuid"] for t in daemon.result("Ticket.list")]
@@ -141,8 +151,7 @@ def test_raw_nbd_volume_upload_and_download_through_qemu_nbd(daemon: Daemon) -> 
     ticket = volume_ticket(dict(vol, nbd=True), ["write"])
     daemon.result("Ticket.add", ticket=ticket)
     [pid] = qemu_nbd_pids(daemon)
-    data = random.Random(7).randbytes(3 * MiB) + bytes(MiB) + random.Random(8).randbytes(
-        4 * MiB)
+    data = random.Random(7).randbytes(3 * MiB) + bytes(MiB) + random.Random(8).randbytes(4 * MiB)
     conn = daemon.unix()
     conn.request("PUT", f"/images/{ticket['uuid']}", body=data)
     resp = conn.getresponse()
@@ -174,8 +183,11 @@ def test_qcow2_volume_shows_its_holes(daemon: Daemon) -> None:
         ]
         # The guest's view, not the qcow2 file's bytes.
         conn = daemon.https()
-        conn.request("GET", f"/images/{ticket['uuid']}",
-                     headers={"Range": f"bytes={2 * MiB}-{2 * MiB + 4095}"})
+        conn.request(
+            "GET",
+            f"/images/{ticket['uuid']}",
+            headers={"Range": f"bytes={2 * MiB}-{2 * MiB + 4095}"},
+        )
         assert conn.getresponse().read() == b"\1" * 4096
         conn.close()
     finally:
@@ -193,8 +205,12 @@ def test_bitmap_volume_gives_dirty_extents(daemon: Daemon) -> None:
         assert get_json(daemon, f"/images/{ticket['uuid']}/extents?context=dirty") == [
             {"start": 0, "length": MiB, "dirty": False, "zero": True},
             {"start": MiB, "length": 2 * CLUSTER, "dirty": True, "zero": False},
-            {"start": MiB + 2 * CLUSTER, "length": 7 * MiB - 2 * CLUSTER,
-             "dirty": False, "zero": True},
+            {
+                "start": MiB + 2 * CLUSTER,
+                "length": 7 * MiB - 2 * CLUSTER,
+                "dirty": False,
+                "zero": True,
+            },
         ]
     finally:
         daemon.result("Ticket.remove", uuid=ticket["uuid"])

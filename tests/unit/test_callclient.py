@@ -13,28 +13,34 @@ from vdsm_imageio import callclient
 from vdsm_imageio.callclient import Call, UsageError, parse_args, parse_value
 
 
-@pytest.mark.parametrize(("text", "value"), [
-    ("300", 300),
-    ("-1", -1),
-    ("1.5", 1.5),
-    ("true", True),
-    ("null", None),
-    ('["read", "write"]', ["read", "write"]),
-    ('{"domain": "file"}', {"domain": "file"}),
-    ('"123"', "123"),
-    ("abc-123", "abc-123"),
-    ("", ""),
-    ("file:///var/tmp/disk", "file:///var/tmp/disk"),
-    ("[unclosed", "[unclosed"),
-])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("300", 300),
+        ("-1", -1),
+        ("1.5", 1.5),
+        ("true", True),
+        ("null", None),
+        ('["read", "write"]', ["read", "write"]),
+        ('{"domain": "file"}', {"domain": "file"}),
+        ('"123"', "123"),
+        ("abc-123", "abc-123"),
+        ("", ""),
+        ("file:///var/tmp/disk", "file:///var/tmp/disk"),
+        ("[unclosed", "[unclosed"),
+    ],
+)
 def test_value_that_parses_as_json_is_json(text: str, value: object) -> None:
     assert parse_value(text) == value
 
 
 def test_pairs_become_params() -> None:
     call = parse_args(["Ticket.extend", "uuid=abc", "timeout=300"], io.StringIO())
-    assert call == Call(socket=callclient.DEFAULT_SOCKET, method="Ticket.extend",
-                        params={"uuid": "abc", "timeout": 300})
+    assert call == Call(
+        socket=callclient.DEFAULT_SOCKET,
+        method="Ticket.extend",
+        params={"uuid": "abc", "timeout": 300},
+    )
 
 
 def test_value_may_contain_equal_sign() -> None:
@@ -93,8 +99,12 @@ def test_missing_params_file_exits_2(tmp_path: Path) -> None:
 def test_request_line_is_one_json_line() -> None:
     line = callclient.request_line(Call("s", "Ticket.status", {"uuid": "a\nb"}))
     assert line.endswith(b"\n") and line.count(b"\n") == 1
-    assert json.loads(line) == {"jsonrpc": "2.0", "id": 1, "method": "Ticket.status",
-                                "params": {"uuid": "a\nb"}}
+    assert json.loads(line) == {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "Ticket.status",
+        "params": {"uuid": "a\nb"},
+    }
 
 
 def test_result_printed_as_json() -> None:
@@ -106,8 +116,10 @@ def test_result_printed_as_json() -> None:
 
 def test_error_printed_on_stderr_with_data() -> None:
     out, err = io.StringIO(), io.StringIO()
-    response = {"id": 1, "error": {"code": -32602, "message": "Invalid size",
-                                   "data": {"field": "size"}}}
+    response = {
+        "id": 1,
+        "error": {"code": -32602, "message": "Invalid size", "data": {"field": "size"}},
+    }
     assert callclient.report(response, out, err) == 1
     first, rest = err.getvalue().split("\n", 1)
     assert first == "error -32602: Invalid size"

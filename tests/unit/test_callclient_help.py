@@ -29,15 +29,18 @@ from verbs.host import HostVerbs
 from verbs.service import ServiceVerbs
 from verbs.ticket import TicketVerbs
 
-NAMESPACES: dict[str, type] = {"Ticket": TicketVerbs, "Host": HostVerbs,
-                               "Service": ServiceVerbs, "Events": EventVerbs}
+NAMESPACES: dict[str, type] = {
+    "Ticket": TicketVerbs,
+    "Host": HostVerbs,
+    "Service": ServiceVerbs,
+    "Events": EventVerbs,
+}
 # Verbs that get the connection as their first argument, not as a param.
 WITH_CONNECTION = {"Events.subscribe"}
 
 
 def registered_methods() -> set[str]:
-    registry = Registry(clock=lambda: 0.0, remove_timeout=1.0,
-                        default_inactivity_timeout=60)
+    registry = Registry(clock=lambda: 0.0, remove_timeout=1.0, default_inactivity_timeout=60)
     control = create_control(registry, "unused.sock", lambda: {})
     return set(control._methods)
 
@@ -90,10 +93,13 @@ def test_subscribe_to_named_events() -> None:
     assert call.stream
 
 
-@pytest.mark.parametrize("argv", [
-    ["Ticket.list", "--subscribe"],
-    ["-f", "-", "--subscribe"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["Ticket.list", "--subscribe"],
+        ["-f", "-", "--subscribe"],
+    ],
+)
 def test_subscribe_with_method_or_params_is_usage_error(argv: list[str]) -> None:
     with pytest.raises(UsageError):
         parse_args(argv, io.StringIO("{}"))
@@ -149,8 +155,11 @@ def test_subscribe_prints_notifications_until_the_service_closes(sock_path: str)
 
     t = serve_once(sock_path, script)
     out, err = io.StringIO(), io.StringIO()
-    rc = callclient.main(["--socket", sock_path, "--subscribe", "Ticket.removed",
-                          "Ticket.progress"], stdout=out, stderr=err)
+    rc = callclient.main(
+        ["--socket", sock_path, "--subscribe", "Ticket.removed", "Ticket.progress"],
+        stdout=out,
+        stderr=err,
+    )
     t.join(5)
     assert requests[0]["method"] == "Events.subscribe"
     assert requests[0]["params"] == {"events": ["Ticket.removed", "Ticket.progress"]}
@@ -164,14 +173,24 @@ def test_subscribe_prints_notifications_until_the_service_closes(sock_path: str)
 
 def test_subscribe_error_reply_exits_1(sock_path: str) -> None:
     def script(conn: socket.socket, request: bytes) -> None:
-        conn.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "error": {
-            "code": -32602, "message": "Invalid parameter 'events'",
-            "data": {"field": "events", "reason": "unknown"}}}).encode() + b"\n")
+        conn.sendall(
+            json.dumps(
+                {
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "error": {
+                        "code": -32602,
+                        "message": "Invalid parameter 'events'",
+                        "data": {"field": "events", "reason": "unknown"},
+                    },
+                }
+            ).encode()
+            + b"\n"
+        )
 
     t = serve_once(sock_path, script)
     out, err = io.StringIO(), io.StringIO()
-    rc = callclient.main(["--socket", sock_path, "--subscribe", "Nope"],
-                         stdout=out, stderr=err)
+    rc = callclient.main(["--socket", sock_path, "--subscribe", "Nope"], stdout=out, stderr=err)
     t.join(5)
     assert rc == 1
     assert "error -32602" in err.getvalue()

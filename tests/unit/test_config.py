@@ -42,16 +42,19 @@ def test_files_not_ending_in_conf_are_ignored(tmp_path):
     assert config.load(Config(), [tmp_path]).tls.port == 54322
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[nope]\nx = 1\n", "unknown section [nope]"),
-    ("[tls]\nprot = 1\n", "unknown option 'prot' in [tls]"),
-    ("[tls]\nport = many\n", "[tls] port: expected int"),
-    ("[tls]\nenable = maybe\n", "[tls] enable: expected bool"),
-    ("[tls\nport = 1\n", "50.conf"),
-    ("[http]\nparallel_reads = 0\n", "[http] parallel_reads: expected at least 1, got 0"),
-    ("[http]\nmax_readers = -1\n", "[http] max_readers: expected at least 1, got -1"),
-    ("[http]\nbuffer_size = 4096\n", "[http] buffer_size: expected at least 65536"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[nope]\nx = 1\n", "unknown section [nope]"),
+        ("[tls]\nprot = 1\n", "unknown option 'prot' in [tls]"),
+        ("[tls]\nport = many\n", "[tls] port: expected int"),
+        ("[tls]\nenable = maybe\n", "[tls] enable: expected bool"),
+        ("[tls\nport = 1\n", "50.conf"),
+        ("[http]\nparallel_reads = 0\n", "[http] parallel_reads: expected at least 1, got 0"),
+        ("[http]\nmax_readers = -1\n", "[http] max_readers: expected at least 1, got -1"),
+        ("[http]\nbuffer_size = 4096\n", "[http] buffer_size: expected at least 65536"),
+    ],
+)
 def test_bad_dropin_names_file_section_option(tmp_path, text, message):
     write(tmp_path / "conf.d/50.conf", text)
     with pytest.raises(ConfigError) as e:
@@ -61,8 +64,10 @@ def test_bad_dropin_names_file_section_option(tmp_path, text, message):
 
 
 def test_typed_values_are_converted(tmp_path):
-    write(tmp_path / "conf.d/1.conf",
-          "[daemon]\nremove_timeout = 2\n[control]\nmode = 0o600\n[tls]\nenable = no\n")
+    write(
+        tmp_path / "conf.d/1.conf",
+        "[daemon]\nremove_timeout = 2\n[control]\nmode = 0o600\n[tls]\nenable = no\n",
+    )
     cfg = config.load(Config(), [tmp_path])
     assert cfg.daemon.remove_timeout == 2.0
     assert cfg.control.mode == 0o600
@@ -93,9 +98,22 @@ def test_local_profiles_of_two_dirs_use_different_data_sockets(tmp_path):
 def test_show_config_prints_effective_json(tmp_path):
     write(tmp_path / "conf.d/50.conf", "[http]\nbuffer_size = 1048576\n")
     out = subprocess.run(
-        [sys.executable, "-m", "vdsm_imageio.cli", "serve", "--local", str(tmp_path),
-         "--port", "0", "--show-config"],
-        check=True, capture_output=True, text=True, timeout=30).stdout
+        [
+            sys.executable,
+            "-m",
+            "vdsm_imageio.cli",
+            "serve",
+            "--local",
+            str(tmp_path),
+            "--port",
+            "0",
+            "--show-config",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
     shown = json.loads(out)
     assert shown["http"]["buffer_size"] == 1048576
     assert shown["tls"]["port"] == 0

@@ -33,8 +33,9 @@ class Peer:
         self.reader = client.makefile("rb")
         self.conn = Connection(server, ident)
         self._server_sock = server
-        self.thread = threading.Thread(target=self.conn.serve, args=(event_methods(hub),),
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.conn.serve, args=(event_methods(hub),), daemon=True
+        )
         self.thread.start()
 
     def send(self, obj: Any) -> None:
@@ -47,8 +48,7 @@ class Peer:
 
     def subscribe(self, **params: Any) -> dict[str, Any]:
         """Send Events.subscribe; return its reply, queue notifications seen first."""
-        self.send({"jsonrpc": "2.0", "id": 1, "method": "Events.subscribe",
-                   "params": params})
+        self.send({"jsonrpc": "2.0", "id": 1, "method": "Events.subscribe", "params": params})
         while True:
             msg = self.recv()
             if "id" in msg:
@@ -87,17 +87,18 @@ def removed(n: int, uuid: str = "u") -> dict[str, Any]:
     return {"uuid": f"{uuid}{n}", "transfer_id": f"t{n}"}
 
 
-def test_subscriber_gets_notifications_without_id(hub: EventHub,
-                                                  peers: list[Peer]) -> None:
+def test_subscriber_gets_notifications_without_id(hub: EventHub, peers: list[Peer]) -> None:
     p = connect(hub, peers)
     assert p.subscribe()["result"] is True
     hub.publish("Ticket.removed", removed(1))
-    assert p.recv() == {"jsonrpc": "2.0", "method": "Ticket.removed",
-                        "params": {"uuid": "u1", "transfer_id": "t1"}}
+    assert p.recv() == {
+        "jsonrpc": "2.0",
+        "method": "Ticket.removed",
+        "params": {"uuid": "u1", "transfer_id": "t1"},
+    }
 
 
-def test_subscriber_gets_only_the_events_it_named(hub: EventHub,
-                                                  peers: list[Peer]) -> None:
+def test_subscriber_gets_only_the_events_it_named(hub: EventHub, peers: list[Peer]) -> None:
     p = connect(hub, peers)
     assert p.subscribe(events=["Ticket.removed"])["result"] is True
     hub.publish("Ticket.progress", {"uuid": "u1"})
@@ -117,8 +118,9 @@ def test_subscribe_again_replaces_the_filter(hub: EventHub, peers: list[Peer]) -
 
 
 @pytest.mark.parametrize("events", [["Ticket.nope"], "Ticket.removed", [1], []])
-def test_bad_events_param_is_invalid_params(hub: EventHub, peers: list[Peer],
-                                            events: object) -> None:
+def test_bad_events_param_is_invalid_params(
+    hub: EventHub, peers: list[Peer], events: object
+) -> None:
     p = connect(hub, peers)
     reply = p.subscribe(events=events)
     assert reply["error"]["code"] == -32602
@@ -134,8 +136,9 @@ def test_every_event_can_be_named(hub: EventHub, peers: list[Peer]) -> None:
     assert [p.recv()["method"] for _ in EVENTS] == list(EVENTS)
 
 
-def test_unknown_event_is_not_published(hub: EventHub, peers: list[Peer],
-                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_unknown_event_is_not_published(
+    hub: EventHub, peers: list[Peer], caplog: pytest.LogCaptureFixture
+) -> None:
     p = connect(hub, peers)
     p.subscribe()
     hub.publish("Ticket.bogus", {"uuid": "u1"})
@@ -157,7 +160,8 @@ def test_closed_connection_unsubscribes(hub: EventHub, peers: list[Peer]) -> Non
 
 
 def test_subscriber_that_never_reads_blocks_nobody(
-    peers: list[Peer], caplog: pytest.LogCaptureFixture,
+    peers: list[Peer],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="verbs.events")
     hub = EventHub(queue_size=8)

@@ -12,8 +12,13 @@ import pytest
 from vdsm_imageio.errors import HookFailed
 from vdsm_imageio.hooks import EVENTS, Hooks, discover
 
-STATUS = {"uuid": "secret-uuid", "transfer_id": "transfer-1", "size": 1024,
-          "ops": ["read"], "transferred": 0}
+STATUS = {
+    "uuid": "secret-uuid",
+    "transfer_id": "transfer-1",
+    "size": 1024,
+    "ops": ["read"],
+    "transferred": 0,
+}
 
 
 def hook(root: Path, event: str, name: str, body: str, mode: int = 0o755) -> Path:
@@ -24,8 +29,7 @@ def hook(root: Path, event: str, name: str, body: str, mode: int = 0o755) -> Pat
     return path
 
 
-def test_hooks_run_in_file_name_order_skipping_hidden_and_non_executables(
-        tmp_path: Path) -> None:
+def test_hooks_run_in_file_name_order_skipping_hidden_and_non_executables(tmp_path: Path) -> None:
     hook(tmp_path, "after_ticket_add", "20-second", "true")
     hook(tmp_path, "after_ticket_add", "10-first", "true")
     hook(tmp_path, "after_ticket_add", ".hidden", "true")
@@ -41,17 +45,21 @@ def test_missing_event_directory_has_no_hooks(tmp_path: Path) -> None:
 
 
 def test_hook_reads_status_on_stdin_and_ids_in_a_clean_environment(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DAEMON_ONLY", "not for hooks")
     out = tmp_path / "out"
     out.mkdir()
-    hook(tmp_path / "hooks", "before_ticket_add", "10-record",
-         f'cat > {out}/stdin.json; env > {out}/env')
+    hook(
+        tmp_path / "hooks",
+        "before_ticket_add",
+        "10-record",
+        f"cat > {out}/stdin.json; env > {out}/env",
+    )
     hooks = Hooks(str(tmp_path / "hooks"), timeout=10, env={"TRANSFER_RECORD": "/r"})
     hooks.run("before_ticket_add", STATUS)
     assert json.loads((out / "stdin.json").read_text()) == STATUS
-    env = dict(line.split("=", 1) for line in (out / "env").read_text().splitlines()
-               if "=" in line)
+    env = dict(line.split("=", 1) for line in (out / "env").read_text().splitlines() if "=" in line)
     assert env["TICKET_UUID"] == "secret-uuid"
     assert env["TRANSFER_ID"] == "transfer-1"
     assert env["EVENT"] == "before_ticket_add"
@@ -59,11 +67,11 @@ def test_hook_reads_status_on_stdin_and_ids_in_a_clean_environment(
     assert "DAEMON_ONLY" not in env
 
 
-def test_failing_before_hook_vetoes_with_its_stderr_and_stops_the_rest(
-        tmp_path: Path) -> None:
+def test_failing_before_hook_vetoes_with_its_stderr_and_stops_the_rest(tmp_path: Path) -> None:
     marker = tmp_path / "later-ran"
-    hook(tmp_path, "before_ticket_remove", "10-deny",
-         'echo "transfer is being audited" >&2; exit 3')
+    hook(
+        tmp_path, "before_ticket_remove", "10-deny", 'echo "transfer is being audited" >&2; exit 3'
+    )
     hook(tmp_path, "before_ticket_remove", "20-later", f"touch {marker}")
     hooks = Hooks(str(tmp_path), timeout=10)
     with pytest.raises(HookFailed) as e:
@@ -84,8 +92,7 @@ def test_before_hooks_that_succeed_let_the_operation_pass(tmp_path: Path) -> Non
 
 def test_hook_outliving_its_timeout_is_killed_with_its_children(tmp_path: Path) -> None:
     pidfile = tmp_path / "child.pid"
-    hook(tmp_path, "before_ticket_add", "10-hang",
-         f"sleep 60 & echo $! > {pidfile}; wait")
+    hook(tmp_path, "before_ticket_add", "10-hang", f"sleep 60 & echo $! > {pidfile}; wait")
     hooks = Hooks(str(tmp_path), timeout=0.5)
     start = time.monotonic()
     with pytest.raises(HookFailed) as e:
@@ -122,10 +129,18 @@ def test_hook_that_cannot_start_vetoes(tmp_path: Path) -> None:
 
 def test_after_hooks_run_in_order_in_the_background(tmp_path: Path) -> None:
     log_file = tmp_path / "events"
-    hook(tmp_path / "hooks", "after_ticket_add", "10-log",
-         f'sleep 0.2; echo "$EVENT $TRANSFER_ID" >> {log_file}')
-    hook(tmp_path / "hooks", "after_ticket_remove", "10-log",
-         f'echo "$EVENT $TRANSFER_ID" >> {log_file}')
+    hook(
+        tmp_path / "hooks",
+        "after_ticket_add",
+        "10-log",
+        f'sleep 0.2; echo "$EVENT $TRANSFER_ID" >> {log_file}',
+    )
+    hook(
+        tmp_path / "hooks",
+        "after_ticket_remove",
+        "10-log",
+        f'echo "$EVENT $TRANSFER_ID" >> {log_file}',
+    )
     hooks = Hooks(str(tmp_path / "hooks"), timeout=10)
     start = time.monotonic()
     hooks.run("after_ticket_add", {**STATUS, "transfer_id": "a"})
@@ -135,11 +150,15 @@ def test_after_hooks_run_in_order_in_the_background(tmp_path: Path) -> None:
     assert time.monotonic() - start < 0.2
     hooks.close(timeout=10)
     assert log_file.read_text().splitlines() == [
-        "after_ticket_add a", "after_ticket_remove a", "after_ticket_add b"]
+        "after_ticket_add a",
+        "after_ticket_remove a",
+        "after_ticket_add b",
+    ]
 
 
 def test_after_hook_failure_is_logged_not_raised(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     marker = tmp_path / "second-ran"
     hook(tmp_path, "after_ticket_remove", "10-fail", 'echo "disk full" >&2; exit 1')
     hook(tmp_path, "after_ticket_remove", "20-next", f"touch {marker}")
@@ -171,14 +190,22 @@ def test_unknown_event_is_refused(tmp_path: Path) -> None:
 
 
 def test_events_are_those_of_the_design() -> None:
-    assert set(EVENTS) == {"before_ticket_add", "after_ticket_add", "before_ticket_remove",
-                           "after_ticket_remove", "after_transfer_idle"}
+    assert set(EVENTS) == {
+        "before_ticket_add",
+        "after_ticket_add",
+        "before_ticket_remove",
+        "after_ticket_remove",
+        "after_transfer_idle",
+    }
 
 
-def test_hook_output_is_logged_bounded(tmp_path: Path,
-                                       caplog: pytest.LogCaptureFixture) -> None:
-    hook(tmp_path, "before_ticket_add", "10-chatty",
-         "echo hello; head -c 1000000 /dev/zero | tr '\\0' x")
+def test_hook_output_is_logged_bounded(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    hook(
+        tmp_path,
+        "before_ticket_add",
+        "10-chatty",
+        "echo hello; head -c 1000000 /dev/zero | tr '\\0' x",
+    )
     with caplog.at_level(logging.INFO, logger="vdsm_imageio.hooks"):
         Hooks(str(tmp_path), timeout=10).run("before_ticket_add", STATUS)
     out = [r.getMessage() for r in caplog.records if "stdout" in r.getMessage()]

@@ -32,16 +32,23 @@ class Recorder:
 
 
 def ticket(**kw: Any) -> dict[str, Any]:
-    t = {"uuid": "u1", "size": 1024, "ops": ["write"], "timeout": 300,
-         "url": "file:///image", "transfer_id": "tr1"}
+    t = {
+        "uuid": "u1",
+        "size": 1024,
+        "ops": ["write"],
+        "timeout": 300,
+        "url": "file:///image",
+        "transfer_id": "tr1",
+    }
     t.update(kw)
     return t
 
 
 def wired(hooks: Any, clock: FakeClock, **kw: Any) -> Registry:
     th = TicketHooks(hooks, clock)
-    registry = Registry(clock=clock, remove_timeout=0.05, default_inactivity_timeout=60,
-                        guard=th.guard, **kw)
+    registry = Registry(
+        clock=clock, remove_timeout=0.05, default_inactivity_timeout=60, guard=th.guard, **kw
+    )
     registry.subscribe(th.listener)
     return registry
 
@@ -97,8 +104,11 @@ def test_hooks_see_lifecycle_in_order_with_duration() -> None:
     clock.now += 42.5
     registry.remove("u1")
     assert [e for e, _ in recorder.calls] == [
-        "before_ticket_add", "after_ticket_add", "before_ticket_remove",
-        "after_ticket_remove"]
+        "before_ticket_add",
+        "after_ticket_add",
+        "before_ticket_remove",
+        "after_ticket_remove",
+    ]
     _, removed = recorder.calls[-1]
     assert removed["transfer_id"] == "tr1"
     assert removed["duration"] == 42.5

@@ -10,16 +10,29 @@ from typing import Any
 
 import pytest
 
-HOOK = Path(__file__).resolve().parents[2] / "hooks" / "after_ticket_remove" / \
-    "50-transfer-record"
+HOOK = Path(__file__).resolve().parents[2] / "hooks" / "after_ticket_remove" / "50-transfer-record"
 
 
 def removed(**kw: Any) -> dict[str, Any]:
-    status = {"uuid": "secret", "transfer_id": "tr-1", "size": 4096, "ops": ["read", "write"],
-              "timeout": 300, "expires_in": 12, "inactivity_timeout": 60, "idle_time": 3,
-              "active": False, "connections": 0, "transferred": 4096, "canceled": True,
-              "sparse": True, "dirty": False, "url": "file:///x", "duration": 12.5,
-              "interrupted": False}
+    status = {
+        "uuid": "secret",
+        "transfer_id": "tr-1",
+        "size": 4096,
+        "ops": ["read", "write"],
+        "timeout": 300,
+        "expires_in": 12,
+        "inactivity_timeout": 60,
+        "idle_time": 3,
+        "active": False,
+        "connections": 0,
+        "transferred": 4096,
+        "canceled": True,
+        "sparse": True,
+        "dirty": False,
+        "url": "file:///x",
+        "duration": 12.5,
+        "interrupted": False,
+    }
     status.update(kw)
     return status
 
@@ -29,8 +42,9 @@ def run_hook(status: Any, record: Path | None) -> subprocess.CompletedProcess[st
     if record is not None:
         env["TRANSFER_RECORD"] = str(record)
     stdin = status if isinstance(status, str) else json.dumps(status)
-    return subprocess.run([str(HOOK)], input=stdin, env=env, capture_output=True,
-                          text=True, timeout=30)
+    return subprocess.run(
+        [str(HOOK)], input=stdin, env=env, capture_output=True, text=True, timeout=30
+    )
 
 
 def lines(record: Path) -> list[dict[str, Any]]:
@@ -46,8 +60,7 @@ def test_appends_one_line_per_transfer(tmp_path: Path) -> None:
     assert run_hook(removed(), record).returncode == 0
     assert run_hook(removed(transfer_id="tr-2", transferred=1024), record).returncode == 0
     first, second = lines(record)
-    assert set(first) == {"time", "transfer_id", "ops", "size", "transferred", "duration",
-                          "result"}
+    assert set(first) == {"time", "transfer_id", "ops", "size", "transferred", "duration", "result"}
     assert first["transfer_id"] == "tr-1"
     assert first["ops"] == ["read", "write"]
     assert first["size"] == 4096
@@ -58,13 +71,16 @@ def test_appends_one_line_per_transfer(tmp_path: Path) -> None:
     assert "secret" not in record.read_text()
 
 
-@pytest.mark.parametrize("transferred, interrupted, result", [
-    (4096, False, "completed"),
-    (4096, True, "completed"),
-    (1024, True, "canceled"),
-    (1024, False, "partial"),
-    (0, False, "partial"),
-])
+@pytest.mark.parametrize(
+    "transferred, interrupted, result",
+    [
+        (4096, False, "completed"),
+        (4096, True, "completed"),
+        (1024, True, "canceled"),
+        (1024, False, "partial"),
+        (0, False, "partial"),
+    ],
+)
 def test_result(tmp_path: Path, transferred: int, interrupted: bool, result: str) -> None:
     record = tmp_path / "transfers.jsonl"
     run_hook(removed(transferred=transferred, interrupted=interrupted), record)

@@ -15,8 +15,7 @@ from verbs.ticket import ticket_methods
 
 URL = "file:///var/tmp/disk.raw"
 # What the engine reads from Host.get_image_ticket.
-ENGINE_READS = ("uuid", "size", "url", "timeout", "ops", "active", "transferred",
-                "idle_time")
+ENGINE_READS = ("uuid", "size", "url", "timeout", "ops", "active", "transferred", "idle_time")
 
 
 class FakeClock:
@@ -103,19 +102,18 @@ def test_add_invalid_ticket_names_the_field(methods: dict[str, Any]) -> None:
 def test_extend_returns_true_and_sets_timeout(methods: dict[str, Any]) -> None:
     ticket = engine_ticket(URL)
     result(methods, "Host.add_image_ticket", ticket=ticket)
-    assert result(methods, "Host.extend_image_ticket", uuid=ticket["uuid"],
-                  timeout=600) is True
+    assert result(methods, "Host.extend_image_ticket", uuid=ticket["uuid"], timeout=600) is True
     assert result(methods, "Host.get_image_ticket", uuid=ticket["uuid"])["timeout"] == 600
 
 
-def test_extend_revives_expired_ticket(methods: dict[str, Any], registry: Registry,
-                                       clock: FakeClock) -> None:
+def test_extend_revives_expired_ticket(
+    methods: dict[str, Any], registry: Registry, clock: FakeClock
+) -> None:
     ticket = engine_ticket(URL, timeout=10)
     result(methods, "Host.add_image_ticket", ticket=ticket)
     clock.now += 60
     assert registry.get(ticket["uuid"]).expired()
-    assert result(methods, "Host.extend_image_ticket", uuid=ticket["uuid"],
-                  timeout=10) is True
+    assert result(methods, "Host.extend_image_ticket", uuid=ticket["uuid"], timeout=10) is True
     assert not registry.get(ticket["uuid"]).expired()
 
 
@@ -133,8 +131,9 @@ def test_extend_keeps_idle_time(methods: dict[str, Any], clock: FakeClock) -> No
 
 
 @pytest.mark.parametrize("timeout", ["300", 1.5, -1, True, None])
-def test_extend_with_bad_timeout_is_invalid_params(methods: dict[str, Any],
-                                                   timeout: object) -> None:
+def test_extend_with_bad_timeout_is_invalid_params(
+    methods: dict[str, Any], timeout: object
+) -> None:
     ticket = engine_ticket(URL)
     result(methods, "Host.add_image_ticket", ticket=ticket)
     err = error(methods, "Host.extend_image_ticket", uuid=ticket["uuid"], timeout=timeout)
@@ -142,17 +141,20 @@ def test_extend_with_bad_timeout_is_invalid_params(methods: dict[str, Any],
     assert err["data"]["field"] == "timeout"
 
 
-@pytest.mark.parametrize(("method", "params"), [
-    ("Host.get_image_ticket", {"uuid": "nope"}),
-    ("Host.extend_image_ticket", {"uuid": "nope", "timeout": 30}),
-])
-def test_unknown_ticket_is_not_found(methods: dict[str, Any], method: str,
-                                     params: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("Host.get_image_ticket", {"uuid": "nope"}),
+        ("Host.extend_image_ticket", {"uuid": "nope", "timeout": 30}),
+    ],
+)
+def test_unknown_ticket_is_not_found(
+    methods: dict[str, Any], method: str, params: dict[str, Any]
+) -> None:
     assert error(methods, method, **params)["code"] == 100
 
 
-def test_remove_returns_true_also_for_unknown(methods: dict[str, Any],
-                                             registry: Registry) -> None:
+def test_remove_returns_true_also_for_unknown(methods: dict[str, Any], registry: Registry) -> None:
     ticket = engine_ticket(URL)
     result(methods, "Host.add_image_ticket", ticket=ticket)
     assert result(methods, "Host.remove_image_ticket", uuid=ticket["uuid"]) is True
@@ -160,8 +162,7 @@ def test_remove_returns_true_also_for_unknown(methods: dict[str, Any],
     assert result(methods, "Host.remove_image_ticket", uuid=ticket["uuid"]) is True
 
 
-def test_remove_with_running_request_is_busy(methods: dict[str, Any],
-                                             registry: Registry) -> None:
+def test_remove_with_running_request_is_busy(methods: dict[str, Any], registry: Registry) -> None:
     ticket = engine_ticket(URL)
     result(methods, "Host.add_image_ticket", ticket=ticket)
     with registry.get(ticket["uuid"]).operation(0, 10):
@@ -179,7 +180,9 @@ def test_missing_uuid_is_invalid_params(methods: dict[str, Any], method: str) ->
 
 
 def test_timeout_and_idle_time_are_integers_in_every_state(
-    methods: dict[str, Any], registry: Registry, clock: FakeClock,
+    methods: dict[str, Any],
+    registry: Registry,
+    clock: FakeClock,
 ) -> None:
     ticket = engine_ticket(URL, timeout=10)
     result(methods, "Host.add_image_ticket", ticket=ticket)

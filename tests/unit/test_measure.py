@@ -38,6 +38,7 @@ def test_copy_is_independent():
 
 def test_many_random_ranges_match_a_bitmap():
     import random
+
     rnd = random.Random(7)
     r = RangeSet()
     seen = bytearray(1000)

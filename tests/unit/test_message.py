@@ -17,8 +17,7 @@ def body_of(data: bytes, req_bytes: bytes):
 
 
 def test_request_head_is_parsed():
-    req = head(b"PUT /images/abc?flush=n&close=y HTTP/1.1\r\nHost: x\r\n"
-               b"Content-Length: 10\r\n\r\n")
+    req = head(b"PUT /images/abc?flush=n&close=y HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
     assert (req.method, req.path, req.version) == ("PUT", "/images/abc", "1.1")
     assert req.query == {"flush": "n", "close": "y"}
     assert req.content_length == 10
@@ -33,17 +32,22 @@ def test_leading_empty_lines_are_ignored():
     assert head(b"\r\nGET / HTTP/1.1\r\n\r\n").method == "GET"
 
 
-@pytest.mark.parametrize("raw, field", [
-    (b"GET /x\r\n\r\n", "request line"),
-    (b"GET /x HTTP/2.0\r\n\r\n", "request line"),
-    (b"GET http://h/x HTTP/1.1\r\n\r\n", "request target"),
-    (b"GET /x?a=1&a=2 HTTP/1.1\r\n\r\n", "query parameter 'a'"),
-    (b"PUT /x HTTP/1.1\r\nContent-Length: -1\r\n\r\n", "Content-Length"),
-    (b"PUT /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "Content-Length"),
-    (b"PUT /x HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", "Transfer-Encoding"),
-    (b"PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
-     "Content-Length"),
-])
+@pytest.mark.parametrize(
+    "raw, field",
+    [
+        (b"GET /x\r\n\r\n", "request line"),
+        (b"GET /x HTTP/2.0\r\n\r\n", "request line"),
+        (b"GET http://h/x HTTP/1.1\r\n\r\n", "request target"),
+        (b"GET /x?a=1&a=2 HTTP/1.1\r\n\r\n", "query parameter 'a'"),
+        (b"PUT /x HTTP/1.1\r\nContent-Length: -1\r\n\r\n", "Content-Length"),
+        (b"PUT /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "Content-Length"),
+        (b"PUT /x HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", "Transfer-Encoding"),
+        (
+            b"PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            "Content-Length",
+        ),
+    ],
+)
 def test_malformed_head_is_400_naming_what(raw, field):
     with pytest.raises(BadRequest) as e:
         head(raw)

@@ -24,8 +24,15 @@ class FakeClock:
 
 
 def spec(**kw: Any) -> dict[str, Any]:
-    t = {"uuid": "u1", "size": 1000, "ops": ["write"], "timeout": 30,
-         "inactivity_timeout": 5, "url": "file:///image", "transfer_id": "tr1"}
+    t = {
+        "uuid": "u1",
+        "size": 1000,
+        "ops": ["write"],
+        "timeout": 30,
+        "inactivity_timeout": 5,
+        "url": "file:///image",
+        "transfer_id": "tr1",
+    }
     t.update(kw)
     return t
 
@@ -40,10 +47,10 @@ def registry(clock: FakeClock) -> Registry:
     return Registry(clock=clock, remove_timeout=0.05, default_inactivity_timeout=60)
 
 
-def make_monitor(registry: Registry, clock: FakeClock, *, interval: float = 1.0,
-                 grace: float = 0.0) -> Monitor:
-    return Monitor(registry, clock=clock, progress_interval=interval,
-                   expired_ticket_grace=grace)
+def make_monitor(
+    registry: Registry, clock: FakeClock, *, interval: float = 1.0, grace: float = 0.0
+) -> Monitor:
+    return Monitor(registry, clock=clock, progress_interval=interval, expired_ticket_grace=grace)
 
 
 @pytest.fixture
@@ -99,26 +106,32 @@ def test_progress_while_moving_is_rate_limited(registry: Registry, tick: Ticks) 
     # At 0.25 and 1.25 (one second later): never twice within the interval.
     assert [p["transferred"] for p in moving] == [50, 250]
     assert all(p["active"] for p in moving)
-    assert moving[0] == {"uuid": "u1", "transfer_id": "tr1", "transferred": 50,
-                         "size": 1000, "active": True}
+    assert moving[0] == {
+        "uuid": "u1",
+        "transfer_id": "tr1",
+        "transferred": 50,
+        "size": 1000,
+        "active": True,
+    }
 
 
 def test_final_progress_when_ticket_goes_idle(registry: Registry, tick: Ticks) -> None:
     ticket = registry.add(spec())
     with request(ticket, 0, 1000) as op:
         ticket.progress(op, 100)
-        assert progress(tick()) == [{"uuid": "u1", "transfer_id": "tr1",
-                                     "transferred": 100, "size": 1000, "active": True}]
+        assert progress(tick()) == [
+            {"uuid": "u1", "transfer_id": "tr1", "transferred": 100, "size": 1000, "active": True}
+        ]
         ticket.progress(op, 900)
         assert tick() == []  # within the interval
     events = tick()
-    assert progress(events) == [{"uuid": "u1", "transfer_id": "tr1",
-                                 "transferred": 1000, "size": 1000, "active": False}]
+    assert progress(events) == [
+        {"uuid": "u1", "transfer_id": "tr1", "transferred": 1000, "size": 1000, "active": False}
+    ]
     assert tick() == []
 
 
-def test_final_progress_when_idle_without_new_bytes(registry: Registry,
-                                                    tick: Ticks) -> None:
+def test_final_progress_when_idle_without_new_bytes(registry: Registry, tick: Ticks) -> None:
     ticket = registry.add(spec())
     with request(ticket, 0, 1000) as op:
         ticket.progress(op, 100)
@@ -134,8 +147,7 @@ def test_request_between_ticks_reports_once(registry: Registry, tick: Ticks) -> 
     assert tick() == []
 
 
-def test_request_that_moves_nothing_reports_nothing(registry: Registry,
-                                                    tick: Ticks) -> None:
+def test_request_that_moves_nothing_reports_nothing(registry: Registry, tick: Ticks) -> None:
     ticket = registry.add(spec())
     with request(ticket, 0, 200):
         assert tick() == []
@@ -160,8 +172,7 @@ def test_extend_does_not_end_an_idle_period(registry: Registry, tick: Ticks) -> 
     assert names(tick(3.0)) == ["Ticket.inactive"]
 
 
-def test_no_inactive_event_when_inactivity_timeout_is_zero(registry: Registry,
-                                                           tick: Ticks) -> None:
+def test_no_inactive_event_when_inactivity_timeout_is_zero(registry: Registry, tick: Ticks) -> None:
     registry.add(spec(inactivity_timeout=0))
     assert "Ticket.inactive" not in names(tick(20.0))
 
@@ -214,7 +225,9 @@ def test_readded_uuid_is_a_new_ticket(registry: Registry, tick: Ticks) -> None:
         again.progress(op, 100)
     events = tick()
     assert [(e.name, e.params["transfer_id"]) for e in events] == [
-        ("Ticket.progress", "tr2"), ("Ticket.removed", "tr1")]
+        ("Ticket.progress", "tr2"),
+        ("Ticket.removed", "tr1"),
+    ]
     assert events[0].params["transferred"] == 100
 
 
@@ -225,7 +238,8 @@ def test_expired_tickets_stay_without_grace(registry: Registry, tick: Ticks) -> 
 
 
 def test_reaper_removes_ticket_expired_longer_than_grace(
-    registry: Registry, clock: FakeClock,
+    registry: Registry,
+    clock: FakeClock,
 ) -> None:
     monitor = make_monitor(registry, clock, grace=5.0)
     tick = Ticks(monitor, clock)
@@ -237,8 +251,7 @@ def test_reaper_removes_ticket_expired_longer_than_grace(
         registry.get("u1")
 
 
-def test_reaper_spares_ticket_extended_in_time(registry: Registry,
-                                               clock: FakeClock) -> None:
+def test_reaper_spares_ticket_extended_in_time(registry: Registry, clock: FakeClock) -> None:
     monitor = make_monitor(registry, clock, grace=5.0)
     tick = Ticks(monitor, clock)
     registry.add(spec(timeout=10, inactivity_timeout=0))
@@ -249,7 +262,8 @@ def test_reaper_spares_ticket_extended_in_time(registry: Registry,
 
 
 def test_canceled_ticket_reports_no_inactivity_or_expiry(
-    registry: Registry, tick: Ticks,
+    registry: Registry,
+    tick: Ticks,
 ) -> None:
     ticket = registry.add(spec(timeout=1, inactivity_timeout=1))
     ticket.cancel()  # what a removal that waits for requests looks like
@@ -257,8 +271,7 @@ def test_canceled_ticket_reports_no_inactivity_or_expiry(
 
 
 def test_thread_publishes_events_and_stops() -> None:
-    registry = Registry(clock=time.monotonic, remove_timeout=1.0,
-                        default_inactivity_timeout=60)
+    registry = Registry(clock=time.monotonic, remove_timeout=1.0, default_inactivity_timeout=60)
     monitor = Monitor(registry, clock=time.monotonic, progress_interval=0.1)
     got: list[tuple[str, dict[str, Any]]] = []
     removed = threading.Event()
@@ -284,8 +297,7 @@ def test_thread_publishes_events_and_stops() -> None:
 
 
 def test_thread_survives_a_failing_publisher() -> None:
-    registry = Registry(clock=time.monotonic, remove_timeout=1.0,
-                        default_inactivity_timeout=60)
+    registry = Registry(clock=time.monotonic, remove_timeout=1.0, default_inactivity_timeout=60)
     monitor = Monitor(registry, clock=time.monotonic, progress_interval=0.1)
     calls: list[str] = []
     second = threading.Event()

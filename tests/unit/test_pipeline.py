@@ -11,13 +11,14 @@ def io_threads():
     """Helper threads of the data path still alive (other tests may own others)."""
     return [t for t in threading.enumerate() if t.name.startswith("io-")]
 
+
 def source(data: bytes, step: int):
     pos = 0
 
     def produce(buf: memoryview) -> int:
         nonlocal pos
         n = min(len(buf), step, len(data) - pos)
-        buf[:n] = data[pos:pos + n]
+        buf[:n] = data[pos : pos + n]
         pos += n
         return n
 
@@ -34,8 +35,9 @@ def test_data_arrives_in_order(side, single):
     data = bytes(range(256)) * 1000
     out = bytearray()
     pool = BufferPool(4096, 4)
-    pipeline.run(pool, source(data, 1000), lambda b: out.extend(b),
-                 threaded_side=side, single=single)
+    pipeline.run(
+        pool, source(data, 1000), lambda b: out.extend(b), threaded_side=side, single=single
+    )
     assert out == data
     assert pool.try_acquire() is not None
 
@@ -52,8 +54,7 @@ def test_consumer_error_stops_both_and_returns_buffers(side):
             raise TicketCanceled(transfer_id="t")
 
     with pytest.raises(TicketCanceled):
-        pipeline.run(pool, source(b"x" * 100_000, 1024), consume,
-                     threaded_side=side)
+        pipeline.run(pool, source(b"x" * 100_000, 1024), consume, threaded_side=side)
     assert calls == 3
     assert pool.try_acquire() is not None and pool.try_acquire() is not None
     assert not io_threads()
@@ -84,8 +85,7 @@ def test_runs_single_buffered_when_pool_has_one_free():
     def consume(buf):
         threads.append(threading.current_thread().name)
 
-    pipeline.run(pool, source(b"y" * 5000, 1024), consume,
-                 threaded_side="consume")
+    pipeline.run(pool, source(b"y" * 5000, 1024), consume, threaded_side="consume")
     pool.release(held)
     assert set(threads) == {threading.current_thread().name}
 
@@ -103,6 +103,7 @@ def test_pool_never_allocates_more_than_its_count():
 def test_buffers_are_page_aligned():
     import ctypes
     import mmap
+
     pool = BufferPool(mmap.PAGESIZE * 2, 2)
     buf = pool.try_acquire()
     addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
@@ -138,8 +139,7 @@ def test_stuck_requests_never_starve_another():
     done = threading.Event()
 
     def request():
-        pipeline.run(pool, source(b"q" * 10_000, 1000), lambda b: None,
-                     threaded_side="produce")
+        pipeline.run(pool, source(b"q" * 10_000, 1000), lambda b: None, threaded_side="produce")
         done.set()
 
     t = threading.Thread(target=request)
@@ -154,7 +154,8 @@ def reader_of(data: bytes, calls: list[tuple[int, int]] | None = None):
     def read(offset: int, buf: memoryview) -> None:
         if calls is not None:
             calls.append((offset, len(buf)))
-        buf[:] = data[offset:offset + len(buf)]
+        buf[:] = data[offset : offset + len(buf)]
+
     return read
 
 
@@ -165,12 +166,12 @@ def test_lanes_deliver_in_order(lanes, start, length):
     out = bytearray()
     pool = BufferPool(4096, 8)
     calls: list[tuple[int, int]] = []
-    assert pipeline.run_lanes(pool, [reader_of(data, calls)] * lanes, out.extend,
-                              start, length)
-    assert out == data[start:start + length]
+    assert pipeline.run_lanes(pool, [reader_of(data, calls)] * lanes, out.extend, start, length)
+    assert out == data[start : start + length]
     # Every segment read once, none bigger than a buffer.
-    assert sorted(calls) == [(o, min(4096, start + length - o))
-                             for o in range(start, start + length, 4096)]
+    assert sorted(calls) == [
+        (o, min(4096, start + length - o)) for o in range(start, start + length, 4096)
+    ]
     assert not io_threads()
     assert pool.allocated() <= 2 * lanes
 
@@ -185,6 +186,7 @@ def test_each_lane_reads_its_own_segments():
         def run(offset, buf):
             seen[i].append(offset)
             read(offset, buf)
+
         return run
 
     out = bytearray()
@@ -201,7 +203,7 @@ def test_lanes_run_reads_at_once():
 
     def read(offset, buf):
         barrier.wait()
-        buf[:] = data[offset:offset + len(buf)]
+        buf[:] = data[offset : offset + len(buf)]
 
     out = bytearray()
     assert pipeline.run_lanes(BufferPool(8192, 4), [read, read], out.extend, 0, len(data))
@@ -215,7 +217,7 @@ def test_lane_reader_error_is_raised_and_every_lane_stops():
     def failing(offset, buf):
         if offset >= 4096 * 7:
             raise OSError(5, "read failed")
-        buf[:] = data[offset:offset + len(buf)]
+        buf[:] = data[offset : offset + len(buf)]
 
     out = bytearray()
     with pytest.raises(OSError, match="read failed"):
@@ -249,7 +251,8 @@ def test_lanes_need_a_pooled_buffer_each():
     held = pool.try_acquire()
     assert held is not None
     calls: list[tuple[int, int]] = []
-    assert not pipeline.run_lanes(pool, [reader_of(bytes(10_000), calls)] * 2,
-                                  lambda b: None, 0, 10_000)
+    assert not pipeline.run_lanes(
+        pool, [reader_of(bytes(10_000), calls)] * 2, lambda b: None, 0, 10_000
+    )
     assert calls == []
     pool.release(held)

@@ -28,11 +28,12 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     b.close()
 
 
-def send_in_pieces(sock: socket.socket, data: bytes, piece: int,
-                   pause: float = 0.0) -> threading.Thread:
+def send_in_pieces(
+    sock: socket.socket, data: bytes, piece: int, pause: float = 0.0
+) -> threading.Thread:
     def run() -> None:
         for i in range(0, len(data), piece):
-            sock.sendall(data[i:i + piece])
+            sock.sendall(data[i : i + piece])
             if pause:
                 time.sleep(pause)
 

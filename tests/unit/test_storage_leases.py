@@ -20,8 +20,7 @@ def exc(code: int, message: str) -> sanlock.SanlockException:
     return sanlock.SanlockException(code, "Sanlock resource not acquired", message)
 
 
-@pytest.mark.parametrize("code", [errno.EEXIST, errno.EAGAIN, errno.EBUSY,
-                                  -243, -244, -245, -246])
+@pytest.mark.parametrize("code", [errno.EEXIST, errno.EAGAIN, errno.EBUSY, -243, -244, -245, -246])
 def test_held_elsewhere_is_lease_busy(code: int) -> None:
     error = translate(exc(code, "File exists"), LEASE, "acquire")
     assert isinstance(error, LeaseBusy)
@@ -37,8 +36,10 @@ def test_lockspace_not_joined_is_unavailable() -> None:
 def test_other_failure_is_volume_error_with_sanlock_message() -> None:
     error = translate(exc(-223, "Lease does not exist on storage"), LEASE, "acquire")
     assert type(error) is VolumeError
-    assert str(error) == ("Cannot acquire the lease of volume vol of domain sd: "
-                          "sanlock: Lease does not exist on storage")
+    assert str(error) == (
+        "Cannot acquire the lease of volume vol of domain sd: "
+        "sanlock: Lease does not exist on storage"
+    )
 
 
 def test_release_failure_is_volume_error() -> None:

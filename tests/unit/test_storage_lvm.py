@@ -43,16 +43,23 @@ PVS = """\
   }
 """
 
-EMPTY_LVS = '  {\n      "report": [\n          {\n              "lv": [\n' \
-    '              ]\n          }\n      ]\n  }\n'
+EMPTY_LVS = (
+    '  {\n      "report": [\n          {\n              "lv": [\n'
+    "              ]\n          }\n      ]\n  }\n"
+)
 
 
 def test_lvs_report_parses_into_logical_volume() -> None:
     (row,) = lvm.parse_report(LVS, "lv")
     lv = lvm.parse_lv(row)
     assert lv == lvm.LogicalVolume(
-        vg_name=VG, name=LV, size=8 * 1024**2, attr="-wi-a-----",
-        path=f"/dev/{VG}/{LV}", tags=(f"IU_{IMG}",))
+        vg_name=VG,
+        name=LV,
+        size=8 * 1024**2,
+        attr="-wi-a-----",
+        path=f"/dev/{VG}/{LV}",
+        tags=(f"IU_{IMG}",),
+    )
     assert lv.active and not lv.open
     assert lv.image == IMG
 
@@ -67,14 +74,17 @@ def test_malformed_report_is_an_error(text: str) -> None:
         lvm.parse_report(text, "lv")
 
 
-@pytest.mark.parametrize("attr, active, open_", [
-    ("-wi-a-----", True, False),
-    ("-wi-ao----", True, True),
-    ("-wi-------", False, False),
-    # Table swapped for the error target while open (recorded after
-    # dmsetup remove --force).
-    ("-wi-XX--X-", False, False),
-])
+@pytest.mark.parametrize(
+    "attr, active, open_",
+    [
+        ("-wi-a-----", True, False),
+        ("-wi-ao----", True, True),
+        ("-wi-------", False, False),
+        # Table swapped for the error target while open (recorded after
+        # dmsetup remove --force).
+        ("-wi-XX--X-", False, False),
+    ],
+)
 def test_attr_state_and_open_flags(attr: str, active: bool, open_: bool) -> None:
     lv = lvm.LogicalVolume(VG, LV, 0, attr, "", ())
     assert (lv.active, lv.open) == (active, open_)
@@ -92,10 +102,14 @@ def test_devices_of_vg_are_its_pvs_sorted() -> None:
 
 def test_config_accepts_only_the_domain_devices() -> None:
     config = lvm.config(["/dev/loop0", "/dev/mapper/3600a0b8.x+y"])
-    assert 'filter=["a|^/dev/loop0$|", "a|^/dev/mapper/3600a0b8[.]x[+]y$|", ' \
-        '"r|.*|"]' in config
-    for setting in ("obtain_device_list_from_udev=0", "write_cache_state=0",
-                    'hints="none"', "use_devicesfile=0", "scan_lvs=0"):
+    assert 'filter=["a|^/dev/loop0$|", "a|^/dev/mapper/3600a0b8[.]x[+]y$|", "r|.*|"]' in config
+    for setting in (
+        "obtain_device_list_from_udev=0",
+        "write_cache_state=0",
+        'hints="none"',
+        "use_devicesfile=0",
+        "scan_lvs=0",
+    ):
         assert setting in config
 
 
@@ -128,7 +142,8 @@ def test_open_lv_at_deactivate_says_open_elsewhere() -> None:
     error = lvm.translate(action="deactivate", vg=VG, lv=LV, rc=5, stderr=stderr)
     assert isinstance(error, VolumeError)
     assert error.fields["reason"] == (
-        f"the device is open elsewhere (Logical volume {VG}/{LV} in use.)")
+        f"the device is open elsewhere (Logical volume {VG}/{LV} in use.)"
+    )
     assert error.fields["rc"] == 5
 
 
@@ -136,8 +151,7 @@ def test_other_failure_carries_lvm_message() -> None:
     stderr = "  /dev/loop0: read failed: Input/output error\n  Failed to lock.\n"
     error = lvm.translate(action="activate", vg=VG, lv=LV, rc=5, stderr=stderr)
     assert type(error) is VolumeError
-    assert error.fields["reason"] == (
-        "/dev/loop0: read failed: Input/output error Failed to lock.")
+    assert error.fields["reason"] == ("/dev/loop0: read failed: Input/output error Failed to lock.")
     assert "Cannot activate volume" in str(error)
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from storage.udev import Event
 
-EVENT = Event(action="change", node="/dev/dm-0", number=(254 << 8),
-              links=frozenset({"/dev/vg/lv", "/dev/mapper/vg-lv"}))
+EVENT = Event(
+    action="change",
+    node="/dev/dm-0",
+    number=(254 << 8),
+    links=frozenset({"/dev/vg/lv", "/dev/mapper/vg-lv"}),
+)
 
 
 def test_event_names_device_by_node_or_link() -> None:

@@ -33,20 +33,37 @@ def root(tmp_path: Path) -> Path:
 @pytest.fixture
 def volumes(root: Path) -> Volumes:
     # The watcher is never started: file volumes have no device to watch.
-    return Volumes(file_root=root / "mnt", run_dir=root / "run", lvm=Lvm(),
-                   udev=DeviceWatcher(), leases=Leases(), clock=time.monotonic)
+    return Volumes(
+        file_root=root / "mnt",
+        run_dir=root / "run",
+        lvm=Lvm(),
+        udev=DeviceWatcher(),
+        leases=Leases(),
+        clock=time.monotonic,
+    )
 
 
 @pytest.fixture
 def registry(volumes: Volumes) -> Registry:
-    return Registry(clock=time.monotonic, remove_timeout=1, default_inactivity_timeout=60,
-                    resolve_url=volumes.prepare, release=volumes.release)
+    return Registry(
+        clock=time.monotonic,
+        remove_timeout=1,
+        default_inactivity_timeout=60,
+        resolve_url=volumes.prepare,
+        release=volumes.release,
+    )
 
 
 def ticket(uuid: str, ops: tuple[str, ...] = ("read",), **volume: Any) -> dict[str, Any]:
     vol = {"domain": "file", "sd_id": SD, "img_id": IMG, "vol_id": VOL, **volume}
-    return {"uuid": uuid, "size": 4096, "ops": list(ops), "timeout": 60,
-            "transfer_id": f"transfer-{uuid}", "volume": vol}
+    return {
+        "uuid": uuid,
+        "size": 4096,
+        "ops": list(ops),
+        "timeout": 60,
+        "transfer_id": f"transfer-{uuid}",
+        "volume": vol,
+    }
 
 
 def link(root: Path) -> Path:
@@ -58,13 +75,15 @@ def test_add_serves_the_volume_through_a_link(root: Path, registry: Registry) ->
     assert urlsplit(t.url).scheme == "file"
     assert Path(urlsplit(t.url).path) == link(root)
     assert os.readlink(link(root)) == str(
-        root / "mnt" / "server:_export" / SD / "images" / IMG / VOL)
+        root / "mnt" / "server:_export" / SD / "images" / IMG / VOL
+    )
     registry.remove("t1")
     assert not os.path.lexists(link(root))
 
 
 def test_volume_is_torn_down_with_its_last_ticket(
-        root: Path, registry: Registry, volumes: Volumes) -> None:
+    root: Path, registry: Registry, volumes: Volumes
+) -> None:
     first = registry.add(ticket("t1"))
     second = registry.add(ticket("t2", ops=("write",)))
     assert first.url == second.url
@@ -77,7 +96,8 @@ def test_volume_is_torn_down_with_its_last_ticket(
 
 
 def test_racing_add_of_one_uuid_keeps_the_winner_prepared(
-        root: Path, volumes: Volumes, registry: Registry) -> None:
+    root: Path, volumes: Volumes, registry: Registry
+) -> None:
     spec = registry.parse(ticket("t1"))
     # The registry prepares both racers and releases the loser once.
     volumes.prepare(spec)
@@ -88,18 +108,17 @@ def test_racing_add_of_one_uuid_keeps_the_winner_prepared(
     assert not os.path.lexists(link(root))
 
 
-def test_missing_volume_fails_add_and_leaves_nothing(
-        root: Path, registry: Registry) -> None:
+def test_missing_volume_fails_add_and_leaves_nothing(root: Path, registry: Registry) -> None:
     with pytest.raises(VolumeNotFound):
         registry.add(ticket("t1", vol_id="vol-2"))
     assert registry.list() == []
     assert not (root / "run" / "storage" / SD).exists()
 
 
-@pytest.mark.skipif(os.path.exists("/run/sanlock/sanlock.sock"),
-                    reason="needs a host without the sanlock daemon")
-def test_lease_failure_fails_add_and_leaves_nothing_linked(
-        root: Path, registry: Registry) -> None:
+@pytest.mark.skipif(
+    os.path.exists("/run/sanlock/sanlock.sock"), reason="needs a host without the sanlock daemon"
+)
+def test_lease_failure_fails_add_and_leaves_nothing_linked(root: Path, registry: Registry) -> None:
     lease = {"path": str(root / "leases"), "offset": 0}
     with pytest.raises(VolumeError) as e:
         registry.add(ticket("t1", ops=("write",), lease=lease))
@@ -116,19 +135,18 @@ def test_read_ticket_takes_no_lease(root: Path, registry: Registry) -> None:
 
 
 def test_url_ticket_passes_through(registry: Registry, root: Path) -> None:
-    t = registry.add({"uuid": "t1", "size": 1, "ops": ["read"], "timeout": 60,
-                      "url": f"file://{root}/x"})
+    t = registry.add(
+        {"uuid": "t1", "size": 1, "ops": ["read"], "timeout": 60, "url": f"file://{root}/x"}
+    )
     assert t.url == f"file://{root}/x"
     registry.remove("t1")
 
 
-def test_release_of_unprepared_volume_is_ignored(
-        volumes: Volumes, registry: Registry) -> None:
+def test_release_of_unprepared_volume_is_ignored(volumes: Volumes, registry: Registry) -> None:
     volumes.release(registry.parse(ticket("t1")))
 
 
-def test_tickets_using_a_target(root: Path, registry: Registry,
-                                volumes: Volumes) -> None:
+def test_tickets_using_a_target(root: Path, registry: Registry, volumes: Volumes) -> None:
     registry.add(ticket("t1"))
     registry.add(ticket("t2"))
     target = os.readlink(link(root))
@@ -156,7 +174,8 @@ def qemu_nbd_pids(root: Path) -> list[int]:
 
 
 def test_nbd_volume_is_served_by_one_qemu_nbd_until_its_last_ticket(
-        root: Path, registry: Registry) -> None:
+    root: Path, registry: Registry
+) -> None:
     first = registry.add(ticket("t1", ops=("write",), nbd=True))
     second = registry.add(ticket("t2", nbd=True))
     assert first.url == second.url
@@ -172,7 +191,8 @@ def test_nbd_volume_is_served_by_one_qemu_nbd_until_its_last_ticket(
 
 
 def test_write_ticket_on_read_only_export_is_refused(
-        root: Path, registry: Registry, volumes: Volumes) -> None:
+    root: Path, registry: Registry, volumes: Volumes
+) -> None:
     reader = registry.add(ticket("t1", nbd=True))
     with pytest.raises(VolumeError) as e:
         registry.add(ticket("t2", ops=("write",), nbd=True))
@@ -187,8 +207,7 @@ def test_write_ticket_on_read_only_export_is_refused(
     assert qemu_nbd_pids(root) == []
 
 
-def test_tickets_that_disagree_on_serving_are_refused(
-        root: Path, registry: Registry) -> None:
+def test_tickets_that_disagree_on_serving_are_refused(root: Path, registry: Registry) -> None:
     registry.add(ticket("t1"))
     with pytest.raises(VolumeError) as e:
         registry.add(ticket("t2", nbd=True))

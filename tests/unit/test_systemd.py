@@ -54,7 +54,8 @@ def test_notify_without_manager_does_nothing() -> None:
 
 
 def test_notify_to_missing_socket_is_logged_not_raised(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     assert systemd.notify("READY=1", {"NOTIFY_SOCKET": str(tmp_path / "gone")}) is False
     assert "NOTIFY failed" in caplog.text
 
@@ -89,8 +90,13 @@ def test_drop_privileges_gives_paths_away_and_cannot_be_undone(tmp_path: Path) -
         pytest.skip("needs root")
     owned = tmp_path / "control.sock"
     owned.write_text("")
-    proc = subprocess.run([sys.executable, "-c", DROP, str(owned)], capture_output=True,
-                          text=True, timeout=30, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", DROP, str(owned)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     ids = json.loads(proc.stdout)
     assert ids["uid"] == [65534] * 3
     assert ids["gid"] == [65534] * 3
@@ -116,15 +122,17 @@ def test_unit_file_passes_systemd_analyze(tmp_path: Path) -> None:
     if analyze is None:
         pytest.skip("systemd-analyze is not installed")
     command = REPO / ".venv" / "bin" / "vdsm-imageio"
-    text = "\n".join(f"ExecStart={command} serve" if line.startswith("ExecStart=") else line
-                     for line in UNIT.read_text().splitlines())
+    text = "\n".join(
+        f"ExecStart={command} serve" if line.startswith("ExecStart=") else line
+        for line in UNIT.read_text().splitlines()
+    )
     unit = tmp_path / "vdsm-imageio.service"
     unit.write_text(text + "\n")
-    proc = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
     # verify warns about unknown keys and bad values but exits 0 anyway.
-    problems = [line for line in (proc.stdout + proc.stderr).splitlines()
-                if str(unit) in line]
+    problems = [line for line in (proc.stdout + proc.stderr).splitlines() if str(unit) in line]
     assert proc.returncode == 0 and problems == [], proc.stdout + proc.stderr
 
 

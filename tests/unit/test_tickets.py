@@ -34,8 +34,14 @@ class FakeConn:
 
 
 def ticket(**kw):
-    t = {"uuid": "u1", "size": 1024, "ops": ["read"], "timeout": 10,
-         "url": "file:///image", "transfer_id": "tr1"}
+    t = {
+        "uuid": "u1",
+        "size": 1024,
+        "ops": ["read"],
+        "timeout": 10,
+        "url": "file:///image",
+        "transfer_id": "tr1",
+    }
     t.update(kw)
     return t
 
@@ -53,10 +59,21 @@ def registry(clock):
 def test_new_ticket_status(registry):
     status = registry.add(ticket(ops=["write"])).status().to_json()
     assert status == {
-        "uuid": "u1", "transfer_id": "tr1", "size": 1024, "ops": ["read", "write"],
-        "timeout": 10, "expires_in": 10, "inactivity_timeout": 60, "idle_time": 0,
-        "active": False, "connections": 0, "transferred": 0, "canceled": False,
-        "sparse": False, "dirty": False, "url": "file:///image",
+        "uuid": "u1",
+        "transfer_id": "tr1",
+        "size": 1024,
+        "ops": ["read", "write"],
+        "timeout": 10,
+        "expires_in": 10,
+        "inactivity_timeout": 60,
+        "idle_time": 0,
+        "active": False,
+        "connections": 0,
+        "transferred": 0,
+        "canceled": False,
+        "sparse": False,
+        "dirty": False,
+        "url": "file:///image",
     }
 
 

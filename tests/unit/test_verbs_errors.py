@@ -19,17 +19,21 @@ EXPECTED_CODES = [
     (errors.TicketConflict(uuid="u", field="size"), 101),
     (errors.TicketBusy(uuid="u", running=1, timeout=0.5), 102),
     (errors.VolumeNotFound(sd_id="sd", img_id="img", vol_id="vol"), 200),
-    (errors.VolumeError(action="prepare", sd_id="sd", vol_id="vol",
-                        reason="lvchange failed"), 201),
+    (errors.VolumeError(action="prepare", sd_id="sd", vol_id="vol", reason="lvchange failed"), 201),
     (errors.LeaseBusy(sd_id="sd", vol_id="vol"), 202),
     (errors.LockspaceUnavailable(sd_id="sd", reason="not joined"), 203),
-    (errors.HookFailed(hook="veto", event="before_ticket_add", status=1,
-                       outcome="exit code 1", stderr="no"), 300),
+    (
+        errors.HookFailed(
+            hook="veto", event="before_ticket_add", status=1, outcome="exit code 1", stderr="no"
+        ),
+        300,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("exc", "code"), EXPECTED_CODES,
-                         ids=[type(e).__name__ for e, _ in EXPECTED_CODES])
+@pytest.mark.parametrize(
+    ("exc", "code"), EXPECTED_CODES, ids=[type(e).__name__ for e, _ in EXPECTED_CODES]
+)
 def test_domain_error_maps_to_its_code(exc: errors.ImageioError, code: int) -> None:
     error = translate(exc)
     assert error.code == code
@@ -46,15 +50,24 @@ def test_invalid_ticket_data_names_field_and_reason() -> None:
 
 
 def test_volume_error_data_carries_tool_message() -> None:
-    error = translate(errors.VolumeError(
-        action="prepare", sd_id="sd", vol_id="vol", reason="  Volume group not found"))
+    error = translate(
+        errors.VolumeError(
+            action="prepare", sd_id="sd", vol_id="vol", reason="  Volume group not found"
+        )
+    )
     assert error.data["reason"] == "  Volume group not found"
 
 
 def test_hook_failed_data_carries_stderr() -> None:
-    error = translate(errors.HookFailed(
-        hook="10-veto", event="before_ticket_add", status=3, outcome="exit code 3",
-        stderr="quota\n"))
+    error = translate(
+        errors.HookFailed(
+            hook="10-veto",
+            event="before_ticket_add",
+            status=3,
+            outcome="exit code 3",
+            stderr="quota\n",
+        )
+    )
     assert error.data["stderr"] == "quota\n"
     assert "10-veto" in error.message
 
@@ -66,10 +79,13 @@ def test_subclass_of_mapped_error_uses_parent_code() -> None:
     assert translate(Gone(uuid="u")).code == 100
 
 
-@pytest.mark.parametrize("exc", [
-    RuntimeError("secret internals"),
-    errors.Forbidden(reason="not a control error"),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        RuntimeError("secret internals"),
+        errors.Forbidden(reason="not a control error"),
+    ],
+)
 def test_unmapped_error_is_internal_and_hides_message(exc: Exception) -> None:
     error = translate(exc)
     assert error.code == -32603

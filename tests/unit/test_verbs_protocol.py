@@ -32,7 +32,10 @@ def request(method: str, params: Any = None, id: Any = 1) -> dict[str, Any]:
 
 def test_request_gets_result_with_its_id() -> None:
     assert reply(json.dumps(request("Echo.say", {"text": "hi"}, id="a"))) == {
-        "jsonrpc": "2.0", "result": "hi", "id": "a"}
+        "jsonrpc": "2.0",
+        "result": "hi",
+        "id": "a",
+    }
 
 
 def test_garbage_is_parse_error_with_null_id() -> None:
@@ -86,8 +89,11 @@ def test_batch_of_notifications_gets_no_reply() -> None:
 def test_unserializable_result_fails_only_its_request() -> None:
     batch = [request("Echo.bad", id=1), request("Echo.say", ["ok"], id=2)]
     r = reply(json.dumps(batch))
-    assert r[0] == {"jsonrpc": "2.0", "id": 1, "error": {
-        "code": -32603, "message": "Internal error, see the log"}}
+    assert r[0] == {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "error": {"code": -32603, "message": "Internal error, see the log"},
+    }
     assert r[1]["result"] == "ok"
 
 
@@ -95,33 +101,42 @@ def test_notification_line_is_one_line_without_id() -> None:
     line = notification_line("Ticket.removed", {"uuid": "a\nb"})
     assert "\n" not in line
     assert json.loads(line) == {
-        "jsonrpc": "2.0", "method": "Ticket.removed", "params": {"uuid": "a\nb"}}
+        "jsonrpc": "2.0",
+        "method": "Ticket.removed",
+        "params": {"uuid": "a\nb"},
+    }
 
 
-@pytest.mark.parametrize("request_obj", [
-    {"jsonrpc": "2.0", "method": "m"},
-    {"jsonrpc": "2.0", "method": "m", "params": [], "id": 1},
-    {"jsonrpc": "2.0", "method": "m", "params": {}, "id": "a"},
-    {"jsonrpc": "2.0", "method": "m", "id": None},
-    [{"jsonrpc": "2.0", "method": "m", "id": 1.5}],
-])
+@pytest.mark.parametrize(
+    "request_obj",
+    [
+        {"jsonrpc": "2.0", "method": "m"},
+        {"jsonrpc": "2.0", "method": "m", "params": [], "id": 1},
+        {"jsonrpc": "2.0", "method": "m", "params": {}, "id": "a"},
+        {"jsonrpc": "2.0", "method": "m", "id": None},
+        [{"jsonrpc": "2.0", "method": "m", "id": 1.5}],
+    ],
+)
 def test_valid_request_shapes(request_obj) -> None:
     assert protocol.validate(request_obj) is request_obj
 
 
-@pytest.mark.parametrize("request_obj", [
-    {"jsonrpc": "1.0", "method": "m"},
-    {"method": "m"},
-    {"jsonrpc": "2.0"},
-    {"jsonrpc": "2.0", "method": 5},
-    {"jsonrpc": "2.0", "method": "m", "params": 3},
-    {"jsonrpc": "2.0", "method": "m", "id": True},
-    {"jsonrpc": "2.0", "method": "m", "id": [1]},
-    {"jsonrpc": "2.0", "method": "m", "extra": 1},
-    [],
-    [{"jsonrpc": "2.0", "method": "m"}, 7],
-    "m",
-])
+@pytest.mark.parametrize(
+    "request_obj",
+    [
+        {"jsonrpc": "1.0", "method": "m"},
+        {"method": "m"},
+        {"jsonrpc": "2.0"},
+        {"jsonrpc": "2.0", "method": 5},
+        {"jsonrpc": "2.0", "method": "m", "params": 3},
+        {"jsonrpc": "2.0", "method": "m", "id": True},
+        {"jsonrpc": "2.0", "method": "m", "id": [1]},
+        {"jsonrpc": "2.0", "method": "m", "extra": 1},
+        [],
+        [{"jsonrpc": "2.0", "method": "m"}, 7],
+        "m",
+    ],
+)
 def test_invalid_request_shapes_are_refused(request_obj) -> None:
     with pytest.raises(ValueError):
         protocol.validate(request_obj)

@@ -32,8 +32,14 @@ def registry(clock: FakeClock) -> Registry:
 
 
 def ticket(**kw: Any) -> dict[str, Any]:
-    t = {"uuid": "secret-1", "size": 1024, "ops": ["read"], "timeout": 300,
-         "url": "file:///var/tmp/disk.raw", "transfer_id": "tx-1"}
+    t = {
+        "uuid": "secret-1",
+        "size": 1024,
+        "ops": ["read"],
+        "timeout": 300,
+        "url": "file:///var/tmp/disk.raw",
+        "transfer_id": "tx-1",
+    }
     t.update(kw)
     return t
 
@@ -67,11 +73,20 @@ def test_add_conflicting_ticket_is_101(registry: Registry) -> None:
     assert error["data"]["field"] == "size"
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("size", None), ("size", -1), ("size", True), ("ops", ["exec"]), ("timeout", "1"),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("size", None),
+        ("size", -1),
+        ("size", True),
+        ("ops", ["exec"]),
+        ("timeout", "1"),
+    ],
+)
 def test_add_invalid_field_is_32602_naming_it(
-    registry: Registry, field: str, value: Any,
+    registry: Registry,
+    field: str,
+    value: Any,
 ) -> None:
     t = ticket(**{field: value})
     if value is None:
@@ -137,19 +152,28 @@ def test_list_returns_every_status(registry: Registry) -> None:
     assert sorted(s["transfer_id"] for s in result) == ["tx-1", "tx-2"]
 
 
-INFO = ServiceInfo(version="0.1.0", features=["extents", "zero"],
-                   data_url="https://127.0.0.1:54322/images/",
-                   unix_socket="\0/org/ovirt/imageio", uptime=12, tickets=3,
-                   connections=1)
+INFO = ServiceInfo(
+    version="0.1.0",
+    features=["extents", "zero"],
+    data_url="https://127.0.0.1:54322/images/",
+    unix_socket="\0/org/ovirt/imageio",
+    uptime=12,
+    tickets=3,
+    connections=1,
+)
 
 
 def test_service_info_from_dataclass() -> None:
     result = call(service_methods(lambda: INFO), "Service.info")["result"]
     assert result == {
-        "version": "0.1.0", "features": ["extents", "zero"],
+        "version": "0.1.0",
+        "features": ["extents", "zero"],
         "data_url": "https://127.0.0.1:54322/images/",
-        "unix_socket": "\0/org/ovirt/imageio", "uptime": 12, "tickets": 3,
-        "connections": 1}
+        "unix_socket": "\0/org/ovirt/imageio",
+        "uptime": 12,
+        "tickets": 3,
+        "connections": 1,
+    }
 
 
 def test_service_info_reads_provider_at_call_time() -> None:

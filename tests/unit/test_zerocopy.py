@@ -22,8 +22,12 @@ def io_threads():
 
 @pytest.fixture
 def image(tmp_path):
-    if subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)],
-                      capture_output=True, text=True).stdout.strip() == "tmpfs":
+    if (
+        subprocess.run(
+            ["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True
+        ).stdout.strip()
+        == "tmpfs"
+    ):
         pytest.fail("tmp_path must be on a disk file system for O_DIRECT")
     path = tmp_path / "image.raw"
     path.write_bytes(os.urandom(5 * MiB))
@@ -67,8 +71,7 @@ def test_spliced_range_arrives_intact(image):
 
 
 @pytest.mark.parametrize("lanes", [1, 2, 3])
-@pytest.mark.parametrize("offset, length", [(0, 5 * MiB), (4096, 4 * MiB - 8192),
-                                            (MiB, 4096)])
+@pytest.mark.parametrize("offset, length", [(0, 5 * MiB), (4096, 4 * MiB - 8192), (MiB, 4096)])
 def test_segments_from_every_lane_arrive_in_order(image, lanes, offset, length):
     with open(image, "rb") as f:
         f.seek(offset)
@@ -85,8 +88,12 @@ def test_splice_leaves_nothing_in_page_cache(image):
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     os.close(fd)
     run_send(image, 0, 5 * MiB)
-    res = subprocess.run(["fincore", "--raw", "--noheadings", "-o", "PAGES", image],
-                         capture_output=True, text=True, check=True).stdout
+    res = subprocess.run(
+        ["fincore", "--raw", "--noheadings", "-o", "PAGES", image],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert int(res.strip()) == 0
 
 
@@ -121,10 +128,11 @@ def test_client_that_stops_reading_times_out(image):
     try:
         a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
         a.settimeout(0.3)
-        with open_file(image, mode="r", sparse=False) as backend, \
-                pytest.raises(PeerClosed, match="timed out"):
-            zerocopy.send(backend.splice_source(0, 5 * MiB), 0, 5 * MiB, a,
-                          lambda n: None)
+        with (
+            open_file(image, mode="r", sparse=False) as backend,
+            pytest.raises(PeerClosed, match="timed out"),
+        ):
+            zerocopy.send(backend.splice_source(0, 5 * MiB), 0, 5 * MiB, a, lambda n: None)
         # The connection keeps its own timeout afterwards.
         assert a.gettimeout() == 0.3
         assert not os.get_blocking(a.fileno())
@@ -138,16 +146,15 @@ def test_closed_client_is_peer_closed(image):
     a, b = socket.socketpair()
     b.close()
     try:
-        with open_file(image, mode="r", sparse=False) as backend, \
-                pytest.raises(PeerClosed):
-            zerocopy.send(backend.splice_source(0, 5 * MiB), 0, 5 * MiB, a,
-                          lambda n: None)
+        with open_file(image, mode="r", sparse=False) as backend, pytest.raises(PeerClosed):
+            zerocopy.send(backend.splice_source(0, 5 * MiB), 0, 5 * MiB, a, lambda n: None)
     finally:
         a.close()
 
 
 def test_timeval_rounds_a_limit_up_and_none_waits_forever():
     import struct
+
     assert zerocopy.timeval(None) == struct.pack("ll", 0, 0)
     assert zerocopy.timeval(2.5) == struct.pack("ll", 2, 500_000)
     # Zero would mean no limit to the kernel.

@@ -27,8 +27,7 @@ from storage.udev import DeviceWatcher
 IN_GUEST = os.environ.get("VDSM_IMAGEIO_VM") == "1"
 
 
-def pytest_collection_modifyitems(config: pytest.Config,
-                                  items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if IN_GUEST:
         return
     # They create volume groups and start daemons: never on the host.
@@ -76,9 +75,11 @@ def leases() -> Leases:
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """The real daemon, started once: a Python start costs seconds here."""
     d = tmp_path_factory.mktemp("daemon")
-    conf = (f"[storage]\nfile_root = {d / 'mnt'}\n\n"
-            # Removal waits for canceled requests; lvm is slow in the guest.
-            "[daemon]\nremove_timeout = 60\n")
+    conf = (
+        f"[storage]\nfile_root = {d / 'mnt'}\n\n"
+        # Removal waits for canceled requests; lvm is slow in the guest.
+        "[daemon]\nremove_timeout = 60\n"
+    )
     daemon = Daemon(d, conf)
     yield daemon
     status = daemon.stop()
@@ -102,12 +103,17 @@ def make_volume(domain: Domain) -> Iterator[VolumeFactory]:
         img_id, vol_id = str(uuid.uuid4()), str(uuid.uuid4())
         domain.create_lv(vol_id, size_mib, tag=f"IU_{img_id}")
         created.append(vol_id)
-        volume: dict[str, Any] = {"domain": "block", "sd_id": domain.sd_id,
-                                  "img_id": img_id, "vol_id": vol_id}
+        volume: dict[str, Any] = {
+            "domain": "block",
+            "sd_id": domain.sd_id,
+            "img_id": img_id,
+            "vol_id": vol_id,
+        }
         if lease:
             offset = domain.lease_slot()
-            sanlock.write_resource(domain.sd_id.encode(), vol_id.encode(),
-                                   [(domain.leases, offset)])
+            sanlock.write_resource(
+                domain.sd_id.encode(), vol_id.encode(), [(domain.leases, offset)]
+            )
             volume["lease"] = {"path": domain.leases, "offset": offset}
         return volume
 

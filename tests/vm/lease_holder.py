@@ -16,8 +16,7 @@ def main() -> int:
     lockspace, resource, path, offset = sys.argv[1:5]
     fd = sanlock.register()
     try:
-        sanlock.acquire(lockspace.encode(), resource.encode(), [(path, int(offset))],
-                        slkfd=fd)
+        sanlock.acquire(lockspace.encode(), resource.encode(), [(path, int(offset))], slkfd=fd)
     except sanlock.SanlockException as e:
         print(f"error {e.errno}", flush=True)
         return 1

@@ -74,13 +74,19 @@ def vng_command(kernel: Path, pytest_args: list[str]) -> list[str]:
     guest = ["sh", str(GUEST), sys.executable, *pytest_args]
     return [
         str(Path(sys.executable).parent / "vng"),
-        "--run", str(kernel),
+        "--run",
+        str(kernel),
         "--disable-kvm",  # KVM does not work on the hosts we run on.
-        "--memory", MEMORY,
-        "--cpus", CPUS,
-        "--user", "root",
-        "--cwd", str(REPO),
-        "--exec", shlex.join(guest),
+        "--memory",
+        MEMORY,
+        "--cpus",
+        CPUS,
+        "--user",
+        "root",
+        "--cwd",
+        str(REPO),
+        "--exec",
+        shlex.join(guest),
     ]
 
 
@@ -95,8 +101,15 @@ def run_host(pytest_args: list[str]) -> int:
     start = time.monotonic()
     # Own session: on timeout we stop vng and the qemu it started, by group.
     proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
     )
     # A silent, hung guest never ends the output stream: a timer stops it.
     expired = threading.Event()
@@ -119,16 +132,18 @@ def run_host(pytest_args: list[str]) -> int:
         timer.cancel()
         _stop(proc)
     if expired.is_set():
-        print(f"VM lane: guest still running after {timeout:.0f}s, stopped it",
-              flush=True)
+        print(f"VM lane: guest still running after {timeout:.0f}s, stopped it", flush=True)
         return TIMED_OUT
     LOG.parent.mkdir(parents=True, exist_ok=True)
     LOG.write_text("".join(output))
     marker = MARKER_RE.search("".join(output))
     elapsed = time.monotonic() - start
     if marker is None:
-        print(f"VM lane: guest failed to boot or to finish (vng exit "
-              f"{proc.returncode}, {elapsed:.0f}s)", flush=True)
+        print(
+            f"VM lane: guest failed to boot or to finish (vng exit "
+            f"{proc.returncode}, {elapsed:.0f}s)",
+            flush=True,
+        )
         return BOOT_FAILED
     print(f"VM lane: guest finished in {elapsed:.0f}s", flush=True)
     return int(marker.group(1))

@@ -37,10 +37,15 @@ LEASE_BUSY = 202
 LOCKSPACE_UNAVAILABLE = 203
 
 
-def ticket(volume: dict[str, Any], ops: tuple[str, ...], size: int = 8 * MiB
-           ) -> dict[str, Any]:
-    return {"uuid": str(uuid.uuid4()), "size": size, "ops": list(ops), "timeout": 300,
-            "transfer_id": f"vm-{uuid.uuid4().hex[:8]}", "volume": volume}
+def ticket(volume: dict[str, Any], ops: tuple[str, ...], size: int = 8 * MiB) -> dict[str, Any]:
+    return {
+        "uuid": str(uuid.uuid4()),
+        "size": size,
+        "ops": list(ops),
+        "timeout": 300,
+        "transfer_id": f"vm-{uuid.uuid4().hex[:8]}",
+        "volume": volume,
+    }
 
 
 def link_of(daemon: Daemon, vol: dict[str, Any]) -> Path:
@@ -90,15 +95,15 @@ def assert_nothing_left(daemon: Daemon, domain: Domain, vol: dict[str, Any]) -> 
     # error target in its table.
     assert attr(domain, vol["vol_id"])[4] == "-", daemon.log_tail()
     assert not os.path.lexists(link_of(daemon, vol))
-    assert daemon.proc.pid not in lease_owners(sanlock_status(), vol["sd_id"],
-                                               vol["vol_id"])
+    assert daemon.proc.pid not in lease_owners(sanlock_status(), vol["sd_id"], vol["vol_id"])
 
 
 # a. One write ticket: prepare, upload, teardown.
 
 
 def test_upload_to_block_volume_reaches_the_lv_and_remove_deactivates(
-        domain: Domain, daemon: Daemon, make_volume: VolumeFactory) -> None:
+    domain: Domain, daemon: Daemon, make_volume: VolumeFactory
+) -> None:
     vol = make_volume()
     t = ticket(vol, ("write",))
     daemon.result("Ticket.add", ticket=t)
@@ -112,8 +117,7 @@ def test_upload_to_block_volume_reaches_the_lv_and_remove_deactivates(
     resp = conn.getresponse()
     assert resp.status == 200, resp.read()
     conn.close()
-    assert hashlib.sha256(read_lv(vol, len(data))).hexdigest() == hashlib.sha256(
-        data).hexdigest()
+    assert hashlib.sha256(read_lv(vol, len(data))).hexdigest() == hashlib.sha256(data).hexdigest()
     assert daemon.result("Ticket.remove", uuid=t["uuid"]) is True
     assert_nothing_left(daemon, domain, vol)
 
@@ -122,15 +126,20 @@ def test_upload_to_block_volume_reaches_the_lv_and_remove_deactivates(
 
 
 def test_volume_stays_prepared_until_its_last_ticket_is_removed(
-        domain: Domain, daemon: Daemon, make_volume: VolumeFactory) -> None:
+    domain: Domain, daemon: Daemon, make_volume: VolumeFactory
+) -> None:
     vol = make_volume()
     writer, reader = ticket(vol, ("write",)), ticket(vol, ("read",))
     daemon.result("Ticket.add", ticket=writer)
     daemon.result("Ticket.add", ticket=reader)
     data = os.urandom(MiB)
     conn = daemon.unix()
-    conn.request("PUT", f"/images/{writer['uuid']}", body=data,
-                 headers={"Content-Range": f"bytes 0-{MiB - 1}/*"})
+    conn.request(
+        "PUT",
+        f"/images/{writer['uuid']}",
+        body=data,
+        headers={"Content-Range": f"bytes 0-{MiB - 1}/*"},
+    )
     resp = conn.getresponse()
     assert resp.status == 200, resp.read()
     resp.read()
@@ -174,7 +183,8 @@ def finish_upload(client: socket.socket, pieces: int) -> bytes:
 
 
 def test_pulled_device_fails_the_upload_and_publishes_volume_lost(
-        domain: Domain, daemon: Daemon, make_volume: VolumeFactory) -> None:
+    domain: Domain, daemon: Daemon, make_volume: VolumeFactory
+) -> None:
     vol = make_volume()
     size = 8 * MiB
     t = ticket(vol, ("write",), size=size)
@@ -187,16 +197,18 @@ def test_pulled_device_fails_the_upload_and_publishes_volume_lost(
     try:
         client.settimeout(END_TIMEOUT)
         client.connect(daemon.unix_socket)
-        client.sendall(f"PUT /images/{t['uuid']} HTTP/1.1\r\nHost: localhost\r\n"
-                       f"Content-Length: {size}\r\n\r\n".encode())
+        client.sendall(
+            f"PUT /images/{t['uuid']} HTTP/1.1\r\nHost: localhost\r\n"
+            f"Content-Length: {size}\r\n\r\n".encode()
+        )
         client.sendall(os.urandom(MiB))
         wait_until_active(daemon, t["uuid"])
-        proc = run("dmsetup", "remove", "--force", dm_name(vol["sd_id"], vol["vol_id"]),
-                   check=False)
+        proc = run(
+            "dmsetup", "remove", "--force", dm_name(vol["sd_id"], vol["vol_id"]), check=False
+        )
         # The daemon has the device open: its table becomes the error target.
         assert "busy" in proc.stderr, f"{proc}\n{daemon.log_tail(80)}"
-        lost = subscriber.wait_for("Volume.lost", time.monotonic() + EVENT_TIMEOUT,
-                                   uuid=t["uuid"])
+        lost = subscriber.wait_for("Volume.lost", time.monotonic() + EVENT_TIMEOUT, uuid=t["uuid"])
         assert lost["params"]["device"] == node
         assert lost["params"]["action"] in ("change", "remove")
         # The rest of the upload ends in an error (a closed connection or an
@@ -220,8 +232,8 @@ def test_pulled_device_fails_the_upload_and_publishes_volume_lost(
 
 
 def test_write_ticket_holds_the_lease_until_removed(
-        domain: Domain, lockspace: str, daemon: Daemon,
-        make_volume: VolumeFactory) -> None:
+    domain: Domain, lockspace: str, daemon: Daemon, make_volume: VolumeFactory
+) -> None:
     vol = make_volume(lease=True)
     t = ticket(vol, ("write",))
     daemon.result("Ticket.add", ticket=t)
@@ -232,8 +244,8 @@ def test_write_ticket_holds_the_lease_until_removed(
 
 
 def test_read_ticket_takes_no_lease(
-        domain: Domain, lockspace: str, daemon: Daemon,
-        make_volume: VolumeFactory) -> None:
+    domain: Domain, lockspace: str, daemon: Daemon, make_volume: VolumeFactory
+) -> None:
     vol = make_volume(lease=True)
     t = ticket(vol, ("read",))
     daemon.result("Ticket.add", ticket=t)
@@ -246,15 +258,14 @@ def test_read_ticket_takes_no_lease(
 
 
 def test_lease_held_by_another_process_is_202_and_leaves_nothing(
-        domain: Domain, lockspace: str, daemon: Daemon,
-        make_volume: VolumeFactory) -> None:
+    domain: Domain, lockspace: str, daemon: Daemon, make_volume: VolumeFactory
+) -> None:
     vol = make_volume(lease=True)
     t = ticket(vol, ("write",))
     with LeaseHolder(vol) as holder:
         reply = daemon.call("Ticket.add", ticket=t)
         assert reply.get("error", {}).get("code") == LEASE_BUSY, reply
-        assert lease_owners(sanlock_status(), lockspace, vol["vol_id"]) == {
-            holder.proc.pid}
+        assert lease_owners(sanlock_status(), lockspace, vol["vol_id"]) == {holder.proc.pid}
     assert t["uuid"] not in [s["uuid"] for s in daemon.result("Ticket.list")]
     assert_nothing_left(daemon, domain, vol)
 
@@ -262,9 +273,12 @@ def test_lease_held_by_another_process_is_202_and_leaves_nothing(
 def test_lockspace_not_joined_is_203(domain: Domain, daemon: Daemon) -> None:
     # A domain this host never joined: the lease is checked before the LV.
     vol: dict[str, Any] = {
-        "domain": "block", "sd_id": str(uuid.uuid4()), "img_id": str(uuid.uuid4()),
+        "domain": "block",
+        "sd_id": str(uuid.uuid4()),
+        "img_id": str(uuid.uuid4()),
         "vol_id": str(uuid.uuid4()),
-        "lease": {"path": domain.leases, "offset": domain.lease_slot()}}
+        "lease": {"path": domain.leases, "offset": domain.lease_slot()},
+    }
     t = ticket(vol, ("write",))
     reply = daemon.call("Ticket.add", ticket=t)
     assert reply.get("error", {}).get("code") == LOCKSPACE_UNAVAILABLE, reply
@@ -276,7 +290,8 @@ def test_lockspace_not_joined_is_203(domain: Domain, daemon: Daemon) -> None:
 
 
 def test_nbd_block_volume_is_served_by_qemu_nbd_and_deactivated_after_it(
-        domain: Domain, daemon: Daemon, make_volume: VolumeFactory) -> None:
+    domain: Domain, daemon: Daemon, make_volume: VolumeFactory
+) -> None:
     vol = dict(make_volume(), nbd=True)
     t = ticket(vol, ("write",))
     daemon.result("Ticket.add", ticket=t)
@@ -284,8 +299,12 @@ def test_nbd_block_volume_is_served_by_qemu_nbd_and_deactivated_after_it(
     assert len(sockets) == 1 and sockets[0].is_socket()
     data = os.urandom(MiB)
     conn = daemon.unix()
-    conn.request("PUT", f"/images/{t['uuid']}", body=data,
-                 headers={"Content-Range": f"bytes {MiB}-{2 * MiB - 1}/*"})
+    conn.request(
+        "PUT",
+        f"/images/{t['uuid']}",
+        body=data,
+        headers={"Content-Range": f"bytes {MiB}-{2 * MiB - 1}/*"},
+    )
     resp = conn.getresponse()
     assert resp.status == 200, resp.read()
     resp.read()

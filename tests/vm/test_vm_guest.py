@@ -15,6 +15,7 @@ def test_udevd_answers() -> None:
 
 
 def test_sanlock_daemon_answers() -> None:
-    out = subprocess.run(["sanlock", "client", "status"], check=True, timeout=10,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["sanlock", "client", "status"], check=True, timeout=10, capture_output=True, text=True
+    ).stdout
     assert out.startswith("daemon ")

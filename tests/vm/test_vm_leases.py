@@ -16,12 +16,17 @@ VolumeFactory = Callable[..., dict[str, Any]]
 
 
 def lease_of(vol: dict[str, Any]) -> Lease:
-    return Lease(lockspace=vol["sd_id"], resource=vol["vol_id"],
-                 path=vol["lease"]["path"], offset=vol["lease"]["offset"])
+    return Lease(
+        lockspace=vol["sd_id"],
+        resource=vol["vol_id"],
+        path=vol["lease"]["path"],
+        offset=vol["lease"]["offset"],
+    )
 
 
 def test_acquire_shows_in_status_until_release(
-        lockspace: str, make_volume: VolumeFactory, leases: Leases) -> None:
+    lockspace: str, make_volume: VolumeFactory, leases: Leases
+) -> None:
     vol = make_volume(lease=True)
     leases.acquire(lease_of(vol))
     try:
@@ -34,7 +39,8 @@ def test_acquire_shows_in_status_until_release(
 
 
 def test_lease_held_by_another_process_is_busy(
-        lockspace: str, make_volume: VolumeFactory, leases: Leases) -> None:
+    lockspace: str, make_volume: VolumeFactory, leases: Leases
+) -> None:
     vol = make_volume(lease=True)
     with LeaseHolder(vol):
         with pytest.raises(LeaseBusy) as e:
@@ -46,8 +52,12 @@ def test_lease_held_by_another_process_is_busy(
 
 
 def test_lockspace_not_joined_is_unavailable(leases: Leases, tmp_path: Path) -> None:
-    lease = Lease(lockspace="99999999-0000-4000-8000-000000000000",
-                  resource="vol", path=str(tmp_path / "leases"), offset=0)
+    lease = Lease(
+        lockspace="99999999-0000-4000-8000-000000000000",
+        resource="vol",
+        path=str(tmp_path / "leases"),
+        offset=0,
+    )
     with pytest.raises(LockspaceUnavailable) as e:
         leases.acquire(lease)
     assert e.value.fields["sd_id"] == lease.lockspace

@@ -20,12 +20,10 @@ def test_devices_are_the_loop_devices_of_the_domain(domain: Domain) -> None:
     assert Lvm().devices(domain.sd_id) == tuple(sorted(domain.loops))
 
 
-def test_filter_hides_volume_groups_on_other_devices(
-        domain: Domain, tmp_path: Path) -> None:
+def test_filter_hides_volume_groups_on_other_devices(domain: Domain, tmp_path: Path) -> None:
     other = Domain(tmp_path, "other-domain", size=64 * MiB, pvs=1, sanlock=False)
     try:
-        seen = lvm("vgs", "--noheadings", "-o", "vg_name",
-                   devices=domain.devices).stdout.split()
+        seen = lvm("vgs", "--noheadings", "-o", "vg_name", devices=domain.devices).stdout.split()
         assert seen == [domain.sd_id]
     finally:
         other.remove()
@@ -61,8 +59,7 @@ def test_activate_then_deactivate(domain: Domain, make_volume: VolumeFactory) ->
     assert not os.path.exists(lv.path)
 
 
-def test_activate_an_active_volume_refreshes_it(
-        domain: Domain, make_volume: VolumeFactory) -> None:
+def test_activate_an_active_volume_refreshes_it(domain: Domain, make_volume: VolumeFactory) -> None:
     vol = make_volume()
     lvm_ = Lvm()
     first = lvm_.activate(domain.sd_id, vol["vol_id"])
@@ -85,7 +82,8 @@ def test_missing_domain_is_domain_not_found() -> None:
 
 
 def test_deactivate_open_volume_says_open_elsewhere(
-        domain: Domain, make_volume: VolumeFactory) -> None:
+    domain: Domain, make_volume: VolumeFactory
+) -> None:
     vol = make_volume()
     lvm_ = Lvm()
     lv = lvm_.activate(domain.sd_id, vol["vol_id"])

@@ -32,15 +32,19 @@ def deactivate(domain: Domain, vol: dict[str, Any]) -> None:
     lvm("lvchange", "-an", f"{domain.sd_id}/{vol['vol_id']}", devices=domain.devices)
 
 
-def test_wait_sees_device_appear(domain: Domain, make_volume: VolumeFactory,
-                                 watcher: DeviceWatcher) -> None:
+def test_wait_sees_device_appear(
+    domain: Domain, make_volume: VolumeFactory, watcher: DeviceWatcher
+) -> None:
     vol = make_volume()
     found: queue.Queue[str | BaseException] = queue.Queue()
 
     def wait() -> None:
         try:
-            found.put(watcher.wait_for_device(
-                lv_path(domain, vol), deadline=time.monotonic() + EVENT_TIMEOUT))
+            found.put(
+                watcher.wait_for_device(
+                    lv_path(domain, vol), deadline=time.monotonic() + EVENT_TIMEOUT
+                )
+            )
         except BaseException as e:
             found.put(e)
 
@@ -57,28 +61,27 @@ def test_wait_sees_device_appear(domain: Domain, make_volume: VolumeFactory,
 
 
 def test_wait_for_present_device_returns_at_once(
-        domain: Domain, make_volume: VolumeFactory, watcher: DeviceWatcher) -> None:
+    domain: Domain, make_volume: VolumeFactory, watcher: DeviceWatcher
+) -> None:
     vol = make_volume()
     activate(domain, vol)
     try:
-        node = watcher.wait_for_device(lv_path(domain, vol),
-                                       deadline=time.monotonic())
+        node = watcher.wait_for_device(lv_path(domain, vol), deadline=time.monotonic())
         assert node == os.path.realpath(lv_path(domain, vol))
     finally:
         deactivate(domain, vol)
 
 
-def test_wait_for_absent_device_times_out(domain: Domain,
-                                          watcher: DeviceWatcher) -> None:
+def test_wait_for_absent_device_times_out(domain: Domain, watcher: DeviceWatcher) -> None:
     start = time.monotonic()
     with pytest.raises(TimeoutError):
-        watcher.wait_for_device(f"/dev/{domain.sd_id}/missing",
-                                deadline=start + 0.5)
+        watcher.wait_for_device(f"/dev/{domain.sd_id}/missing", deadline=start + 0.5)
     assert time.monotonic() - start < 10
 
 
-def test_watch_reports_removed_device(domain: Domain, make_volume: VolumeFactory,
-                                      watcher: DeviceWatcher) -> None:
+def test_watch_reports_removed_device(
+    domain: Domain, make_volume: VolumeFactory, watcher: DeviceWatcher
+) -> None:
     vol = make_volume()
     activate(domain, vol)
     node = os.path.realpath(lv_path(domain, vol))
@@ -97,7 +100,8 @@ def test_watch_reports_removed_device(domain: Domain, make_volume: VolumeFactory
 
 
 def test_watch_reports_table_swapped_for_error_target(
-        domain: Domain, make_volume: VolumeFactory, watcher: DeviceWatcher) -> None:
+    domain: Domain, make_volume: VolumeFactory, watcher: DeviceWatcher
+) -> None:
     vol = make_volume()
     activate(domain, vol)
     path = lv_path(domain, vol)
@@ -107,8 +111,9 @@ def test_watch_reports_table_swapped_for_error_target(
     fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
     try:
         # The device is open: device-mapper keeps it and fails all its I/O.
-        proc = run("dmsetup", "remove", "--force", dm_name(domain.sd_id, vol["vol_id"]),
-                   check=False)
+        proc = run(
+            "dmsetup", "remove", "--force", dm_name(domain.sd_id, vol["vol_id"]), check=False
+        )
         assert "busy" in proc.stderr
         got = events.get(timeout=EVENT_TIMEOUT)
         assert got[0] == node and got[1] in ("change", "remove")

@@ -31,14 +31,25 @@ EVENT_TIMEOUT = 30
 
 @pytest.fixture
 def volumes(tmp_path: Path, watcher: DeviceWatcher, leases: Leases) -> Volumes:
-    return Volumes(file_root=tmp_path / "mnt", run_dir=tmp_path / "run", lvm=Lvm(),
-                   udev=watcher, leases=leases, clock=time.monotonic)
+    return Volumes(
+        file_root=tmp_path / "mnt",
+        run_dir=tmp_path / "run",
+        lvm=Lvm(),
+        udev=watcher,
+        leases=leases,
+        clock=time.monotonic,
+    )
 
 
 @pytest.fixture
 def registry(volumes: Volumes) -> Iterator[Registry]:
-    reg = Registry(clock=time.monotonic, remove_timeout=5, default_inactivity_timeout=60,
-                   resolve_url=volumes.prepare, release=volumes.release)
+    reg = Registry(
+        clock=time.monotonic,
+        remove_timeout=5,
+        default_inactivity_timeout=60,
+        resolve_url=volumes.prepare,
+        release=volumes.release,
+    )
     yield reg
     for ticket in reg.list():
         reg.remove(ticket.spec.uuid)
@@ -49,20 +60,25 @@ def link_of(url: str) -> Path:
 
 
 def ticket(volume: dict[str, Any], ops: tuple[str, ...] = ("read",)) -> dict[str, Any]:
-    return {"uuid": os.urandom(8).hex(), "size": 8 * 1024**2, "ops": list(ops),
-            "timeout": 300, "transfer_id": "t-" + os.urandom(4).hex(), "volume": volume}
+    return {
+        "uuid": os.urandom(8).hex(),
+        "size": 8 * 1024**2,
+        "ops": list(ops),
+        "timeout": 300,
+        "transfer_id": "t-" + os.urandom(4).hex(),
+        "volume": volume,
+    }
 
 
 def test_prepare_links_active_volume_and_release_deactivates(
-        domain: Domain, make_volume: VolumeFactory, volumes: Volumes,
-        tmp_path: Path) -> None:
+    domain: Domain, make_volume: VolumeFactory, volumes: Volumes, tmp_path: Path
+) -> None:
     vol = make_volume()
     s = spec(vol, ops=("read", "write"))
     url = volumes.prepare(s)
     link = link_of(url)
     assert url.startswith("file:///")
-    assert link == tmp_path / "run" / "storage" / vol["sd_id"] / vol["img_id"] / vol[
-        "vol_id"]
+    assert link == tmp_path / "run" / "storage" / vol["sd_id"] / vol["img_id"] / vol["vol_id"]
     assert os.readlink(link) == f"/dev/{vol['sd_id']}/{vol['vol_id']}"
     assert link.is_block_device()
     assert is_active(domain, vol["vol_id"])
@@ -75,7 +91,8 @@ def test_prepare_links_active_volume_and_release_deactivates(
 
 
 def test_registry_add_and_remove_prepare_and_tear_down(
-        domain: Domain, make_volume: VolumeFactory, registry: Registry) -> None:
+    domain: Domain, make_volume: VolumeFactory, registry: Registry
+) -> None:
     vol = make_volume()
     t = registry.add(ticket(vol, ops=("write",)))
     assert link_of(t.url).is_block_device()
@@ -85,8 +102,8 @@ def test_registry_add_and_remove_prepare_and_tear_down(
 
 
 def test_two_tickets_share_one_preparation(
-        domain: Domain, make_volume: VolumeFactory, registry: Registry,
-        volumes: Volumes) -> None:
+    domain: Domain, make_volume: VolumeFactory, registry: Registry, volumes: Volumes
+) -> None:
     vol = make_volume()
     first = registry.add(ticket(vol))
     second = registry.add(ticket(vol))
@@ -101,7 +118,8 @@ def test_two_tickets_share_one_preparation(
 
 
 def test_already_active_volume_is_left_active(
-        domain: Domain, make_volume: VolumeFactory, volumes: Volumes) -> None:
+    domain: Domain, make_volume: VolumeFactory, volumes: Volumes
+) -> None:
     vol = make_volume()
     Lvm().activate(domain.sd_id, vol["vol_id"])
     s = spec(vol)
@@ -113,7 +131,8 @@ def test_already_active_volume_is_left_active(
 
 
 def test_write_ticket_holds_lease_until_release(
-        lockspace: str, make_volume: VolumeFactory, volumes: Volumes) -> None:
+    lockspace: str, make_volume: VolumeFactory, volumes: Volumes
+) -> None:
     vol = make_volume(lease=True)
     s = spec(vol, ops=("write",))
     volumes.prepare(s)
@@ -123,7 +142,8 @@ def test_write_ticket_holds_lease_until_release(
 
 
 def test_read_ticket_takes_no_lease(
-        lockspace: str, make_volume: VolumeFactory, volumes: Volumes) -> None:
+    lockspace: str, make_volume: VolumeFactory, volumes: Volumes
+) -> None:
     vol = make_volume(lease=True)
     s = spec(vol, ops=("read",))
     volumes.prepare(s)
@@ -134,7 +154,8 @@ def test_read_ticket_takes_no_lease(
 
 
 def test_lease_kept_while_a_writer_remains(
-        lockspace: str, make_volume: VolumeFactory, volumes: Volumes) -> None:
+    lockspace: str, make_volume: VolumeFactory, volumes: Volumes
+) -> None:
     vol = make_volume(lease=True)
     reader, writer = spec(vol), spec(vol, ops=("write",))
     volumes.prepare(reader)
@@ -148,8 +169,8 @@ def test_lease_kept_while_a_writer_remains(
 
 
 def test_busy_lease_leaves_nothing_prepared(
-        domain: Domain, lockspace: str, make_volume: VolumeFactory,
-        volumes: Volumes, tmp_path: Path) -> None:
+    domain: Domain, lockspace: str, make_volume: VolumeFactory, volumes: Volumes, tmp_path: Path
+) -> None:
     vol = make_volume(lease=True)
     with LeaseHolder(vol):
         with pytest.raises(LeaseBusy):
@@ -159,14 +180,17 @@ def test_busy_lease_leaves_nothing_prepared(
 
 
 def test_missing_volume_releases_the_lease(
-        domain: Domain, lockspace: str, make_volume: VolumeFactory,
-        volumes: Volumes) -> None:
+    domain: Domain, lockspace: str, make_volume: VolumeFactory, volumes: Volumes
+) -> None:
     vol = make_volume(lease=True)
     missing = dict(vol, vol_id="00000000-1111-4222-8333-444444444444")
     # Its lease exists (vdsm creates it with the volume); its LV does not.
     missing["lease"] = {"path": domain.leases, "offset": domain.lease_slot()}
-    sanlock.write_resource(domain.sd_id.encode(), missing["vol_id"].encode(),
-                           [(domain.leases, missing["lease"]["offset"])])
+    sanlock.write_resource(
+        domain.sd_id.encode(),
+        missing["vol_id"].encode(),
+        [(domain.leases, missing["lease"]["offset"])],
+    )
     with pytest.raises(VolumeNotFound) as e:
         volumes.prepare(spec(missing, ops=("write",)))
     assert e.value.fields["img_id"] == vol["img_id"]
@@ -174,7 +198,8 @@ def test_missing_volume_releases_the_lease(
 
 
 def test_volume_of_another_image_is_image_not_found(
-        domain: Domain, make_volume: VolumeFactory, volumes: Volumes) -> None:
+    domain: Domain, make_volume: VolumeFactory, volumes: Volumes
+) -> None:
     vol = make_volume()
     with pytest.raises(ImageNotFound):
         volumes.prepare(spec(dict(vol, img_id="aaaaaaaa-0000-4000-8000-000000000000")))
@@ -182,7 +207,8 @@ def test_volume_of_another_image_is_image_not_found(
 
 
 def test_volume_open_elsewhere_at_teardown_is_reported(
-        domain: Domain, make_volume: VolumeFactory, volumes: Volumes) -> None:
+    domain: Domain, make_volume: VolumeFactory, volumes: Volumes
+) -> None:
     vol = make_volume()
     s = spec(vol)
     link = link_of(volumes.prepare(s))
@@ -198,8 +224,8 @@ def test_volume_open_elsewhere_at_teardown_is_reported(
 
 
 def test_pulled_device_cancels_ticket_and_reads_fail(
-        domain: Domain, make_volume: VolumeFactory, volumes: Volumes,
-        registry: Registry) -> None:
+    domain: Domain, make_volume: VolumeFactory, volumes: Volumes, registry: Registry
+) -> None:
     vol = make_volume()
     lost: queue.Queue[tuple[str, str, str]] = queue.Queue()
 
@@ -214,8 +240,7 @@ def test_pulled_device_cancels_ticket_and_reads_fail(
     # A transfer has the device open, as the file backend would.
     fd = os.open(link_of(t.url), os.O_RDONLY | os.O_DIRECT)
     try:
-        run("dmsetup", "remove", "--force", dm_name(domain.sd_id, vol["vol_id"]),
-            check=False)
+        run("dmsetup", "remove", "--force", dm_name(domain.sd_id, vol["vol_id"]), check=False)
         uuid, device, action = lost.get(timeout=EVENT_TIMEOUT)
         assert (uuid, device) == (t.spec.uuid, node)
         assert action in ("change", "remove")
@@ -233,8 +258,8 @@ def test_pulled_device_cancels_ticket_and_reads_fail(
 
 
 def test_refresh_of_watched_volume_is_not_lost(
-        domain: Domain, make_volume: VolumeFactory, volumes: Volumes,
-        caplog: pytest.LogCaptureFixture) -> None:
+    domain: Domain, make_volume: VolumeFactory, volumes: Volumes, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="storage.volumes")
     vol = make_volume()
     lost: queue.Queue[tuple[str, str, str]] = queue.Queue()

@@ -42,8 +42,12 @@ class ControlClient:
 
     def call(self, method: str, **params: Any) -> dict[str, Any]:
         req_id = next(self._ids)
-        self.sock.sendall(json.dumps({"jsonrpc": "2.0", "id": req_id, "method": method,
-                                      "params": params}).encode() + b"\n")
+        self.sock.sendall(
+            json.dumps(
+                {"jsonrpc": "2.0", "id": req_id, "method": method, "params": params}
+            ).encode()
+            + b"\n"
+        )
         while True:
             msg = self.read()
             if "id" in msg:
@@ -63,7 +67,8 @@ class ControlClient:
                 msg = self.notifications.pop(0)
                 params = msg.get("params", {})
                 if msg.get("method") == method and all(
-                        params.get(k) == v for k, v in match.items()):
+                    params.get(k) == v for k, v in match.items()
+                ):
                     return msg
             left = deadline - time.monotonic()
             assert left > 0, f"no {method} {match} before the deadline"
@@ -103,9 +108,18 @@ class Daemon:
         (directory / "conf.d" / "50-vm.conf").write_text(conf)
         self._log = open(self.log_path, "wb")  # owned until stop()
         self.proc = subprocess.Popen(
-            [str(REPO / ".venv" / "bin" / "vdsm-imageio"), "serve",
-             "--local", str(directory), "--port", "0"],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)
+            [
+                str(REPO / ".venv" / "bin" / "vdsm-imageio"),
+                "serve",
+                "--local",
+                str(directory),
+                "--port",
+                "0",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
+        )
         self.port = 0
         try:
             self._wait_ready()
@@ -114,8 +128,7 @@ class Daemon:
         except BaseException:
             self.stop()
             raise
-        self.ssl_context = ssl.create_default_context(
-            cafile=str(directory / "pki" / "ca.pem"))
+        self.ssl_context = ssl.create_default_context(cafile=str(directory / "pki" / "ca.pem"))
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
@@ -126,8 +139,7 @@ class Daemon:
                     self.port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
                     return
             if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n"
-                                   f"{self.log()}")
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
             time.sleep(0.2)
         raise RuntimeError(f"daemon not ready in {READY_TIMEOUT}s:\n{self.log()}")
 
@@ -160,8 +172,9 @@ class Daemon:
         return UnixHTTPConnection(self.unix_socket, timeout=timeout)
 
     def https(self, timeout: float = IO_TIMEOUT) -> http.client.HTTPSConnection:
-        return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout,
-                                           context=self.ssl_context)
+        return http.client.HTTPSConnection(
+            "127.0.0.1", self.port, timeout=timeout, context=self.ssl_context
+        )
 
     # Lifecycle.
 

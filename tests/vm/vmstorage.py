@@ -22,23 +22,26 @@ LVM_ENV = dict(os.environ, LVM_SUPPRESS_FD_WARNINGS="1")
 
 
 def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, capture_output=True, text=True, env=LVM_ENV,
-                          timeout=120, check=False)
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, env=LVM_ENV, timeout=120, check=False
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{argv} failed ({proc.returncode}): {proc.stderr}")
     return proc
 
 
-def lvm(*argv: str, devices: tuple[str, ...] = (), check: bool = True
-        ) -> subprocess.CompletedProcess[str]:
+def lvm(
+    *argv: str, devices: tuple[str, ...] = (), check: bool = True
+) -> subprocess.CompletedProcess[str]:
     return run("lvm", argv[0], "--config", config(devices), *argv[1:], check=check)
 
 
 class Domain:
     """A block storage domain on loop devices."""
 
-    def __init__(self, tmp: Path, sd_id: str, size: int = 512 * MiB,
-                 pvs: int = 2, sanlock: bool = True) -> None:
+    def __init__(
+        self, tmp: Path, sd_id: str, size: int = 512 * MiB, pvs: int = 2, sanlock: bool = True
+    ) -> None:
         self.sd_id = sd_id
         self.loops: list[str] = []
         self.files: list[Path] = []
@@ -77,8 +80,15 @@ class Domain:
     def devices(self) -> tuple[str, ...]:
         return tuple(self.loops)
 
-    def create_lv(self, name: str, size_mib: int, *, tag: str | None = None,
-                  active: bool = False, on: str | None = None) -> str:
+    def create_lv(
+        self,
+        name: str,
+        size_mib: int,
+        *,
+        tag: str | None = None,
+        active: bool = False,
+        on: str | None = None,
+    ) -> str:
         args = ["lvcreate", "-q", "-n", name, "-L", f"{size_mib}m", "-y"]
         # An inactive LV cannot be zeroed; tests write what they read.
         args += ["-ay"] if active else ["-an", "-Zn"]
@@ -109,8 +119,9 @@ def dm_name(vg: str, lv: str) -> str:
 
 
 def attr(domain: Domain, lv: str) -> str:
-    out = lvm("lvs", "--noheadings", "-o", "lv_attr", f"{domain.sd_id}/{lv}",
-              devices=domain.devices).stdout
+    out = lvm(
+        "lvs", "--noheadings", "-o", "lv_attr", f"{domain.sd_id}/{lv}", devices=domain.devices
+    ).stdout
     return out.strip()
 
 
@@ -118,13 +129,20 @@ def is_active(domain: Domain, lv: str) -> bool:
     return attr(domain, lv)[4] == "a"
 
 
-def spec(volume: dict[str, Any], *, ops: tuple[str, ...] = ("read",),
-         ticket: str | None = None) -> TicketSpec:
+def spec(
+    volume: dict[str, Any], *, ops: tuple[str, ...] = ("read",), ticket: str | None = None
+) -> TicketSpec:
     return ticketspec.parse(
-        {"uuid": ticket or str(uuid.uuid4()), "size": 8 * MiB, "ops": list(ops),
-         "timeout": 300, "transfer_id": f"t-{uuid.uuid4().hex[:8]}",
-         "volume": volume},
-        default_inactivity_timeout=60)
+        {
+            "uuid": ticket or str(uuid.uuid4()),
+            "size": 8 * MiB,
+            "ops": list(ops),
+            "timeout": 300,
+            "transfer_id": f"t-{uuid.uuid4().hex[:8]}",
+            "volume": volume,
+        },
+        default_inactivity_timeout=60,
+    )
 
 
 class LeaseHolder:
@@ -136,9 +154,20 @@ class LeaseHolder:
         # guest; the binding is all it needs.
         env = dict(os.environ, PYTHONPATH=os.path.dirname(str(sanlock_module.__file__)))
         self.proc = subprocess.Popen(
-            [sys.executable, "-S", str(Path(__file__).with_name("lease_holder.py")),
-             volume["sd_id"], volume["vol_id"], lease["path"], str(lease["offset"])],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+            [
+                sys.executable,
+                "-S",
+                str(Path(__file__).with_name("lease_holder.py")),
+                volume["sd_id"],
+                volume["vol_id"],
+                lease["path"],
+                str(lease["offset"]),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()
         if line != "acquired":

@@ -22,8 +22,7 @@ class ZeroExtent:
     hole: bool
 
     def to_json(self) -> dict[str, object]:
-        return {"start": self.start, "length": self.length,
-                "zero": self.zero, "hole": self.hole}
+        return {"start": self.start, "length": self.length, "zero": self.zero, "hole": self.hole}
 
 
 @dataclass(frozen=True)
@@ -34,8 +33,7 @@ class DirtyExtent:
     zero: bool
 
     def to_json(self) -> dict[str, object]:
-        return {"start": self.start, "length": self.length,
-                "dirty": self.dirty, "zero": self.zero}
+        return {"start": self.start, "length": self.length, "dirty": self.dirty, "zero": self.zero}
 
 
 class Backend(Protocol):
@@ -64,9 +62,7 @@ class Backend(Protocol):
     def flush(self) -> None:
         """Make written data durable (fsync / NBD flush)."""
 
-    def extents(
-        self, context: str, start: int, length: int
-    ) -> Iterator[ZeroExtent | DirtyExtent]:
+    def extents(self, context: str, start: int, length: int) -> Iterator[ZeroExtent | DirtyExtent]:
         """Extents covering [start, start+length) for context zero or dirty."""
 
     def close(self) -> None:

@@ -56,11 +56,19 @@ def open_file(path: str, *, mode: str, sparse: bool) -> FileBackend:
         log.warning("OPEN without direct I/O, the file system refuses it path=%s", path)
     log.info(
         "OPEN path=%s mode=%s sparse=%s device=%s block_size=%d",
-        path, mode, sparse, device_size is not None, block_size,
+        path,
+        mode,
+        sparse,
+        device_size is not None,
+        block_size,
     )
     return FileBackend(
-        fd, path=path, writable=mode == "rw", sparse=sparse,
-        block_size=block_size, device_size=device_size,
+        fd,
+        path=path,
+        writable=mode == "rw",
+        sparse=sparse,
+        block_size=block_size,
+        device_size=device_size,
     )
 
 
@@ -81,8 +89,14 @@ class FileBackend:
     """A regular file or a block device; owned by one connection."""
 
     def __init__(
-        self, fd: int, *, path: str, writable: bool, sparse: bool,
-        block_size: int, device_size: int | None,
+        self,
+        fd: int,
+        *,
+        path: str,
+        writable: bool,
+        sparse: bool,
+        block_size: int,
+        device_size: int | None,
     ) -> None:
         self._fd = fd
         self._path = path
@@ -90,9 +104,7 @@ class FileBackend:
         self._sparse = sparse
         self._block_size = block_size
         self._device_size = device_size
-        self._io = AlignedIO(
-            fd, block_size=block_size, regular_file=device_size is None
-        )
+        self._io = AlignedIO(fd, block_size=block_size, regular_file=device_size is None)
         self._zeros: memoryview | None = None
         self._unsupported: set[str] = set()
         self._used: set[str] = set()
@@ -101,7 +113,9 @@ class FileBackend:
         return self
 
     def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None,
+        self,
+        t: type[BaseException] | None,
+        v: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.close()
@@ -161,9 +175,7 @@ class FileBackend:
         with self._errors("flush", 0, 0):
             os.fsync(fd)
 
-    def extents(
-        self, context: str, start: int, length: int
-    ) -> Iterator[ZeroExtent | DirtyExtent]:
+    def extents(self, context: str, start: int, length: int) -> Iterator[ZeroExtent | DirtyExtent]:
         if context == "dirty":
             raise UnsupportedContext(
                 context=context,
@@ -223,8 +235,11 @@ class FileBackend:
         )
 
     def _try(
-        self, method: str, func: Callable[[int, int, int], None],
-        offset: int, length: int,
+        self,
+        method: str,
+        func: Callable[[int, int, int], None],
+        offset: int,
+        length: int,
     ) -> bool:
         """Zero with method unless the storage refused it before."""
         if method in self._unsupported:
@@ -234,9 +249,7 @@ class FileBackend:
         except OSError as e:
             if e.errno not in directio.UNSUPPORTED_ERRNOS:
                 raise
-            log.info(
-                "ZERO method=%s unsupported path=%s error=%s", method, self._path, e
-            )
+            log.info("ZERO method=%s unsupported path=%s error=%s", method, self._path, e)
             self._unsupported.add(method)
             return False
         self._log_method(method)
@@ -284,7 +297,11 @@ class FileBackend:
         except OSError as e:
             log.error(
                 "%s failed path=%s offset=%d length=%d error=%s",
-                op.upper(), self._path, offset, length, e,
+                op.upper(),
+                self._path,
+                offset,
+                length,
+                e,
             )
             raise BackendError(reason=f"{op} failed: {_strerror(e)}") from e
 

@@ -63,7 +63,7 @@ def parse_url(url: str) -> tuple[str, str]:
     prefix = "nbd:unix:"
     if not url.startswith(prefix + "/"):
         raise ValueError(f"expected nbd:unix:/path[:exportname=NAME], got {url!r}")
-    path, sep, name = url[len(prefix):].partition(":exportname=")
+    path, sep, name = url[len(prefix) :].partition(":exportname=")
     return path, name if sep else ""
 
 
@@ -79,13 +79,19 @@ def open_nbd(url: str, *, mode: str, sparse: bool, dirty: bool) -> NbdBackend:
     h = nbd.NBD()
     try:
         bitmap = _connect(h, path, export, dirty=dirty)
-        backend = NbdBackend(h, url=url, writable=mode == "rw", sparse=sparse,
-                             bitmap=bitmap)
+        backend = NbdBackend(h, url=url, writable=mode == "rw", sparse=sparse, bitmap=bitmap)
     except nbd.Error as e:
         log.error("OPEN failed url=%s mode=%s error=%s", url, mode, e)
         raise BackendError(reason=f"connect failed: {_strerror(e)}") from e
-    log.info("OPEN url=%s mode=%s sparse=%s dirty=%s size=%d contexts=%s",
-             url, mode, sparse, dirty, backend.size, ",".join(backend.contexts))
+    log.info(
+        "OPEN url=%s mode=%s sparse=%s dirty=%s size=%d contexts=%s",
+        url,
+        mode,
+        sparse,
+        dirty,
+        backend.size,
+        ",".join(backend.contexts),
+    )
     return backend
 
 
@@ -129,8 +135,9 @@ def _list_bitmaps(h: Any) -> list[str]:
 class NbdBackend:
     """An NBD export; owned by one connection."""
 
-    def __init__(self, h: Any, *, url: str, writable: bool, sparse: bool,
-                 bitmap: str | None) -> None:
+    def __init__(
+        self, h: Any, *, url: str, writable: bool, sparse: bool, bitmap: str | None
+    ) -> None:
         self._h: Any = h
         self._url = url
         self._sparse = sparse
@@ -144,8 +151,9 @@ class NbdBackend:
         self._can_zero = bool(h.can_zero()) if self._writable else False
         self._fast_zero = bool(h.can_fast_zero()) if self._can_zero else False
         self._can_flush = bool(h.can_flush())
-        self.contexts = [c for c in (ALLOCATION, DEPTH, bitmap)
-                         if c is not None and h.can_meta_context(c)]
+        self.contexts = [
+            c for c in (ALLOCATION, DEPTH, bitmap) if c is not None and h.can_meta_context(c)
+        ]
         self._bitmap = bitmap if bitmap in self.contexts else None
         self._zeros: memoryview | None = None
 
@@ -153,7 +161,9 @@ class NbdBackend:
         return self
 
     def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None,
+        self,
+        t: type[BaseException] | None,
+        v: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.close()
@@ -198,14 +208,14 @@ class NbdBackend:
                 # A copy: libnbd 1.14's aio_pread into nbd.Buffer.from_buffer
                 # never releases the caller's buffer, and the connection's
                 # mmap could then not be closed.
-                buf[pos:pos + n] = h.pread(n, offset + pos)
+                buf[pos : pos + n] = h.pread(n, offset + pos)
         return length
 
     def write(self, offset: int, buf: memoryview) -> int:
         h = self._check_writable("write")
         with self._errors("write", offset, len(buf)):
             for pos in range(0, len(buf), self._max_io):
-                h.pwrite(buf[pos:pos + self._max_io], offset + pos)
+                h.pwrite(buf[pos : pos + self._max_io], offset + pos)
         return len(buf)
 
     def zero(self, offset: int, length: int, *, punch_hole: bool) -> None:
@@ -227,16 +237,15 @@ class NbdBackend:
             with self._errors("flush", 0, 0):
                 h.flush()
 
-    def extents(
-        self, context: str, start: int, length: int
-    ) -> Iterator[ZeroExtent | DirtyExtent]:
+    def extents(self, context: str, start: int, length: int) -> Iterator[ZeroExtent | DirtyExtent]:
         self._handle()
         if context == "zero":
             wanted = [c for c in (ALLOCATION, DEPTH) if c in self.contexts]
         elif context == "dirty":
             if self._bitmap is None:
                 raise UnsupportedContext(
-                    context=context, reason="the NBD server exports no dirty bitmap")
+                    context=context, reason="the NBD server exports no dirty bitmap"
+                )
             wanted = [c for c in (self._bitmap, ALLOCATION) if c in self.contexts]
         else:
             raise UnsupportedContext(context=context, reason="unknown context")
@@ -309,7 +318,7 @@ class NbdBackend:
         if self._zeros is None:
             self._zeros = self.buffer(min(self._max_io, 1024**2))
         for pos in range(offset, offset + length, len(self._zeros)):
-            h.pwrite(self._zeros[:min(offset + length - pos, len(self._zeros))], pos)
+            h.pwrite(self._zeros[: min(offset + length - pos, len(self._zeros))], pos)
 
     # Plumbing.
 
@@ -330,8 +339,14 @@ class NbdBackend:
         try:
             yield
         except nbd.Error as e:
-            log.error("%s failed url=%s offset=%d length=%d error=%s",
-                      op.upper(), self._url, offset, length, e)
+            log.error(
+                "%s failed url=%s offset=%d length=%d error=%s",
+                op.upper(),
+                self._url,
+                offset,
+                length,
+                e,
+            )
             raise BackendError(reason=f"{op} failed: {_strerror(e)}") from e
 
 

@@ -44,8 +44,7 @@ def runs(entries: Sequence[int]) -> list[tuple[int, int]]:
     return [(length, flags) for length, flags in pairs if length > 0]
 
 
-def intersect(start: int, contexts: Sequence[Sequence[tuple[int, int]]],
-              end: int) -> list[Run]:
+def intersect(start: int, contexts: Sequence[Sequence[tuple[int, int]]], end: int) -> list[Run]:
     """Cut the contexts' runs, all starting at start, where any changes.
 
     Stops at end or where the shortest context's reply stops.

@@ -84,13 +84,16 @@ class WireReader:
         if not self._in_step:
             raise BackendError(reason="NBD connection out of step after an unfinished read")
         if offset < 0 or length <= 0 or offset + length > self.size:
-            raise BackendError(reason=f"NBD read of {length} bytes at {offset} is outside "
-                               f"the export of {self.size} bytes")
+            raise BackendError(
+                reason=f"NBD read of {length} bytes at {offset} is outside "
+                f"the export of {self.size} bytes"
+            )
         self._cookie += 1
         self._in_step = False
         try:
-            self._sock.sendall(_REQUEST.pack(REQUEST_MAGIC, 0, CMD_READ, self._cookie,
-                                             offset, length))
+            self._sock.sendall(
+                _REQUEST.pack(REQUEST_MAGIC, 0, CMD_READ, self._cookie, offset, length)
+            )
             magic, error, cookie = _REPLY.unpack(self._recv_exactly(_REPLY.size))
         except OSError as e:
             raise BackendError(reason=f"NBD read failed: {e.strerror or e}") from None
@@ -141,11 +144,16 @@ class WireReader:
         # NBD_OPT_GO: export name, and no information requests beyond the
         # export's size and flags, which the server always sends.
         data = struct.pack(">I", len(name)) + name + struct.pack(">H", 0)
-        self._sock.sendall(struct.pack(">I", client_flags) + OPT_MAGIC
-                           + struct.pack(">II", OPT_GO, len(data)) + data)
+        self._sock.sendall(
+            struct.pack(">I", client_flags)
+            + OPT_MAGIC
+            + struct.pack(">II", OPT_GO, len(data))
+            + data
+        )
         while True:
             magic, option, reply, length = _OPTION_REPLY.unpack(
-                self._recv_exactly(_OPTION_REPLY.size))
+                self._recv_exactly(_OPTION_REPLY.size)
+            )
             if magic != REPLY_OPT_MAGIC or option != OPT_GO or length > MAX_OPTION_REPLY:
                 raise BackendError(reason="NBD server sent a malformed option reply")
             payload = self._recv_exactly(length)
@@ -167,4 +175,3 @@ class WireReader:
                 raise OSError(errno.ECONNRESET, "NBD server closed the connection")
             data += chunk
         return bytes(data)
-

@@ -36,12 +36,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REASONS = {
-    200: "OK", 204: "No Content", 206: "Partial Content", 400: "Bad Request",
-    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-    409: "Conflict", 411: "Length Required", 413: "Payload Too Large",
-    415: "Unsupported Media Type", 416: "Range Not Satisfiable",
+    200: "OK",
+    204: "No Content",
+    206: "Partial Content",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    411: "Length Required",
+    413: "Payload Too Large",
+    415: "Unsupported Media Type",
+    416: "Range Not Satisfiable",
     431: "Request Header Fields Too Large",
-    500: "Internal Server Error", 503: "Service Unavailable",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
 }
 # Unread body bytes we read and drop to keep a connection after an error.
 MAX_DRAIN = 64 * 1024
@@ -119,13 +128,17 @@ class Connection:
             try:
                 reader = main.open_reader()
             except BackendError as e:
-                log.warning("READERS fewer than asked transfer=%s have=%d reason=%s",
-                            ticket.transfer_id, 1 + len(self._readers), e)
+                log.warning(
+                    "READERS fewer than asked transfer=%s have=%d reason=%s",
+                    ticket.transfer_id,
+                    1 + len(self._readers),
+                    e,
+                )
                 break
             if reader is None:
                 break
             self._readers.append(reader)
-        return [main, *self._readers[:count - 1]]
+        return [main, *self._readers[: count - 1]]
 
     def splice_target(self) -> socket.socket | None:
         """The socket when data may be spliced into it (not TLS)."""
@@ -233,8 +246,15 @@ class Connection:
     def _error(self, reply: http_errors.Reply, error: Exception | None) -> None:
         status = reply.status
         level = logging.WARNING if status >= 500 else logging.INFO
-        log.log(level, "ERROR status=%d peer=%s request=%s transfer=%s reason=%s",
-                status, self.peer, self._what(), self._transfer(), reply.message)
+        log.log(
+            level,
+            "ERROR status=%d peer=%s request=%s transfer=%s reason=%s",
+            status,
+            self.peer,
+            self._what(),
+            self._transfer(),
+            reply.message,
+        )
         if self._head_sent:
             # The reply is already on the wire: the client learns from the
             # short body and the closed connection.
@@ -245,8 +265,9 @@ class Connection:
         if reply.close or not self._small_rest():
             self._close = True
         try:
-            self.reply(status, (reply.message + "\n").encode(), "text/plain; charset=utf-8",
-                       reply.headers)
+            self.reply(
+                status, (reply.message + "\n").encode(), "text/plain; charset=utf-8", reply.headers
+            )
         except (OSError, PeerClosed) as e:
             self._log_peer_error(e)
             self._close = True
@@ -272,9 +293,12 @@ class Connection:
     # Replies.
 
     def send_head(self, status: int, headers: dict[str, str], length: int) -> None:
-        lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
-                 "Server: vdsm-imageio", f"Date: {formatdate(usegmt=True)}",
-                 f"Content-Length: {length}"]
+        lines = [
+            f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
+            "Server: vdsm-imageio",
+            f"Date: {formatdate(usegmt=True)}",
+            f"Content-Length: {length}",
+        ]
         lines.extend(f"{k}: {v}" for k, v in headers.items())
         lines.extend(f"{k}: {v}" for k, v in self._cors_headers().items())
         if self._close:
@@ -291,9 +315,13 @@ class Connection:
         except OSError as e:
             raise self._peer_error(e) from e
 
-    def reply(self, status: int, body: bytes = b"",
-              content_type: str = "text/plain; charset=utf-8",
-              headers: dict[str, str] | None = None) -> None:
+    def reply(
+        self,
+        status: int,
+        body: bytes = b"",
+        content_type: str = "text/plain; charset=utf-8",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         all_headers = dict(headers or {})
         if body:
             all_headers.setdefault("Content-Type", content_type)
@@ -301,8 +329,9 @@ class Connection:
         if body:
             self.sendall(body)
 
-    def reply_json(self, obj: Any, status: int = 200,
-                   headers: dict[str, str] | None = None) -> None:
+    def reply_json(
+        self, obj: Any, status: int = 200, headers: dict[str, str] | None = None
+    ) -> None:
         body = json.dumps(obj).encode() + b"\n"
         self.reply(status, body, "application/json", headers)
 
@@ -314,8 +343,10 @@ class Connection:
             return {}
         # Browser uploads from the engine UI (another origin) need these;
         # a ticket id in the URL is the only credential, no cookies.
-        out = {"Access-Control-Allow-Origin": "*",
-               "Access-Control-Expose-Headers": "Content-Range, Content-Length, Allow"}
+        out = {
+            "Access-Control-Allow-Origin": "*",
+            "Access-Control-Expose-Headers": "Content-Range, Content-Length, Allow",
+        }
         req = self.request
         if req is not None and req.header("Access-Control-Request-Method"):
             out["Access-Control-Allow-Methods"] = "OPTIONS, GET, PUT, PATCH"
@@ -332,8 +363,7 @@ class Connection:
         if self._aborted:
             log.info("ABORTED peer=%s transfer=%s", self.peer, self._transfer())
         else:
-            log.info("CLOSED peer=%s transfer=%s reason=%s", self.peer,
-                     self._transfer(), e)
+            log.info("CLOSED peer=%s transfer=%s reason=%s", self.peer, self._transfer(), e)
 
     def _transfer(self) -> str:
         return self.ticket.transfer_id if self.ticket is not None else "-"

@@ -57,8 +57,9 @@ def reply_for(error: Exception) -> Reply | None:
         return None
     for cls, status in STATUS:
         if isinstance(error, cls):
-            return Reply(status, error.message, _headers(error, status),
-                         status in CLOSES_CONNECTION)
+            return Reply(
+                status, error.message, _headers(error, status), status in CLOSES_CONNECTION
+            )
     return None
 
 

@@ -42,8 +42,13 @@ class Extents:
         if start > size or (start == size and size > 0) or start + length > size:
             raise RangeNotSatisfiable(size=size)
         backend = conn.backend(ticket)
-        log.info("EXTENTS transfer=%s context=%s start=%d length=%d",
-                 ticket.transfer_id, context, start, length)
+        log.info(
+            "EXTENTS transfer=%s context=%s start=%d length=%d",
+            ticket.transfer_id,
+            context,
+            start,
+            length,
+        )
         with ticket.operation(start, 0):
             extents = list(backend.extents(context, start, length))
             # A file shorter than the ticket reads as zeros past its end.
@@ -57,8 +62,7 @@ class Extents:
 def _append_hole(extents: list[ZeroExtent | DirtyExtent], start: int, end: int) -> None:
     # One hole, not two: a client counts requests by extents.
     last = extents[-1] if extents else None
-    if (isinstance(last, ZeroExtent) and last.hole
-            and last.start + last.length == start):
+    if isinstance(last, ZeroExtent) and last.hole and last.start + last.length == start:
         extents[-1] = ZeroExtent(last.start, end - last.start, zero=True, hole=True)
     else:
         extents.append(ZeroExtent(start, end - start, zero=True, hole=True))
@@ -69,6 +73,7 @@ def _query_int(req: Request, name: str, default: int) -> int:
     if value is None:
         return default
     if not value.isdigit():
-        raise BadRequest(field=f"query parameter {name!r}",
-                         reason=f"expected an integer >= 0, got {value!r}")
+        raise BadRequest(
+            field=f"query parameter {name!r}", reason=f"expected an integer >= 0, got {value!r}"
+        )
     return int(value)

@@ -39,8 +39,7 @@ ZERO_STEP = 1024**3
 
 
 class Images:
-    def __init__(self, registry: Registry, *, unix_socket: str | None,
-                 max_json_body: int) -> None:
+    def __init__(self, registry: Registry, *, unix_socket: str | None, max_json_body: int) -> None:
         self._registry = registry
         self._unix_socket = unix_socket
         self._max_json_body = max_json_body
@@ -87,14 +86,12 @@ class Images:
         headers["Content-Disposition"] = disposition
         if close:
             conn.close_after_reply()
-        log.debug("READ size=%d offset=%d transfer=%s", r.length, r.start,
-                  ticket.transfer_id)
+        log.debug("READ size=%d offset=%d transfer=%s", r.length, r.start, ticket.transfer_id)
         with ticket.operation(r.start, r.length) as op:
             conn.send_head(status, headers, r.length)
             self._send(conn, ticket, op, r)
 
-    def _send(self, conn: Connection, ticket: Ticket, op: Operation,
-              r: ByteRange) -> None:
+    def _send(self, conn: Connection, ticket: Ticket, op: Operation, r: ByteRange) -> None:
         backend = conn.backend(ticket)
         lanes = conn.server.config.http.parallel_reads
         pool = conn.server.pool
@@ -103,8 +100,14 @@ class Images:
             if isinstance(backend, Spliceable):
                 src_fd = backend.splice_source(r.start, r.length)
                 if src_fd is not None:
-                    zerocopy.send(src_fd, r.start, r.length, sock,
-                                  lambda n: ticket.progress(op, n), lanes=lanes)
+                    zerocopy.send(
+                        src_fd,
+                        r.start,
+                        r.length,
+                        sock,
+                        lambda n: ticket.progress(op, n),
+                        lanes=lanes,
+                    )
                     return
             elif isinstance(backend, SpliceReaders):
                 if self._send_spliced(backend, lanes, ticket, op, r, sock):
@@ -117,7 +120,8 @@ class Images:
         if lanes > 1 and r.length > 2 * pool.size:
             readers = conn.readers(ticket, lanes)
             if len(readers) > 1 and pipeline.run_lanes(
-                    pool, [_read_exactly(b) for b in readers], send, r.start, r.length):
+                pool, [_read_exactly(b) for b in readers], send, r.start, r.length
+            ):
                 return
         offset = r.start
 
@@ -134,8 +138,15 @@ class Images:
 
         pipeline.run(pool, read, send, threaded_side="produce", single=r.length <= pool.size)
 
-    def _send_spliced(self, backend: SpliceReaders, lanes: int, ticket: Ticket,
-                      op: Operation, r: ByteRange, sock: socket.socket) -> bool:
+    def _send_spliced(
+        self,
+        backend: SpliceReaders,
+        lanes: int,
+        ticket: Ticket,
+        op: Operation,
+        r: ByteRange,
+        sock: socket.socket,
+    ) -> bool:
         """Send through connections of our own to the storage server; False
         (nothing sent) when none could be opened."""
         readers: list[SpliceReader] = []
@@ -144,16 +155,25 @@ class Images:
                 try:
                     reader = backend.open_splice_reader()
                 except BackendError as e:
-                    log.warning("SPLICE readers fewer than asked transfer=%s have=%d "
-                                "reason=%s", ticket.transfer_id, len(readers), e)
+                    log.warning(
+                        "SPLICE readers fewer than asked transfer=%s have=%d reason=%s",
+                        ticket.transfer_id,
+                        len(readers),
+                        e,
+                    )
                     break
                 if reader is None:
                     break
                 readers.append(reader)
             if not readers:
                 return False
-            zerocopy.send_from([rd.fill for rd in readers], r.start, r.length, sock,
-                               lambda n: ticket.progress(op, n))
+            zerocopy.send_from(
+                [rd.fill for rd in readers],
+                r.start,
+                r.length,
+                sock,
+                lambda n: ticket.progress(op, n),
+            )
             return True
         finally:
             for reader in readers:
@@ -172,20 +192,23 @@ class Images:
         size = ticket.spec.size
         if start + (length or 0) > size:
             raise RangeNotSatisfiable(size=size)
-        log.debug("WRITE size=%s offset=%d flush=%s transfer=%s",
-                  length, start, flush, ticket.transfer_id)
+        log.debug(
+            "WRITE size=%s offset=%d flush=%s transfer=%s", length, start, flush, ticket.transfer_id
+        )
         backend = conn.backend(ticket)
         with ticket.operation(start, length if length is not None else size - start) as op:
             written = self._receive(conn, ticket, op, start, length)
             if length is not None and written != length:
-                raise BadRequest(field="body",
-                                 reason=f"got {written} bytes, Content-Range says {length}")
+                raise BadRequest(
+                    field="body", reason=f"got {written} bytes, Content-Range says {length}"
+                )
             if flush:
                 backend.flush()
         conn.reply(200)
 
-    def _receive(self, conn: Connection, ticket: Ticket, op: Operation,
-                 start: int, length: int | None) -> int:
+    def _receive(
+        self, conn: Connection, ticket: Ticket, op: Operation, start: int, length: int | None
+    ) -> int:
         """Write the body at start, never past its range or the ticket."""
         body = conn.body
         assert body is not None
@@ -200,13 +223,14 @@ class Images:
             if body.done:
                 return 0
             # One byte more than allowed tells a long body from an exact one.
-            n = body.readinto(buf[:min(len(buf), end - received + 1)])
+            n = body.readinto(buf[: min(len(buf), end - received + 1)])
             if received + n > end:
                 # Only a chunked body can get here: its length was not known.
                 if length is None:
                     raise RangeNotSatisfiable(size=size)
-                raise BadRequest(field="body",
-                                 reason=f"longer than the {length} bytes of Content-Range")
+                raise BadRequest(
+                    field="body", reason=f"longer than the {length} bytes of Content-Range"
+                )
             received += n
             return n
 
@@ -217,8 +241,7 @@ class Images:
             ticket.progress(op, len(data))
 
         small = length is not None and length <= conn.server.pool.size
-        pipeline.run(conn.server.pool, recv, write, threaded_side="consume",
-                     single=small)
+        pipeline.run(conn.server.pool, recv, write, threaded_side="consume", single=small)
         return written - start
 
     # PATCH
@@ -250,8 +273,9 @@ class Images:
             raise BadRequest(field="flush", reason=f"expected true or false, got {flush!r}")
         if offset + size > ticket.spec.size:
             raise RangeNotSatisfiable(size=ticket.spec.size)
-        log.debug("ZERO size=%d offset=%d flush=%s transfer=%s", size, offset, flush,
-                  ticket.transfer_id)
+        log.debug(
+            "ZERO size=%d offset=%d flush=%s transfer=%s", size, offset, flush, ticket.transfer_id
+        )
         backend = conn.backend(ticket)
         with ticket.operation(offset, size) as op:
             end = offset + size
@@ -275,7 +299,8 @@ def _put_range(req: Request) -> tuple[int, int | None]:
     if req.content_length is not None and req.content_length != r.length:
         raise BadRequest(
             field="Content-Range",
-            reason=f"range of {r.length} bytes but Content-Length is {req.content_length}")
+            reason=f"range of {r.length} bytes but Content-Length is {req.content_length}",
+        )
     return r.start, r.length
 
 
@@ -283,6 +308,7 @@ def _read_exactly(backend: Backend) -> pipeline.ReadAt:
     def read(offset: int, buf: memoryview) -> None:
         if backend.readinto(offset, buf) != len(buf):
             raise BadRequest(field="image", reason="image ended before the range")
+
     return read
 
 
@@ -291,8 +317,9 @@ def _flag(req: Request, name: str, *, default: bool) -> bool:
     if value is None:
         return default
     if value not in ("y", "n"):
-        raise BadRequest(field=f"query parameter {name!r}",
-                         reason=f"expected 'y' or 'n', got {value!r}")
+        raise BadRequest(
+            field=f"query parameter {name!r}", reason=f"expected 'y' or 'n', got {value!r}"
+        )
     return value == "y"
 
 

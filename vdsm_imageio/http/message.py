@@ -109,8 +109,7 @@ def _readline(rfile: Any, budget: int) -> bytes | None:
     return line
 
 
-def _request(method: str, target: str, version: str,
-             headers: http.client.HTTPMessage) -> Request:
+def _request(method: str, target: str, version: str, headers: http.client.HTTPMessage) -> Request:
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not parts.path.startswith("/"):
         raise BadRequest(field="request target", reason="expected an absolute path")
@@ -126,11 +125,19 @@ def _request(method: str, target: str, version: str,
     chunked = _chunked(headers)
     length = _content_length(headers)
     if chunked and length is not None:
-        raise BadRequest(field="Content-Length",
-                         reason="not allowed with Transfer-Encoding: chunked")
-    return Request(method=method, target=target, version=version, headers=headers,
-                   path=unquote(parts.path), query=query, content_length=length,
-                   chunked=chunked)
+        raise BadRequest(
+            field="Content-Length", reason="not allowed with Transfer-Encoding: chunked"
+        )
+    return Request(
+        method=method,
+        target=target,
+        version=version,
+        headers=headers,
+        path=unquote(parts.path),
+        query=query,
+        content_length=length,
+        chunked=chunked,
+    )
 
 
 def _content_length(headers: http.client.HTTPMessage) -> int | None:
@@ -152,17 +159,22 @@ def _chunked(headers: http.client.HTTPMessage) -> bool:
     if not codings:
         return False
     if codings != ["chunked"]:
-        raise BadRequest(field="Transfer-Encoding",
-                         reason=f"unsupported coding {', '.join(codings)!r}")
+        raise BadRequest(
+            field="Transfer-Encoding", reason=f"unsupported coding {', '.join(codings)!r}"
+        )
     return True
 
 
 class Body:
     """The body of one request; reads never cross into the next request."""
 
-    def __init__(self, rfile: Any, request: Request,
-                 on_error: Callable[[OSError], Exception],
-                 on_continue: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        rfile: Any,
+        request: Request,
+        on_error: Callable[[OSError], Exception],
+        on_continue: Callable[[], None] | None = None,
+    ) -> None:
         self._rfile = rfile
         self._chunked = request.chunked
         self._left = request.content_length or 0

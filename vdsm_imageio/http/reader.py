@@ -51,7 +51,7 @@ class SocketReader:
             newline = self._buf.find(b"\n", self._pos, stop)
             if newline >= 0:
                 stop = newline + 1
-            parts.append(bytes(self._view[self._pos:stop]))
+            parts.append(bytes(self._view[self._pos : stop]))
             need -= stop - self._pos
             self._pos = stop
             if newline >= 0:
@@ -73,7 +73,7 @@ class SocketReader:
             if not self._fill():
                 return 0
         n = min(self._end - self._pos, len(buf))
-        buf[:n] = self._view[self._pos:self._pos + n]
+        buf[:n] = self._view[self._pos : self._pos + n]
         self._pos += n
         return n
 

@@ -38,8 +38,7 @@ class Router:
                 continue
             handler = r.methods.get(req.method)
             if handler is None:
-                raise MethodNotAllowed(method=req.method, path=r.name,
-                                       allow=", ".join(r.methods))
+                raise MethodNotAllowed(method=req.method, path=r.name, allow=", ".join(r.methods))
             handler(conn, req, *m.groups())
             return
         # The path may hold a ticket id: name only its first segment.

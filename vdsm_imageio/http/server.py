@@ -39,8 +39,7 @@ ACCEPT_CAPACITY_ERRNOS = frozenset({23, 24, 105, 12})  # ENFILE EMFILE ENOBUFS E
 class Deadlines:
     """Aborts connections that have not finished a request head in time."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic,
-                 interval: float = 0.25) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, interval: float = 0.25) -> None:
         self._clock = clock
         self._interval = interval
         self._armed: dict[Connection, float] = {}
@@ -73,14 +72,12 @@ class Deadlines:
                 for conn in late:
                     del self._armed[conn]
             for conn in late:
-                log.info("TIMEOUT peer=%s reason=request head not complete in time",
-                         conn.peer)
+                log.info("TIMEOUT peer=%s reason=request head not complete in time", conn.peer)
                 conn.abort()
 
 
 class Listener:
-    def __init__(self, sock: socket.socket, name: str,
-                 context: ssl.SSLContext | None) -> None:
+    def __init__(self, sock: socket.socket, name: str, context: ssl.SSLContext | None) -> None:
         self.sock = sock
         self.name = name
         self.context = context
@@ -92,8 +89,9 @@ class Listener:
 
 def tcp_listener(host: str, port: int, context: ssl.SSLContext) -> Listener:
     if host == "" and socket.has_dualstack_ipv6():
-        sock = socket.create_server(("::", port), family=socket.AF_INET6,
-                                    dualstack_ipv6=True, backlog=128)
+        sock = socket.create_server(
+            ("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=128
+        )
     else:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.create_server((host, port), family=family, backlog=128)
@@ -117,8 +115,9 @@ def unix_listener(address: str, mode: int = 0o660) -> Listener:
 
 
 class Server:
-    def __init__(self, config: Config, router: Router,
-                 open_backend: Callable[[Ticket], Backend]) -> None:
+    def __init__(
+        self, config: Config, router: Router, open_backend: Callable[[Ticket], Backend]
+    ) -> None:
         self.config = config
         self.router = router
         self.open_backend = open_backend
@@ -139,8 +138,12 @@ class Server:
     def start(self) -> None:
         self.deadlines.start()
         for listener in self._listeners:
-            t = threading.Thread(target=self._accept_loop, args=(listener,),
-                                 name=f"accept-{listener.name}", daemon=True)
+            t = threading.Thread(
+                target=self._accept_loop,
+                args=(listener,),
+                name=f"accept-{listener.name}",
+                daemon=True,
+            )
             t.start()
             self._threads.append(t)
 
@@ -183,12 +186,19 @@ class Server:
             with self._lock:
                 full = len(self._workers) >= self.config.http.max_connections
             if full:
-                log.warning("REFUSED peer=%s reason=max_connections %d reached",
-                            _peer(addr, listener), self.config.http.max_connections)
+                log.warning(
+                    "REFUSED peer=%s reason=max_connections %d reached",
+                    _peer(addr, listener),
+                    self.config.http.max_connections,
+                )
                 sock.close()
                 continue
-            worker = threading.Thread(target=self._serve, args=(sock, addr, listener),
-                                      name=f"conn-{listener.name}", daemon=True)
+            worker = threading.Thread(
+                target=self._serve,
+                args=(sock, addr, listener),
+                name=f"conn-{listener.name}",
+                daemon=True,
+            )
             with self._lock:
                 self._workers.add(worker)
             worker.start()
@@ -220,10 +230,8 @@ class Server:
             with self._lock:
                 self._workers.discard(threading.current_thread())
 
-    def _handshake(self, sock: socket.socket, peer: str,
-                   context: ssl.SSLContext) -> ssl.SSLSocket:
-        tls_sock = context.wrap_socket(sock, server_side=True,
-                                       do_handshake_on_connect=False)
+    def _handshake(self, sock: socket.socket, peer: str, context: ssl.SSLContext) -> ssl.SSLSocket:
+        tls_sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         try:
             tls.handshake(tls_sock, self.config.tls.handshake_timeout)
         except BaseException:

@@ -52,10 +52,18 @@ class Tickets:
         self._max_body = max_body
 
     def router(self) -> Router:
-        return Router([
-            route("tickets", r"/tickets/([^/]+)/?", get=self.get, put=self.put,
-                  patch=self.patch, delete=self.delete),
-        ])
+        return Router(
+            [
+                route(
+                    "tickets",
+                    r"/tickets/([^/]+)/?",
+                    get=self.get,
+                    put=self.put,
+                    patch=self.patch,
+                    delete=self.delete,
+                ),
+            ]
+        )
 
     def get(self, conn: Connection, req: Request, ticket_id: str) -> None:
         conn.reply_json(self._registry.get(ticket_id).status().to_json())
@@ -77,8 +85,7 @@ class Tickets:
             raise BadRequest(field=unknown[0], reason="cannot be changed; only timeout can")
         timeout = msg.get("timeout")
         if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
-            raise BadRequest(field="timeout",
-                             reason=f"expected an integer >= 0, got {timeout!r}")
+            raise BadRequest(field="timeout", reason=f"expected an integer >= 0, got {timeout!r}")
         conn.reply_json(self._registry.extend(ticket_id, timeout).status().to_json())
 
     def delete(self, conn: Connection, req: Request, ticket_id: str) -> None:
