@@ -39,6 +39,7 @@ from .http.tickets import TicketServer
 from .monitor import PROGRESS, Monitor, MonitorThread
 from .tickets import Registry, Ticket
 from .ticketspec import TicketSpec
+from .urlroots import UrlRoots
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class Services:
             env={k: v for k, v in hook_env.items() if v},
         )
         self.ticket_hooks = TicketHooks(self.hooks, clock)
+        self.url_roots = UrlRoots(config.storage.url_roots)
         self.udev = DeviceWatcher(clock=clock)
         self.volumes = Volumes(
             file_root=Path(config.storage.file_root),
@@ -110,7 +112,7 @@ class Services:
                 route("info", r"/info/?", get=self._info),
             ]
         )
-        self.server = Server(config, router, open_backend)
+        self.server = Server(config, router, self._open_backend)
         ticket_socket = config.control.ticket_socket
         self.ticket_server = (
             TicketServer(config, self.registry, ticket_socket) if ticket_socket else None
@@ -185,7 +187,11 @@ class Services:
     def _resolve_url(self, spec: TicketSpec) -> str:
         if spec.volume is not None:
             return self.volumes.prepare(spec)
-        return resolve_url(spec)
+        return resolve_url(spec, self.url_roots)
+
+    def _open_backend(self, ticket: Ticket) -> Backend:
+        # Volume URLs are the storage plane's own paths, not the caller's.
+        return open_backend(ticket, None if ticket.spec.volume else self.url_roots)
 
     def _on_volume_lost(self, uuid: str, device: str, action: str) -> None:
         """The device under a live ticket went away: stop its requests now."""
@@ -227,47 +233,61 @@ class Services:
         conn.reply_json({"version": __version__})
 
 
-def resolve_url(spec: TicketSpec) -> str:
-    """The URL a url ticket serves; checks that it names something usable."""
+def resolve_url(spec: TicketSpec, roots: UrlRoots) -> str:
+    """The URL a url ticket serves: its path resolved and confined to roots
+    (vdsm_imageio.urlroots), checked to name something usable."""
     assert spec.url is not None
     parts = urlsplit(spec.url)
     if parts.scheme == "nbd":
-        return _resolve_nbd(spec.url)
+        return _resolve_nbd(spec.url, roots)
     if parts.scheme != "file":
         raise InvalidTicket(
             field="url", reason=f"{parts.scheme} URLs are not supported by this service"
         )
-    path = unquote(parts.path)
+    path = roots.resolve(unquote(parts.path))
     try:
         st = os.stat(path)
     except OSError as e:
         raise InvalidTicket(field="url", reason=f"cannot use {path}: {e.strerror}") from None
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
         raise InvalidTicket(field="url", reason=f"{path} is not a file or block device")
-    return spec.url
+    return Path(path).as_uri()
 
 
-def _resolve_nbd(url: str) -> str:
+def _resolve_nbd(url: str, roots: UrlRoots) -> str:
     try:
-        path, _ = parse_nbd_url(url)
-        st = os.stat(path)
+        path, export = parse_nbd_url(url)
     except ValueError as e:
         raise InvalidTicket(field="url", reason=str(e)) from None
+    path = roots.resolve(path)
+    try:
+        st = os.stat(path)
     except OSError as e:
-        raise InvalidTicket(field="url", reason=f"cannot use {e.filename}: {e.strerror}") from None
+        raise InvalidTicket(field="url", reason=f"cannot use {path}: {e.strerror}") from None
     if not stat.S_ISSOCK(st.st_mode):
         raise InvalidTicket(field="url", reason=f"{path} is not a unix socket")
-    return url
+    return f"nbd:unix:{path}" + (f":exportname={export}" if export else "")
 
 
-def open_backend(ticket: Ticket) -> Backend:
+def open_backend(ticket: Ticket, roots: UrlRoots | None) -> Backend:
+    """Open the ticket's storage; with roots, refuse a path moved since the add."""
     parts = urlsplit(ticket.url)
     mode = "rw" if ticket.spec.allows("write") else "r"
     if parts.scheme == "nbd":
+        if roots is not None:
+            roots.check_unmoved(parse_nbd_url(ticket.url)[0])
         return open_nbd(ticket.url, mode=mode, sparse=ticket.spec.sparse, dirty=ticket.spec.dirty)
     if parts.scheme != "file":
         raise BackendError(reason=f"no backend for {parts.scheme} URLs")
-    return open_file(unquote(parts.path), mode=mode, sparse=ticket.spec.sparse)
+    path = unquote(parts.path)
+    backend = open_file(path, mode=mode, sparse=ticket.spec.sparse)
+    if roots is not None:
+        try:
+            roots.check_opened(backend.fileno(), path)
+        except BaseException:
+            backend.close()
+            raise
+    return backend
 
 
 def _control_factory() -> ControlFactory:

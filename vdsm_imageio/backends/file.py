@@ -124,6 +124,10 @@ class FileBackend:
     def block_size(self) -> int:
         return self._block_size
 
+    def fileno(self) -> int:
+        """The open descriptor, for checks on what was actually opened."""
+        return self._checked_fd()
+
     @property
     def direct(self) -> bool:
         return self._block_size > 1
