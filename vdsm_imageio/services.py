@@ -20,6 +20,8 @@ from urllib.parse import unquote, urlsplit
 
 from storage.leases import Leases
 from storage.lvm import Lvm
+from storage.rundir import RunDir
+from storage.spawn import Spawner
 from storage.udev import DeviceWatcher
 from storage.volumes import Volumes
 
@@ -73,6 +75,7 @@ class Services:
         self.ticket_hooks = TicketHooks(self.hooks, clock)
         self.url_roots = UrlRoots(config.storage.url_roots)
         self.udev = DeviceWatcher(clock=clock)
+        self.run_dir = RunDir(Path(config.daemon.run_dir))
         self.volumes = Volumes(
             file_root=Path(config.storage.file_root),
             run_dir=Path(config.daemon.run_dir),
@@ -81,6 +84,7 @@ class Services:
             leases=Leases(),
             clock=clock,
             on_lost=self._on_volume_lost,
+            spawner=Spawner(),
         )
         self.registry = Registry(
             clock=clock,
@@ -130,6 +134,10 @@ class Services:
 
     def start(self) -> None:
         cfg = self.config
+        # Before anything can prepare a volume: what a killed daemon left
+        # goes first, and never while another daemon uses the directory.
+        self.run_dir.lock()
+        self.run_dir.clean()
         if cfg.tls.enable:
             ctx = tls.server_context(
                 cfg.tls.cert_file,
@@ -164,6 +172,7 @@ class Services:
         self.control.stop()
         self.udev.stop()
         self.hooks.close(timeout=0.2)
+        self.run_dir.unlock()
 
     def owned_paths(self) -> list[str]:
         """What the daemon created and must still own after dropping privileges."""
