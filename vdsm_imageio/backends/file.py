@@ -20,10 +20,10 @@ import stat
 from collections.abc import Callable, Iterator
 from types import TracebackType
 
-from vdsm_imageio.backends import DirtyExtent, ZeroExtent, directio
+from vdsm_imageio.backends import NO_SPACE_ERRNOS, DirtyExtent, ZeroExtent, directio
 from vdsm_imageio.backends.aligned import SCRATCH_SIZE, AlignedIO
 from vdsm_imageio.backends.directio import round_down, round_up
-from vdsm_imageio.errors import BackendError, StorageReadOnly, UnsupportedContext
+from vdsm_imageio.errors import BackendError, StorageFull, StorageReadOnly, UnsupportedContext
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +307,8 @@ class FileBackend:
                 length,
                 e,
             )
+            if e.errno in NO_SPACE_ERRNOS:
+                raise StorageFull(reason=f"{op} failed: {_strerror(e)}") from e
             raise BackendError(reason=f"{op} failed: {_strerror(e)}") from e
 
 
