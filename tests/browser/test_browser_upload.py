@@ -176,9 +176,11 @@ def test_cancel_then_resume_from_transferred(
     assert chunk + chunk // 2 <= state["canceledAt"] < 2 * chunk
     assert [(r["start"], r["status"]) for r in state["requests"]] == [(0, 200), (chunk, 0)]
     # The portal resumes from what the engine reports: the daemon's
-    # transferred, the union of what was written, of the aborted chunk too.
+    # transferred, the union of what was written, of the aborted chunk too
+    # (what the browser had queued in its socket before the abort arrives;
+    # the rest of the chunk never leaves it).
     transferred = wait_idle(daemon, ticket_id)["transferred"]
-    assert chunk <= transferred <= state["canceledAt"]
+    assert chunk <= transferred < 2 * chunk
     state = upload(
         page, source, transfer_url(daemon.port, ticket_id), chunkSize=chunk, start=transferred
     )
