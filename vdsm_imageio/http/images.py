@@ -22,6 +22,7 @@ from ..errors import (
     RangeNotSatisfiable,
 )
 from ..tickets import Operation, Registry, Ticket
+from . import cors
 from .message import Request, read_json
 from .ranges import ByteRange, parse_content_range, parse_range
 
@@ -47,6 +48,16 @@ class Images:
     # OPTIONS
 
     def options(self, conn: Connection, req: Request, ticket_id: str) -> None:
+        if cors.is_preflight(req):
+            # No credentials come with a preflight: the real request that
+            # follows is authorized (see vdsm_imageio.http.cors).
+            log.debug(
+                "PREFLIGHT peer=%s method=%s",
+                conn.peer,
+                req.header("Access-Control-Request-Method"),
+            )
+            conn.reply(200)
+            return
         options: dict[str, Any] = {}
         if self._unix_socket:
             options["unix_socket"] = self._unix_socket
