@@ -80,7 +80,8 @@ def write_runs(path: Path, size: int, runs: list[tuple[int, int]], seed: int) ->
         f.truncate(size)
         for offset, length in runs:
             f.seek(offset)
-            f.write(rng.randbytes(length))
+            for pos in range(0, length, 8 * MiB):
+                f.write(rng.randbytes(min(8 * MiB, length - pos)))
 
 
 def qcow2_with_runs(

@@ -58,7 +58,9 @@ class Relay:
         return self.counts["down"]
 
     def release(self) -> None:
+        """Forward everything from now on, at full speed."""
         self._hold = {"up": None, "down": None}
+        self._rate = None
         self._released.set()
 
     def reset(self) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,6 @@ from .local import Handle, LocalImage
 from .plan import Item, Op
 from .ranges import Ranges
 from .session import Session, Settings
-from .workers import Handler, Pool
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +120,7 @@ def download(
                         (e for e in extents if isinstance(e, ZeroExtent)),
                         backing=backing is not None,
                     )
-                received = _transfer(
-                    session, image, size, plan.remaining(items, done), done, journal
-                )
+                received = _transfer(session, image, size, items, done, journal)
                 journal.remove()
                 digest = None
                 if session.should_verify():
@@ -174,36 +171,24 @@ def _transfer(
     session: Session,
     image: LocalImage,
     size: int,
-    items: Iterator[Item],
+    items: Iterable[Item],
     done: Ranges,
     journal: Journal,
 ) -> int:
     settings = session.settings
-    count = max(1, min(settings.workers, session.options.max_readers))
-    handlers: list[DownloadHandler] = []
-    progress = settings.progress
-    try:
-        for _ in range(count):
-            conn = ImageConnection(session.endpoint)
-            try:
-                handlers.append(
-                    DownloadHandler(conn, image.open(), settings.buffer_size, progress.update)
-                )
-            except BaseException:
-                conn.close()
-                raise
-        log.info(
-            "DOWNLOAD size=%d done=%d workers=%d transport=%s",
-            size,
-            done.clipped(size).total,
-            count,
-            session.endpoint.transport,
+
+    def make(conn: ImageConnection, step: int) -> DownloadHandler:
+        return DownloadHandler(
+            conn, image.open(), min(settings.buffer_size, step), settings.progress.update
         )
-        progress.start(size, done.clipped(size).total)
-        pool_handlers: list[Handler] = list(handlers)
-        Pool(pool_handlers, commit=journal.commit, progress=progress.update).run(items)
-    finally:
-        progress.close()
-        for handler in handlers:
-            handler.close()
+
+    handlers = session.transfer(
+        "download",
+        make,
+        items,
+        size=size,
+        done=done,
+        journal=journal,
+        workers=session.workers(session.options.max_readers),
+    )
     return sum(h.received for h in handlers)

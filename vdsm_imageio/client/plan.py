@@ -32,9 +32,13 @@ MiB = 1024**2
 GiB = 1024**3
 
 # One PUT or GET: long enough that a request's overhead is small, short
-# enough that 4 workers share a 64 MiB run and an interrupted transfer
-# sends little again.
+# enough that the workers share a run and an interrupted transfer sends
+# little again (a request cut off is sent again whole). Small images get
+# smaller requests (``copy_size``).
 MAX_COPY = 16 * MiB
+MIN_COPY = 1 * MiB
+# Requests per worker at least, for an image that is all data.
+ITEMS_PER_WORKER = 8
 # Zeroing costs the server little per byte; it splits huge ranges itself.
 MAX_ZERO = 1 * GiB
 
@@ -100,6 +104,13 @@ def incremental(extents: Iterable[DirtyExtent]) -> Iterator[Item]:
         else:
             op = Op.COPY
         yield Item(op, e.start, e.length)
+
+
+def copy_size(size: int, workers: int) -> int:
+    """Request size for an image: at most MAX_COPY, whole MiBs, and small
+    enough that every worker gets several requests."""
+    share = size // (max(1, workers) * ITEMS_PER_WORKER) // MIN_COPY * MIN_COPY
+    return max(MIN_COPY, min(MAX_COPY, share))
 
 
 def remaining(

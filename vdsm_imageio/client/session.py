@@ -10,18 +10,25 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from . import checksum
+from . import checksum, plan
 from .errors import ChecksumMismatch, ClientError, ProtocolError, Unsupported
 from .http import Endpoint, parse_url
 from .images import ImageConnection, Options
+from .journal import Journal
 from .local import LocalImage
+from .plan import Item
 from .progress import Progress, Quiet
+from .ranges import Ranges
+from .workers import Handler, Pool
 
 log = logging.getLogger(__name__)
+
+H = TypeVar("H", bound=Handler)
 
 MiB = 1024**2
 DEFAULT_WORKERS = 4
@@ -96,6 +103,54 @@ class Session:
                 raise ProtocolError(server=self.endpoint.url.server, reason="no extents")
             return extents[-1].start + extents[-1].length
         return self.control.size_by_range()
+
+    def workers(self, limit: int) -> int:
+        """Workers for a transfer: as asked, never more than the server allows."""
+        return max(1, min(self.settings.workers, limit))
+
+    def transfer(
+        self,
+        name: str,
+        make: Callable[[ImageConnection, int], H],
+        items: Iterable[Item],
+        *,
+        size: int,
+        done: Ranges,
+        journal: Journal,
+        workers: int,
+    ) -> list[H]:
+        """Run the items not done on workers, each with its own connection;
+        make(conn, copy_size) builds one worker's handler."""
+        step = plan.copy_size(size, workers)
+        handlers: list[H] = []
+        progress = self.settings.progress
+        try:
+            for _ in range(workers):
+                conn = ImageConnection(self.endpoint)
+                try:
+                    handlers.append(make(conn, step))
+                except BaseException:
+                    conn.close()
+                    raise
+            already = done.clipped(size).total
+            log.info(
+                "%s size=%d done=%d workers=%d transport=%s",
+                name.upper(),
+                size,
+                already,
+                workers,
+                self.endpoint.transport,
+            )
+            progress.start(size, already)
+            pool: list[Handler] = list(handlers)
+            Pool(pool, commit=journal.commit, progress=progress.update).run(
+                plan.remaining(items, done, max_copy=step)
+            )
+        finally:
+            progress.close()
+            for handler in handlers:
+                handler.close()
+        return handlers
 
     def should_verify(self) -> bool:
         wanted = self.settings.verify

@@ -25,7 +25,6 @@ from .local import Handle, LocalImage
 from .plan import Item, Op
 from .ranges import Ranges
 from .session import Session, Settings
-from .workers import Handler, Pool
 
 log = logging.getLogger(__name__)
 
@@ -145,44 +144,28 @@ def _transfer(
     settings = session.settings
     with image.open() as h:
         extents = h.zero_extents()
-    items = plan.remaining(
-        itertools.chain(
-            plan.upload(extents, target_is_zero=target_is_zero),
-            plan.disk_tail(image.size, disk, target_is_zero=target_is_zero),
-        ),
-        done,
+    items = itertools.chain(
+        plan.upload(extents, target_is_zero=target_is_zero),
+        plan.disk_tail(image.size, disk, target_is_zero=target_is_zero),
     )
-    count = max(1, min(settings.workers, session.options.max_writers))
-    handlers: list[UploadHandler] = []
-    progress = settings.progress
-    try:
-        for _ in range(count):
-            conn = ImageConnection(session.endpoint)
-            try:
-                handlers.append(
-                    UploadHandler(
-                        conn,
-                        image.open(),
-                        settings.buffer_size,
-                        progress.update,
-                        can_flush="flush" in session.options.features,
-                    )
-                )
-            except BaseException:
-                conn.close()
-                raise
-        log.info(
-            "UPLOAD size=%d done=%d workers=%d transport=%s",
-            disk,
-            done.clipped(disk).total,
-            count,
-            session.endpoint.transport,
+    can_flush = "flush" in session.options.features
+
+    def make(conn: ImageConnection, step: int) -> UploadHandler:
+        return UploadHandler(
+            conn,
+            image.open(),
+            min(settings.buffer_size, step),
+            settings.progress.update,
+            can_flush=can_flush,
         )
-        progress.start(disk, done.clipped(disk).total)
-        pool_handlers: list[Handler] = list(handlers)
-        Pool(pool_handlers, commit=journal.commit, progress=progress.update).run(items)
-    finally:
-        progress.close()
-        for handler in handlers:
-            handler.close()
+
+    handlers = session.transfer(
+        "upload",
+        make,
+        items,
+        size=disk,
+        done=done,
+        journal=journal,
+        workers=session.workers(session.options.max_writers),
+    )
     return sum(h.sent for h in handlers)

@@ -30,8 +30,9 @@ from .plan import Item, Op
 
 log = logging.getLogger(__name__)
 
-# How long a crash may cost a resumed transfer, in seconds of transfer.
-CHECKPOINT_SECONDS = 1.0
+# How much a crash may cost a resumed transfer, in seconds of transfer
+# (plus the requests running): a flush per connection this often is cheap.
+CHECKPOINT_SECONDS = 0.5
 POLL = 0.1
 
 Commit = Callable[[list[tuple[int, int]]], None]
