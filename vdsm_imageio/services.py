@@ -8,6 +8,7 @@ tested alone and the import graph stays one-way.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import stat
@@ -28,6 +29,7 @@ from .backends import Backend
 from .backends.file import open_file
 from .backends.nbd import open_nbd
 from .backends.nbd import parse_url as parse_nbd_url
+from .backends.sectorlock import SectorLocks
 from .config import Config, socket_address
 from .errors import BackendError, InvalidTicket, TicketNotFound
 from .hooks import Hooks, TicketHooks
@@ -110,7 +112,11 @@ class Services:
                 route("info", r"/info/?", get=self._info),
             ]
         )
-        self.server = Server(config, router, open_backend)
+        # One table for the process: connections to one image share its locks.
+        self.sector_locks = SectorLocks()
+        self.server = Server(
+            config, router, functools.partial(open_backend, locks=self.sector_locks)
+        )
         ticket_socket = config.control.ticket_socket
         self.ticket_server = (
             TicketServer(config, self.registry, ticket_socket) if ticket_socket else None
@@ -260,14 +266,14 @@ def _resolve_nbd(url: str) -> str:
     return url
 
 
-def open_backend(ticket: Ticket) -> Backend:
+def open_backend(ticket: Ticket, *, locks: SectorLocks) -> Backend:
     parts = urlsplit(ticket.url)
     mode = "rw" if ticket.spec.allows("write") else "r"
     if parts.scheme == "nbd":
         return open_nbd(ticket.url, mode=mode, sparse=ticket.spec.sparse, dirty=ticket.spec.dirty)
     if parts.scheme != "file":
         raise BackendError(reason=f"no backend for {parts.scheme} URLs")
-    return open_file(unquote(parts.path), mode=mode, sparse=ticket.spec.sparse)
+    return open_file(unquote(parts.path), mode=mode, sparse=ticket.spec.sparse, locks=locks)
 
 
 def _control_factory() -> ControlFactory:

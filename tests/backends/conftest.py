@@ -32,6 +32,7 @@ from storage.qemu_nbd import QemuNbd
 from vdsm_imageio.backends import Backend
 from vdsm_imageio.backends.file import open_file
 from vdsm_imageio.backends.nbd import NbdBackend, open_nbd
+from vdsm_imageio.backends.sectorlock import SectorLocks
 
 from .images import MiB
 
@@ -146,7 +147,9 @@ def read_file(path: str) -> Callable[[int, int], bytes]:
 
 
 def file_opener(path: str) -> Callable[[str, bool], Backend]:
-    return lambda mode, sparse: open_file(path, mode=mode, sparse=sparse)
+    # One table per target, as the service has one: its backends share locks.
+    locks = SectorLocks()
+    return lambda mode, sparse: open_file(path, mode=mode, sparse=sparse, locks=locks)
 
 
 def nbd_opener(url: str) -> Callable[[str, bool], Backend]:

@@ -8,6 +8,11 @@ I/O get buffered I/O and a warning.
 
 Zeroing tries the cheapest method first and remembers what the storage
 refused, so each connection probes a method at most once.
+
+Every change of the image holds a range of the image's lock from the
+service's ``SectorLocks`` (see ``sectorlock``): ``aligned`` takes them for
+writes; zeroing here takes them around fallocate and BLKZEROOUT (shared)
+and around growing the file (exclusive, to the end of any file).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from types import TracebackType
 from vdsm_imageio.backends import DirtyExtent, ZeroExtent, directio
 from vdsm_imageio.backends.aligned import SCRATCH_SIZE, AlignedIO
 from vdsm_imageio.backends.directio import round_down, round_up
+from vdsm_imageio.backends.sectorlock import END, RangeLock, SectorLocks
 from vdsm_imageio.errors import BackendError, StorageReadOnly, UnsupportedContext
 
 log = logging.getLogger(__name__)
@@ -33,11 +39,12 @@ _PUNCH_HOLE = directio.FALLOC_FL_PUNCH_HOLE | directio.FALLOC_FL_KEEP_SIZE
 _ZERO_RANGE = directio.FALLOC_FL_ZERO_RANGE
 
 
-def open_file(path: str, *, mode: str, sparse: bool) -> FileBackend:
+def open_file(path: str, *, mode: str, sparse: bool, locks: SectorLocks) -> FileBackend:
     """Open a regular file or block device for a transfer.
 
     mode is "r" or "rw". sparse allows zero() to deallocate: without it,
     a preallocated volume stays allocated even when punch_hole is asked.
+    locks is the process's table: every backend of one image must share it.
     """
     if mode not in _OPEN_FLAGS:
         raise ValueError(f"mode must be 'r' or 'rw', not {mode!r}")
@@ -48,6 +55,7 @@ def open_file(path: str, *, mode: str, sparse: bool) -> FileBackend:
         raise BackendError(reason=f"open failed: {_strerror(e)}") from e
     try:
         device_size = _device_size(fd)
+        ranges = locks.attach(fd)
     except BaseException:
         log.error("OPEN failed path=%s mode=%s", path, mode)
         os.close(fd)
@@ -69,6 +77,8 @@ def open_file(path: str, *, mode: str, sparse: bool) -> FileBackend:
         sparse=sparse,
         block_size=block_size,
         device_size=device_size,
+        locks=locks,
+        ranges=ranges,
     )
 
 
@@ -97,6 +107,8 @@ class FileBackend:
         sparse: bool,
         block_size: int,
         device_size: int | None,
+        locks: SectorLocks,
+        ranges: RangeLock,
     ) -> None:
         self._fd = fd
         self._path = path
@@ -104,7 +116,11 @@ class FileBackend:
         self._sparse = sparse
         self._block_size = block_size
         self._device_size = device_size
-        self._io = AlignedIO(fd, block_size=block_size, regular_file=device_size is None)
+        self._locks = locks
+        self._ranges = ranges
+        self._io = AlignedIO(
+            fd, block_size=block_size, regular_file=device_size is None, ranges=ranges
+        )
         self._zeros: memoryview | None = None
         self._unsupported: set[str] = set()
         self._used: set[str] = set()
@@ -198,6 +214,7 @@ class FileBackend:
         if self._fd != -1:
             fd, self._fd = self._fd, -1
             self._zeros = None
+            self._locks.detach(self._ranges)
             os.close(fd)
 
     # Zeroing.
@@ -245,7 +262,8 @@ class FileBackend:
         if method in self._unsupported:
             return False
         try:
-            func(self._checked_fd(), offset, length)
+            with self._ranges.shared(offset, offset + length):
+                func(self._checked_fd(), offset, length)
         except OSError as e:
             if e.errno not in directio.UNSUPPORTED_ERRNOS:
                 raise
@@ -268,9 +286,12 @@ class FileBackend:
             done += n
 
     def _grow(self, end: int) -> None:
+        # Between the look and the truncate nobody may grow the file past
+        # end, or the truncate would cut that off: hold everything after end.
         fd = self._checked_fd()
-        if os.fstat(fd).st_size < end:
-            os.ftruncate(fd, end)
+        with self._ranges.exclusive(end, END):
+            if os.fstat(fd).st_size < end:
+                os.ftruncate(fd, end)
 
     def _log_method(self, method: str) -> None:
         if method not in self._used:
