@@ -203,6 +203,18 @@ def ext4_4k_dir(cache_dir: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def ext4_512_dir(cache_dir: str) -> Iterator[str]:
+    """ext4 on a device with 512-byte sectors, whatever the host's disk has."""
+    needs_root()
+    backing = make_image(cache_dir, 64 * MiB)
+    with loop_device(backing, sector_size=512) as device:
+        run("mkfs.ext4", "-q", "-F", device)
+        with mounted(os.path.join(cache_dir, "ext4-512"), device) as path:
+            yield path
+    os.unlink(backing)
+
+
+@pytest.fixture(scope="session")
 def tmpfs_dir(cache_dir: str) -> Iterator[str]:
     needs_root()
     with mounted(
