@@ -10,6 +10,7 @@ After each round every byte of the region is compared with the model.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 import threading
 from collections.abc import Callable, Iterator
@@ -84,7 +85,7 @@ def adjacent_ops(
     end = base + writers * 2 * block - rng.randrange(1, block)
     points = [start, *unaligned_cuts(rng, start, end, writers - 1), end]
     ops = []
-    for a, b in zip(points, points[1:], strict=False):
+    for a, b in itertools.pairwise(points):
         if zero and rng.random() < 0.25:
             ops.append(Op(a, None, b - a, punch_hole=rng.random() < 0.5))
         else:

@@ -207,8 +207,7 @@ class FileBackend:
         if self._device_size is not None:
             return iter([ZeroExtent(start, end - start, zero=False, hole=False)])
         with self._errors("extents", start, length):
-            runs = list(_file_runs(self._checked_fd(), start, end))
-        return iter(merge_extents(runs))
+            return iter(file_runs(_seeker(self._checked_fd(), end), start, end))
 
     def close(self) -> None:
         if self._fd != -1:
@@ -327,28 +326,57 @@ class FileBackend:
             raise BackendError(reason=f"{op} failed: {_strerror(e)}") from e
 
 
-def _file_runs(fd: int, start: int, end: int) -> Iterator[ZeroExtent]:
-    """Data and hole runs of [start, end) from SEEK_DATA/SEEK_HOLE (lseek(2))."""
-    pos = start
+# How often file_runs looks again at a position that a racing writer keeps
+# turning from data into hole and back before it calls the rest data.
+SEEK_RETRIES = 8
+
+Seek = Callable[[int, int], int]
+
+
+def file_runs(seek: Seek, start: int, end: int) -> list[ZeroExtent]:
+    """Data and hole runs of [start, end): contiguous, covering it exactly,
+    of positive lengths, merged.
+
+    seek(pos, whence) is lseek(2) with SEEK_DATA or SEEK_HOLE, answering end
+    when nothing follows pos. Other connections write and punch holes
+    between two seeks, so one may contradict the one before: SEEK_DATA
+    finds data at pos, then a punch, and SEEK_HOLE finds a hole at the same
+    pos. A run is reported only once something was found after its start;
+    a position that makes no progress is looked at again, and past
+    SEEK_RETRIES the rest is reported as data, which is always safe: a
+    client reads it instead of skipping it.
+    """
+    runs: list[ZeroExtent] = []
+    pos, stalls = start, 0
     while pos < end:
-        data = min(_seek(fd, pos, os.SEEK_DATA, default=end), end)
+        data = min(max(seek(pos, os.SEEK_DATA), pos), end)
         if data > pos:
-            yield ZeroExtent(pos, data - pos, zero=True, hole=True)
+            runs.append(ZeroExtent(pos, data - pos, zero=True, hole=True))
             pos = data
-        if pos < end:
-            hole = min(_seek(fd, pos, os.SEEK_HOLE, default=end), end)
-            yield ZeroExtent(pos, hole - pos, zero=False, hole=False)
-            pos = hole
+            continue
+        hole = min(max(seek(pos, os.SEEK_HOLE), pos), end)
+        if hole > pos:
+            runs.append(ZeroExtent(pos, hole - pos, zero=False, hole=False))
+            pos, stalls = hole, 0
+            continue
+        stalls += 1
+        if stalls > SEEK_RETRIES:
+            runs.append(ZeroExtent(pos, end - pos, zero=False, hole=False))
+            break
+    return merge_extents(runs)
 
 
-def _seek(fd: int, pos: int, whence: int, *, default: int) -> int:
-    # ENXIO: no data (or hole) after pos, e.g. the file shrank under us.
-    try:
-        return os.lseek(fd, pos, whence)
-    except OSError as e:
-        if e.errno != errno.ENXIO:
-            raise
-        return default
+def _seeker(fd: int, end: int) -> Seek:
+    def seek(pos: int, whence: int) -> int:
+        # ENXIO: no data (or hole) after pos, e.g. the file shrank under us.
+        try:
+            return os.lseek(fd, pos, whence)
+        except OSError as e:
+            if e.errno != errno.ENXIO:
+                raise
+            return end
+
+    return seek
 
 
 def merge_extents(extents: list[ZeroExtent]) -> list[ZeroExtent]:
