@@ -248,7 +248,7 @@ def well_formed(extents: list[dict[str, Any]], size: int) -> str | None:
 
 
 def test_extents_stay_well_formed_while_others_write_and_punch(daemon: Daemon) -> None:
-    size, area, block = 8 * MiB, 4 * MiB, 4096
+    size, area, block = 8 * MiB, 256 * KiB, 4096
     ticket_id, _ = daemon.add_ticket(size=size, data=b"\x01" * block)
     stop = threading.Event()
     errors: list[BaseException] = []
