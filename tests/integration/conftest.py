@@ -119,6 +119,9 @@ class Daemon:
         if conf:
             (self.dir / "conf.d").mkdir()
             (self.dir / "conf.d" / "50-test.conf").write_text(_ini(conf))
+        self._spawn()
+
+    def _spawn(self) -> None:
         self._log = open(self.log_path, "wb")  # owned until stop()
         self.proc = subprocess.Popen(
             [
@@ -252,6 +255,21 @@ class Daemon:
                 self.proc.wait()
         self._log.close()
         return clean
+
+    def kill_and_restart(self) -> None:
+        """SIGKILL the daemon and start a new one on the same directory.
+
+        Tickets are gone with the process; the TLS port is a new one. The
+        killed daemon's log is kept as daemon.log.killed.
+        """
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        self.proc.kill()
+        self.proc.wait(STOP_TIMEOUT)
+        self._log.close()
+        self.log_path.replace(self.log_path.with_name("daemon.log.killed"))
+        self._spawn()
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

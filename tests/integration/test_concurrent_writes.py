@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
+from imageclient import Client, image_ticket, well_formed
 from sectored import ext4_on_loop, needs_root
 
 if TYPE_CHECKING:
@@ -44,76 +43,6 @@ def sectored(daemon: Daemon) -> Iterator[dict[int, Path]]:
             size: stack.enter_context(ext4_on_loop(daemon.images, f"sec{size}", sector_size=size))
             for size in SECTOR_SIZES
         }
-
-
-_images = itertools.count()
-
-
-@contextlib.contextmanager
-def image_ticket(daemon: Daemon, directory: Path, size: int) -> Iterator[tuple[str, Path]]:
-    """A sparse read-write ticket on a new image in directory."""
-    ticket_id = str(uuid.uuid4())
-    # Named apart from the ticket id: the daemon logs paths, never the secret.
-    path = directory / f"image-{next(_images)}.raw"
-    with open(path, "wb") as f:
-        # Data at the start: the alignment probe then finds the sector size.
-        f.write(b"\xee" * 4096)
-        f.truncate(size)
-    ticket = {
-        "uuid": ticket_id,
-        "size": size,
-        "ops": ["read", "write"],
-        "timeout": 300,
-        "url": path.as_uri(),
-        "transfer_id": f"concurrent-{path.stem}",
-        "sparse": True,
-    }
-    daemon.result("Ticket.add", ticket=ticket)
-    try:
-        yield ticket_id, path
-    finally:
-        daemon.result("Ticket.remove", uuid=ticket_id)
-        path.unlink()
-
-
-class Client:
-    """One connection of a writer: PUT a range, PATCH zero."""
-
-    def __init__(self, daemon: Daemon, ticket_id: str, transport: str) -> None:
-        self.conn = daemon.unix() if transport == "unix" else daemon.https()
-        self.url = f"/images/{ticket_id}"
-
-    def put(self, offset: int, data: bytes) -> None:
-        end = offset + len(data) - 1
-        self.conn.request(
-            "PUT",
-            f"{self.url}?flush=n",
-            body=data,
-            headers={"Content-Range": f"bytes {offset}-{end}/*"},
-        )
-        self._ok()
-
-    def zero(self, offset: int, size: int) -> None:
-        body = json.dumps({"op": "zero", "offset": offset, "size": size, "flush": False})
-        self.conn.request(
-            "PATCH", self.url, body=body, headers={"Content-Type": "application/json"}
-        )
-        self._ok()
-
-    def extents(self) -> list[dict[str, Any]]:
-        self.conn.request("GET", f"{self.url}/extents?context=zero")
-        resp = self.conn.getresponse()
-        body = resp.read()
-        assert resp.status == 200, body
-        return list(json.loads(body))
-
-    def _ok(self) -> None:
-        resp = self.conn.getresponse()
-        body = resp.read()
-        assert resp.status == 200, body
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 class Together:
@@ -233,20 +162,6 @@ def test_writers_sharing_sectors_lose_nothing(
     assert f"path={path} mode=rw sparse=True device=False block_size={sector}" in daemon.log()
 
 
-def well_formed(extents: list[dict[str, Any]], size: int) -> str | None:
-    """Why extents are not contiguous, exact, positive and merged; None if they are."""
-    pos, kind = 0, None
-    for e in extents:
-        if e["start"] != pos:
-            return f"gap or overlap at {pos}: {e}"
-        if e["length"] <= 0:
-            return f"empty extent: {e}"
-        if (e["zero"], e["hole"]) == kind:
-            return f"not merged at {pos}: {e}"
-        pos, kind = e["start"] + e["length"], (e["zero"], e["hole"])
-    return None if pos == size else f"covers {pos} of {size} bytes"
-
-
 def test_extents_stay_well_formed_while_others_write_and_punch(daemon: Daemon) -> None:
     size, area, block = 8 * MiB, 256 * KiB, 4096
     ticket_id, _ = daemon.add_ticket(size=size, data=b"\x01" * block)
@@ -281,7 +196,7 @@ def test_extents_stay_well_formed_while_others_write_and_punch(daemon: Daemon) -
             t.start()
         deadline = time.monotonic() + 20
         while replies < 3000 and time.monotonic() < deadline and not errors:
-            why = well_formed(reader.extents(), size)
+            why = well_formed(reader.extents(), 0, size)
             replies += 1
             if why is not None:
                 bad.append(why)
