@@ -351,6 +351,8 @@ def test_soak_mixed_requests_with_a_kill_match_the_model(
                     t.join(max(0.0, soak.deadline + WAIT_TIMEOUT - time.monotonic()))
             if soak.errors:
                 e = soak.errors[0]
+                if isinstance(e, Failure):
+                    raise e
                 raise soak.fail(f"{type(e).__name__}: {e}") from e
             check_image(soak, skip=[])
             counts: dict[str, Any] = {}
