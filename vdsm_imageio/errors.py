@@ -141,6 +141,17 @@ class BackendError(ImageioError):
     template = "Storage I/O failed: {reason}"
 
 
+class StorageFull(BackendError):
+    """No space left on the storage (ENOSPC) or the quota is used up (EDQUOT).
+
+    Not a bug of ours and not the client's fault: the administrator must
+    free or add space, then the client retries. On a block device ENOSPC
+    also means the range ends past the device.
+    """
+
+    template = "Not enough space on the storage: {reason}"
+
+
 class PeerClosed(ImageioError):
     template = "Client closed the connection: {reason}"
 

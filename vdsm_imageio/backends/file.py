@@ -25,11 +25,11 @@ import stat
 from collections.abc import Callable, Iterator
 from types import TracebackType
 
-from vdsm_imageio.backends import DirtyExtent, ZeroExtent, directio
+from vdsm_imageio.backends import NO_SPACE_ERRNOS, DirtyExtent, ZeroExtent, directio
 from vdsm_imageio.backends.aligned import SCRATCH_SIZE, AlignedIO
 from vdsm_imageio.backends.directio import round_down, round_up
 from vdsm_imageio.backends.sectorlock import END, RangeLock, SectorLocks
-from vdsm_imageio.errors import BackendError, StorageReadOnly, UnsupportedContext
+from vdsm_imageio.errors import BackendError, StorageFull, StorageReadOnly, UnsupportedContext
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,10 @@ class FileBackend:
     @property
     def block_size(self) -> int:
         return self._block_size
+
+    def fileno(self) -> int:
+        """The open descriptor, for checks on what was actually opened."""
+        return self._checked_fd()
 
     @property
     def direct(self) -> bool:
@@ -323,6 +327,8 @@ class FileBackend:
                 length,
                 e,
             )
+            if e.errno in NO_SPACE_ERRNOS:
+                raise StorageFull(reason=f"{op} failed: {_strerror(e)}") from e
             raise BackendError(reason=f"{op} failed: {_strerror(e)}") from e
 
 

@@ -51,6 +51,7 @@ REASONS = {
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
+    507: "Insufficient Storage",
 }
 # Unread body bytes we read and drop to keep a connection after an error.
 MAX_DRAIN = 64 * 1024
