@@ -70,9 +70,12 @@ def test_waiting_exclusive_goes_before_new_shared_ones() -> None:
 
 
 @pytest.mark.parametrize("start, end", [(-1, 10), (10, 10), (10, 5), (0, END + 1)])
-def test_invalid_spans_are_refused(start: int, end: int) -> None:
+def test_invalid_ranges_are_refused(start: int, end: int) -> None:
+    lock = RangeLock((1, 2))
     with pytest.raises(ValueError):
-        Span(start, end, exclusive=True)
+        lock.exclusive(start, end)
+    with pytest.raises(ValueError):
+        lock.shared(start, end)
 
 
 def run_in_thread(func: Callable[[], None]) -> tuple[threading.Thread, threading.Event]:

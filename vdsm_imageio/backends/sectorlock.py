@@ -37,33 +37,35 @@ adds the waiting; ``SectorLocks`` is the table.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # The end of a range that reaches past any end of file: a write that may
 # change the size of a file holds everything from its block on.
 END = 2**63
 
 
-@dataclass(frozen=True)
-class Span:
+class Span(NamedTuple):
+    """Bytes [start, end) of an image, held shared or exclusively."""
+
     start: int
     end: int
     exclusive: bool
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.start < self.end <= END:
-            raise ValueError(f"invalid range [{self.start}, {self.end})")
 
     def overlaps(self, other: Span) -> bool:
         return self.start < other.end and other.start < self.end
 
     def conflicts(self, other: Span) -> bool:
         return (self.exclusive or other.exclusive) and self.overlaps(other)
+
+
+def span(start: int, end: int, *, exclusive: bool) -> Span:
+    if not 0 <= start < end <= END:
+        raise ValueError(f"invalid range [{start}, {end})")
+    return Span(start, end, exclusive)
 
 
 @dataclass
@@ -99,24 +101,22 @@ class RangeLock:
         self._ranges = Ranges()
         self._cond = threading.Condition(threading.Lock())
 
-    def shared(self, start: int, end: int) -> contextlib.AbstractContextManager[None]:
-        return self._hold(Span(start, end, exclusive=False))
+    def shared(self, start: int, end: int) -> Hold:
+        return Hold(self, span(start, end, exclusive=False))
 
-    def exclusive(self, start: int, end: int) -> contextlib.AbstractContextManager[None]:
-        return self._hold(Span(start, end, exclusive=True))
+    def exclusive(self, start: int, end: int) -> Hold:
+        return Hold(self, span(start, end, exclusive=True))
 
-    @contextlib.contextmanager
-    def _hold(self, span: Span) -> Iterator[None]:
+    def _acquire(self, span: Span) -> None:
         with self._cond:
             if not self._ranges.can_take(span):
                 self._wait(span)
-            self._ranges.take(span)
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._ranges.release(span)
-                self._cond.notify_all()
+            self._ranges.held.append(span)
+
+    def _release(self, span: Span) -> None:
+        with self._cond:
+            self._ranges.release(span)
+            self._cond.notify_all()
 
     def _wait(self, span: Span) -> None:
         # Only exclusive waiters are announced: rule 4.
@@ -133,6 +133,25 @@ class RangeLock:
     def idle(self) -> bool:
         with self._cond:
             return self._ranges.idle
+
+
+class Hold:
+    """A range of a RangeLock, held inside a with block.
+
+    A class rather than a generator: every aligned write takes one.
+    """
+
+    __slots__ = ("_lock", "_span")
+
+    def __init__(self, lock: RangeLock, span: Span) -> None:
+        self._lock = lock
+        self._span = span
+
+    def __enter__(self) -> None:
+        self._lock._acquire(self._span)
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock._release(self._span)
 
 
 def image_key(st: os.stat_result) -> tuple[int, ...]:
