@@ -152,6 +152,14 @@ class StorageFull(BackendError):
     template = "Not enough space on the storage: {reason}"
 
 
+class ImageEnded(BackendError):
+    """The image is shorter than a range being read: it shrank under the
+    transfer (a file truncated), or a reader stopped early. The storage's
+    fault, not the client's; the reply's head is usually sent already."""
+
+    template = "Image ended at offset {offset}, before the end of the range at {end}"
+
+
 class PeerClosed(ImageioError):
     template = "Client closed the connection: {reason}"
 

@@ -30,6 +30,10 @@ STATUS: tuple[tuple[type[e.ImageioError], int], ...] = (
     # cannot store what the request needs. Neither a bug ("see the log")
     # nor the client's fault; retrying after space is freed succeeds.
     (e.StorageFull, 507),
+    # The storage shrank under a read: a fault of the server's side that
+    # the client can neither fix nor retry into success, like any other
+    # storage failure. Mostly logged only: the head went out before.
+    (e.ImageEnded, 500),
     (e.BackendError, 500),
     # The HTTP ticket API (http.tickets) on the control side.
     (e.InvalidTicket, 400),
