@@ -111,7 +111,7 @@ class RangeLock:
         with self._cond:
             if not self._ranges.can_take(span):
                 self._wait(span)
-            self._ranges.held.append(span)
+            self._ranges.take(span)
 
     def _release(self, span: Span) -> None:
         with self._cond:
