@@ -8,7 +8,10 @@ compare what it has with what the host has:
   shorter when the size is not a multiple;
 - each block is hashed alone with the algorithm (blake2b and blake2s with
   a 32-byte digest, every other algorithm at its natural size);
-- the checksum is the same algorithm over the block digests, in order.
+- the checksum is the same algorithm over the block digests, in order;
+- the image is what qemu sees: a size that is not a multiple of 512 bytes
+  is rounded up with zeros (ovirt-imageio's client reads images through
+  qemu-nbd, which exports whole sectors).
 
 A block digest depends only on the block's bytes, so a block that reads as
 zeros (a hole or zero extent, or read data that is all zeros) takes the
@@ -39,6 +42,8 @@ DEFAULT_BLOCK_SIZE = 4 * MiB
 MIN_BLOCK_SIZE = 1 * MiB
 MAX_BLOCK_SIZE = 16 * MiB
 BLOCK_ALIGNMENT = 4096
+# qemu gives raw images a whole number of sectors.
+SECTOR = 512
 # blake2b and blake2s take any digest size up to their maximum; 32 bytes
 # is what ovirt-imageio uses for both, so the digests match.
 BLAKE2_DIGEST_SIZE = 32
@@ -208,22 +213,29 @@ def data_runs(extents: Iterable[Extent], size: int, align: int) -> Iterator[tupl
         yield run
 
 
+def checksum_size(size: int) -> int:
+    """The length a checksum covers for an image of size bytes."""
+    return -(-size // SECTOR) * SECTOR
+
+
 def plan(extents: Iterable[Extent], size: int, block_size: int, align: int) -> Iterator[Block]:
-    """The image's blocks in order, each with the pieces of it to read."""
+    """The blocks of an image of size readable bytes, in order, each with
+    the pieces of it to read; they cover ``checksum_size(size)``."""
+    total = checksum_size(size)
     start = 0
     pieces: list[tuple[int, int]] = []
     for run_start, run_end in data_runs(extents, size, align):
         pos = run_start
         while pos < run_end:
             while pos >= start + block_size:
-                yield Block(start, min(block_size, size - start), tuple(pieces))
+                yield Block(start, min(block_size, total - start), tuple(pieces))
                 pieces = []
                 start += block_size
             end = min(run_end, start + block_size)
             pieces.append((pos, end - pos))
             pos = end
-    while start < size:
-        yield Block(start, min(block_size, size - start), tuple(pieces))
+    while start < total:
+        yield Block(start, min(block_size, total - start), tuple(pieces))
         pieces = []
         start += block_size
 

@@ -5,7 +5,8 @@
 client computes it locally (``vdsm_imageio.checksum``), so a client
 verifies a transfer without moving the image again. It needs a read
 ticket, runs as an operation of the ticket (progress, expiry and cancel
-apply) and covers the bytes a GET of the whole image returns.
+apply) and covers the bytes a GET of the whole image returns, rounded up
+to whole sectors as qemu sees them.
 ``GET /images/<ticket>/checksum/algorithms`` lists the algorithms; it
 describes the server, so it needs no ticket.
 """
@@ -66,7 +67,8 @@ class Checksum:
                 readers=[_read_exactly(r) for r in readers],
                 pool=conn.server.pool,
                 lanes=lanes,
-                progress=lambda n: ticket.progress(op, n),
+                # The sector padding is not image data: transferred stays <= size.
+                progress=lambda n: ticket.progress(op, min(n, size - op.done)),
             )
         conn.reply_json({"algorithm": algorithm, "block_size": block_size, "checksum": digest})
 
