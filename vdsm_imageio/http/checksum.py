@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from .. import checksum, checksum_io
 from ..backends import Backend, DirtyExtent, ZeroExtent
-from ..errors import BackendError, UnsupportedContext
+from ..errors import ImageEnded, UnsupportedContext
 from ..tickets import Registry
 from .message import Request
 
@@ -64,7 +64,7 @@ class Checksum:
                 blocks,
                 new=checksum.hash_factory(algorithm),
                 zero_digest=lambda n: self._zero_digests.get(algorithm, n),
-                readers=[_read_exactly(r) for r in readers],
+                readers=[_read_exactly(r, size) for r in readers],
                 pool=conn.server.pool,
                 lanes=lanes,
                 # The sector padding is not image data: transferred stays <= size.
@@ -81,9 +81,10 @@ def _zero_extents(backend: Backend, size: int) -> list[ZeroExtent | DirtyExtent]
         return []
 
 
-def _read_exactly(backend: Backend) -> checksum_io.ReadAt:
+def _read_exactly(backend: Backend, end: int) -> checksum_io.ReadAt:
     def read(offset: int, buf: memoryview) -> None:
-        if backend.readinto(offset, buf) != len(buf):
-            raise BackendError(reason="image ended before its size")
+        n = backend.readinto(offset, buf)
+        if n != len(buf):
+            raise ImageEnded(offset=offset + n, end=end)
 
     return read
