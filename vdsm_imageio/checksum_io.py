@@ -2,14 +2,16 @@
 
 Theory of operation: ``checksum.schedule`` turns the image into zero
 blocks, whose digest is known, and jobs of data blocks. Each job runs on
-one of up to ``lanes`` worker threads: it takes a slot (a reader and a
-buffer from the server's pool), reads the job's data pieces one buffer at
-a time, fills the gaps between them with zeros and hashes each block.
-While one worker waits for storage another hashes, and hashlib releases
-the GIL for buffers over 2 KiB, so the workers hash on several cores at
-once. The request's thread walks the plan, keeps two jobs per worker in
-flight, and feeds the block digests to the root hash strictly in image
-order, reporting each block's length to ``progress``.
+a worker thread: it takes a slot (a reader and a buffer from the server's
+pool), reads the job's data pieces one buffer at a time, fills the gaps
+between them with zeros and hashes each block. hashlib releases the GIL
+for buffers over 2 KiB, so ``lanes`` workers hash at once on as many
+cores; there are twice as many workers as hashing lanes, so while some
+hash, the others have reads queued and the storage never waits for the
+CPU (nor the CPU for the storage). The request's thread walks the plan,
+keeps two jobs per worker in flight, and feeds the block digests to the
+root hash strictly in image order, reporting each block's length to
+``progress``.
 
 Rules:
 - ``progress`` runs on the request's thread; when it raises (the ticket
@@ -49,6 +51,8 @@ ReadAt = Callable[[int, memoryview], None]
 MAX_PENDING = 4096
 # Jobs queued per worker: one running, one ready to start.
 JOBS_PER_WORKER = 2
+# Workers (and buffers) per hashing lane: one reads while the other hashes.
+WORKERS_PER_LANE = 2
 
 
 class _Stopped(Exception):
@@ -71,16 +75,17 @@ def compute(
     lanes: int,
     progress: Callable[[int], None],
 ) -> str:
-    """The hex checksum of the image whose blocks (``checksum.plan``) are given."""
+    """The hex checksum of the image whose blocks (``checksum.plan``) are
+    given, hashing on up to ``lanes`` threads at once."""
     bufs: list[memoryview] = []
     try:
-        while len(bufs) < lanes and (buf := pool.try_acquire()) is not None:
+        while len(bufs) < WORKERS_PER_LANE * lanes and (buf := pool.try_acquire()) is not None:
             bufs.append(buf)
         if not bufs:
             # The pool is empty: one small private buffer rather than wait.
             bufs.append(pool.acquire())
         slots = [_Slot(readers[i % len(readers)], b) for i, b in enumerate(bufs)]
-        return _Run(slots, new, zero_digest, progress).run(blocks)
+        return _Run(slots, lanes, new, zero_digest, progress).run(blocks)
     finally:
         for buf in bufs:
             pool.release(buf)
@@ -90,6 +95,7 @@ class _Run:
     def __init__(
         self,
         slots: list[_Slot],
+        lanes: int,
         new: HashFactory,
         zero_digest: Callable[[int], bytes],
         progress: Callable[[int], None],
@@ -104,6 +110,7 @@ class _Run:
         for slot in slots:
             self._slots.put(slot)
         self._stop = threading.Event()
+        self._hashing = threading.BoundedSemaphore(lanes)
         self._root = new()
         self._pending: collections.deque[tuple[Block | Job, Future[list[bytes]] | None]] = (
             collections.deque()
@@ -173,16 +180,17 @@ class _Run:
             end = start + length
             buf = slot.buf[:length]
             self._fill(slot.read, buf, start, job)
-            while True:
-                h.update(buf[max(block.start, start) - start : min(block.end, end) - start])
-                if block.end > end:
-                    break
-                digests.append(h.digest())
-                h = BlockHash(self._new, self._zero_digest)
-                next_block = next(blocks, None)
-                if next_block is None:
-                    break
-                block = next_block
+            with self._hashing:
+                while True:
+                    h.update(buf[max(block.start, start) - start : min(block.end, end) - start])
+                    if block.end > end:
+                        break
+                    digests.append(h.digest())
+                    h = BlockHash(self._new, self._zero_digest)
+                    next_block = next(blocks, None)
+                    if next_block is None:
+                        break
+                    block = next_block
         return digests
 
     def _fill(self, read: ReadAt, buf: memoryview, start: int, job: Job) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -179,9 +180,10 @@ def test_progress_error_stops_workers_and_returns_buffers():
     with pytest.raises(TicketCanceled):
         run(image, pool=pool, progress=progress, lanes=2)
     assert not checksum_threads()
-    assert pool.allocated() == 2
-    # Two buffers, two jobs each at most: the rest was never read.
-    assert len(image.reads) <= 3 + 2 * 2
+    # Two workers per lane, a buffer each; two jobs per worker at most in
+    # flight: the rest of the image was never read.
+    assert pool.allocated() == 4
+    assert len(image.reads) <= 3 + 2 * 4
     assert [pool.try_acquire() for _ in range(4)].count(None) == 0
 
 
@@ -223,3 +225,85 @@ def test_hashing_runs_on_several_threads_at_once():
 
     got = run(image, readers=[read], lanes=2, buffer_size=MiB)
     assert got == plain_checksum(bytes(image.data), MiB, "blake2b")
+
+
+class CountingHash:
+    """A sha256 that records how many block updates run at once (the root
+    hash takes 32-byte digests on the request's thread: not counted)."""
+
+    lock = threading.Lock()
+    running = 0
+    most = 0
+
+    def __init__(self) -> None:
+        self._h = checksum.hash_factory("sha256")()
+
+    def update(self, data: bytes | memoryview, /) -> None:
+        if len(data) < 4096:
+            self._h.update(data)
+            return
+        with CountingHash.lock:
+            CountingHash.running += 1
+            CountingHash.most = max(CountingHash.most, CountingHash.running)
+        try:
+            time.sleep(0.005)  # widen the window in which updates overlap
+            self._h.update(data)
+        finally:
+            with CountingHash.lock:
+                CountingHash.running -= 1
+
+    def digest(self) -> bytes:
+        return self._h.digest()
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_hashing_runs_on_at_most_lanes_threads(lanes):
+    image = Image(16 * MiB, [(0, 16 * MiB)])
+    CountingHash.most = 0
+    zero = checksum.ZeroDigests()
+    got = checksum_io.compute(
+        checksum.plan(image.extents(), image.size, MiB, PAGE),
+        new=CountingHash,
+        zero_digest=lambda n: zero.get("sha256", n),
+        readers=[image.read],
+        pool=BufferPool(MiB, 8),
+        lanes=lanes,
+        progress=lambda n: None,
+    )
+    assert got == plain_checksum(bytes(image.data), MiB, "sha256")
+    assert CountingHash.most == lanes
+
+
+def test_storage_is_read_while_a_block_is_hashed():
+    # One hashing lane: the next job's read starts while a hash runs, or
+    # the first hash waits in vain.
+    image = Image(8 * MiB, [(0, 8 * MiB)])
+    second_read = threading.Event()
+    waited: list[bool] = []
+
+    def read(offset: int, buf: memoryview) -> None:
+        if offset >= MiB:
+            second_read.set()
+        image.read(offset, buf)
+
+    class WaitingHash(CountingHash):
+        def update(self, data: bytes | memoryview, /) -> None:
+            if not waited:
+                waited.append(second_read.wait(10))
+            super().update(data)
+
+    zero = checksum.ZeroDigests()
+    got = checksum_io.compute(
+        checksum.plan(image.extents(), image.size, MiB, PAGE),
+        new=WaitingHash,
+        zero_digest=lambda n: zero.get("sha256", n),
+        readers=[read],
+        pool=BufferPool(MiB, 8),
+        lanes=1,
+        progress=lambda n: None,
+    )
+    assert got == plain_checksum(bytes(image.data), MiB, "sha256")
+    assert waited == [True]
