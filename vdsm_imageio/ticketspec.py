@@ -199,6 +199,7 @@ def check_text(name: str, value: object) -> str:
 _SHORT = reprlib.Repr()
 _SHORT.maxlevel = 2
 _SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 40
+SHOW_LIMIT = 60
 
 
 def show(value: object) -> str:
@@ -206,10 +207,11 @@ def show(value: object) -> str:
     if isinstance(value, int) and value.bit_length() > 64:
         return f"an integer of {value.bit_length()} bits"
     try:
-        return _SHORT.repr(value)
+        text = _SHORT.repr(value)
     except ValueError:
         # An integer past Python's int-to-text digit limit, deeper inside.
         return f"a {type(value).__name__}"
+    return text if len(text) <= SHOW_LIMIT else text[: SHOW_LIMIT - 3] + "..."
 
 
 def _string(obj: dict[str, Any], name: str, *, required: bool) -> str | None:
