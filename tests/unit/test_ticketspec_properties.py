@@ -9,7 +9,9 @@ InvalidTicket naming one of the ticket's fields. Any other exception is a
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -41,6 +43,13 @@ SETTINGS = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 
+# Lone surrogates, C0/C1 controls, line and paragraph separators (joined
+# by hand: st.text() never yields a surrogate).
+nasty_text = st.lists(
+    st.one_of(st.characters(), st.characters(categories=["Cs", "Cc", "Zl", "Zp"])),
+    min_size=1,
+    max_size=8,
+).map("".join)
 # What JSON text decodes to, including what a hostile sender can reach:
 # lone surrogates ("\udc80"), NaN and Infinity from a lenient encoder,
 # integers far past 64 bits.
@@ -51,7 +60,7 @@ scalars = st.one_of(
     st.sampled_from([2**31 - 1, 2**31, 2**63 - 1, 2**63, 2**64, -(2**63), 10**4000]),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=20),
-    st.text(alphabet=st.characters(codec=None), max_size=8),
+    nasty_text,
 )
 json_values = st.recursive(
     scalars,
@@ -122,11 +131,34 @@ tickets = st.fixed_dictionaries(
 )
 
 
+valid_tickets = st.fixed_dictionaries(
+    {
+        "uuid": words,
+        "size": st.integers(0, 2**63 - 1),
+        "ops": st.lists(st.sampled_from(ticketspec.OPS), min_size=1),
+        "timeout": st.integers(0, 2**31 - 1),
+        "url": st.sampled_from(["file:///var/tmp/disk.raw", "nbd:unix:/run/x.sock"]),
+    },
+    optional={
+        "inactivity_timeout": st.integers(0, 2**31 - 1),
+        "transfer_id": ids,
+        "filename": words,
+        "sparse": st.booleans(),
+        "dirty": st.booleans(),
+    },
+)
+edge_integers = st.one_of(
+    st.integers(-(2**64), 2**64),
+    st.sampled_from([-1, 0, 2**31 - 1, 2**31, 2**63 - 1, 2**63, 2**64, 10**4000]),
+)
+TOP_FIELDS = sorted(f for f in FIELDS if "." not in f and f != "ticket")
+
+
 def parse(obj: Any) -> ticketspec.TicketSpec:
     return ticketspec.parse(obj, default_inactivity_timeout=60)
 
 
-def check(obj: Any) -> ticketspec.TicketSpec | None:
+def check(obj: Any) -> ticketspec.TicketSpec | InvalidTicket:
     """The property: a spec that round-trips, or InvalidTicket naming a field."""
     try:
         spec = parse(obj)
@@ -135,13 +167,41 @@ def check(obj: Any) -> ticketspec.TicketSpec | None:
         assert e.field in FIELDS, e
         # The message is short whatever the value was.
         assert len(e.message) < 400, e.message
-        return None
+        return e
     event("parsed")
-    text = json.dumps(spec.to_json(), allow_nan=False)
+    # The control channel speaks UTF-8: the spec's text must be UTF-8 too.
+    text = json.dumps(spec.to_json(), allow_nan=False, ensure_ascii=False)
+    text.encode("utf-8")
     assert parse(json.loads(text)) == spec
+    assert_contract(spec)
     # Status echoes the volume as sent: it must be JSON too.
     json.dumps(spec.raw_volume, allow_nan=False)
     return spec
+
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def assert_contract(spec: ticketspec.TicketSpec) -> None:
+    """What the rest of the service relies on in an accepted spec."""
+    assert 0 <= spec.size <= 2**63 - 1  # off_t
+    assert 0 <= spec.timeout <= 2**31 - 1  # the engine's Java int
+    assert 0 <= spec.inactivity_timeout <= 2**31 - 1
+    texts = [spec.uuid, spec.transfer_id, spec.url, spec.filename]
+    if spec.volume is not None:
+        v = spec.volume
+        texts += [v.domain, v.sd_id, v.img_id, v.vol_id, v.format, v.bitmap]
+        if v.lease is not None:
+            assert 0 <= v.lease.offset <= 2**63 - 1
+            texts.append(v.lease.path)
+    if spec.url is not None:
+        parts = urlsplit(spec.url)
+        assert parts.port is None or 0 <= parts.port <= 65535  # raises if not a port
+        if parts.scheme == "file":
+            texts.append(unquote(parts.path, errors="strict"))
+    for text in texts:
+        assert text is None or not CONTROL.search(text), text
+    assert not any(c.isspace() for c in spec.transfer_id)
 
 
 @SETTINGS
@@ -170,3 +230,45 @@ def test_well_typed_tickets_round_trip(
     base = {"uuid": "u-1", "size": size, "ops": ops, "timeout": 30}
     check({**base, "url": url})
     check({**base, "volume": volume})
+
+
+def spoiled(text: str, char: str, at: int) -> str:
+    at %= len(text) + 1
+    return text[:at] + char + text[at:]
+
+
+# One character that has no place in a ticket's text, put anywhere in a
+# valid value: the near misses a careless or hostile sender makes.
+stray = st.one_of(
+    *(st.characters(categories=[c]) for c in ("Cs", "Cc", "Zs", "Zl", "Zp")),
+    st.sampled_from(["\x00", "\n", "\x85", " ", "%00", "%0a", "%ff", "[", ":99999"]),
+)
+near_misses = {
+    "text": st.builds(spoiled, ids, stray, st.integers(0, 30)),
+    "url": st.builds(spoiled, urls, stray, st.integers(0, 40)),
+    "integer": edge_integers,
+}
+KIND = {
+    "uuid": "text",
+    "transfer_id": "text",
+    "filename": "text",
+    "url": "url",
+    "size": "integer",
+    "timeout": "integer",
+    "inactivity_timeout": "integer",
+}
+
+
+@SETTINGS
+@given(ticket=valid_tickets, field=st.sampled_from(TOP_FIELDS), data=st.data())
+def test_one_wrong_field_is_the_field_named(
+    ticket: dict[str, Any], field: str, data: st.DataObject
+) -> None:
+    wrong = st.one_of(json_values, nasty_text)
+    if field in KIND:
+        wrong = st.one_of(near_misses[KIND[field]], wrong)
+    outcome = check({**ticket, field: data.draw(wrong, label=field)})
+    if isinstance(outcome, InvalidTicket):
+        named = outcome.field
+        # A volume next to the url is refused as "exactly one of url and volume".
+        assert named.split(".")[0] == field or (field == "volume" and named == "url")
