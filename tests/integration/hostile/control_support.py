@@ -155,9 +155,16 @@ def make_world(daemon: Daemon) -> World:
     )
 
 
-def assert_daemon_healthy(daemon: Daemon) -> None:
+def log_mark(daemon: Daemon) -> int:
+    """Where the daemon's log ends now: a case judges only what it caused."""
+    return daemon.log_path.stat().st_size
+
+
+def assert_daemon_healthy(daemon: Daemon, since: int = 0) -> None:
     assert daemon.proc.poll() is None, f"daemon exited with {daemon.proc.returncode}"
-    log = daemon.log()
+    with open(daemon.log_path, "rb") as f:
+        f.seek(since)
+        log = f.read().decode(errors="replace")
     assert "Traceback" not in log, log[-4000:]
     # -32603 and 500 say "see the log": an unexpected error, even if handled.
     assert "FAILED verb=" not in log, log[-4000:]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from control_support import LineClient, World, assert_daemon_healthy, make_world
+from control_support import LineClient, World, assert_daemon_healthy, log_mark, make_world
 
 if TYPE_CHECKING:
     from conftest import Daemon
@@ -478,6 +478,7 @@ def test_corpus_is_large_enough() -> None:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_hostile_control_request(case: Case, world: World, client: LineClient) -> None:
     before = world.snapshot()
+    mark = log_mark(world.daemon)
     client.send(case.data(world))
     if case.expect is not None:
         reply = client.recv()
@@ -486,7 +487,7 @@ def test_hostile_control_request(case: Case, world: World, client: LineClient) -
     # The next reply answers the probe: a refused line left nothing behind.
     assert client.probe(), "the connection no longer answers"
     assert world.snapshot() == before
-    assert_daemon_healthy(world.daemon)
+    assert_daemon_healthy(world.daemon, since=mark)
 
 
 def check_reply(case: Case, reply: Any) -> None:
@@ -515,6 +516,7 @@ def outcome(reply: dict[str, Any]) -> int:
 
 
 def test_other_connections_are_served_while_one_sends_a_huge_line(world: World) -> None:
+    mark = log_mark(world.daemon)
     hostile = LineClient(world.daemon.control_path)
     calm = LineClient(world.daemon.control_path)
     try:
@@ -528,4 +530,4 @@ def test_other_connections_are_served_while_one_sends_a_huge_line(world: World) 
     finally:
         hostile.close()
         calm.close()
-    assert_daemon_healthy(world.daemon)
+    assert_daemon_healthy(world.daemon, since=mark)
