@@ -2,8 +2,10 @@
 
 A pure core with no sockets: ``respond`` takes the bytes of one line and
 returns the line to send back (None for a notification or a batch of
-notifications). Dispatch, request validation and the standard error codes
-are jsonrpcserver's; this module adds what the wire needs.
+notifications). Dispatch and the replies of the methods are jsonrpcserver's;
+parsing, the request shape and batches are checked here, strictly, because
+its own lenient path let Python's recursion limit and float overflow reach
+the reply.
 
 Rules:
 - A line is UTF-8 JSON text per RFC 8259: no NaN or Infinity, no number
