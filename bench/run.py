@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in refs.items():
         print(f"  {name:<40} {value:9.1f} MiB/s")
     print()
-    print("targets (issue 5):")
+    print("targets (issues 5 and 11):")
     print("\n".join(report.target_lines(found)))
     print()
     for note in notes:
