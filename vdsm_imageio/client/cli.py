@@ -22,7 +22,7 @@ from typing import IO
 
 from . import checksum, local
 from .download import download
-from .errors import ClientError, Interrupted, UsageError, exit_code, exit_code_help
+from .errors import FAILED, ClientError, Interrupted, UsageError, exit_code, exit_code_help
 from .http import parse_url
 from .images import ImageConnection
 from .progress import Bar, JsonLines, Progress, Quiet
@@ -54,6 +54,15 @@ def main(command: str, argv: list[str]) -> int:
         error: ClientError = Interrupted(how=_resume_hint(command))
     except ClientError as e:
         error = e
+    except Exception as e:
+        # A bug of ours: one line, the traceback with -v.
+        log.debug("Unexpected error", exc_info=True)
+        print(
+            f"{name}: internal error: {type(e).__name__}: {e} (run with -v for details)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return FAILED
     print(f"{name}: {error}", file=sys.stderr, flush=True)
     return exit_code(error)
 
@@ -101,10 +110,7 @@ def _download(ns: argparse.Namespace) -> int:
 
 
 def _checksum(ns: argparse.Namespace) -> int:
-    try:
-        checksum.hash_factory(ns.algorithm)
-    except ValueError:
-        raise UsageError(reason=f"unknown algorithm {ns.algorithm!r}") from None
+    checksum.check_algorithm(ns.algorithm)
     if ns.target.startswith(("https://", "http://")):
         settings = Settings(
             cafile=ns.cafile, insecure=ns.insecure, unix_socket=not ns.no_unix_socket
@@ -117,7 +123,6 @@ def _checksum(ns: argparse.Namespace) -> int:
         with local.LocalImage(ns.target, ns.format or info.format, writable=False) as image:
             digest = checksum.compute(
                 image,
-                size=checksum.padded_size(image.size),
                 algorithm=ns.algorithm,
                 block_size=ns.block_size,
                 workers=DEFAULT_WORKERS,

@@ -37,6 +37,7 @@ from storage.qemu_nbd import QemuNbd
 from ..backends import Backend, ZeroExtent
 from ..backends.file import open_file
 from ..backends.nbd import open_nbd
+from ..backends.sectorlock import SectorLocks
 from ..errors import ImageioError
 from .errors import LocalImageError, UsageError
 
@@ -99,6 +100,8 @@ class LocalImage:
         self.writable = writable
         self._server: QemuNbd | None = None
         self._tmp: str | None = None
+        # Workers writing next to each other may share a sector.
+        self._locks = SectorLocks()
         if fmt != "raw":
             self._serve()
         with self.open() as h:
@@ -116,7 +119,9 @@ class LocalImage:
         mode = "rw" if self.writable else "r"
         with _translated(self.path):
             if self._server is None:
-                return Handle(open_file(self.path, mode=mode, sparse=True), self.path)
+                return Handle(
+                    open_file(self.path, mode=mode, sparse=True, locks=self._locks), self.path
+                )
             return Handle(
                 open_nbd(self._server.url, mode=mode, sparse=True, dirty=False), self.path
             )
