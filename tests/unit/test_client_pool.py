@@ -45,8 +45,8 @@ class Recorder:
     def run(self, item: Item) -> None:
         if self.gate is not None:
             self.gate.wait(10)
-        if self.fail_at is not None and item.start == self.fail_at:
-            raise RuntimeError(f"failed at {item.start}")
+        if self.fail_at is not None and len(self.items) == self.fail_at:
+            raise RuntimeError(f"failed at item {self.fail_at}")
         self.items.append(item)
         self.log.append(("run", self.n, (item.start, item.end)))
 
@@ -133,9 +133,9 @@ def test_skips_count_as_progress_and_reach_no_handler() -> None:
 def test_a_failed_worker_stops_the_pool_and_the_others_keep_their_work() -> None:
     log: list[tuple[str, int, tuple[int, int] | None]] = []
     good, bad = Recorder(log, 0), Recorder(log, 1)
-    bad.fail_at = 30
+    bad.fail_at = 3
     commits: list[tuple[int, int]] = []
-    with pytest.raises(RuntimeError, match="failed at 30"):
+    with pytest.raises(RuntimeError, match="failed at item 3"):
         Pool([good, bad], commit=commits.extend, progress=lambda n: None).run(items(1000))
     done = {(i.start, i.end) for h in (good, bad) for i in h.items}
     assert set(commits) == done, "everything done was flushed and committed"
