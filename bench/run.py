@@ -29,8 +29,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from . import clientbench, physical, procs, report
 from . import images as imagesmod
-from . import physical, procs, report
 from .cases import Case, Context, all_cases, case_ids
 from .clients import ImageioClient
 from .daemons import Daemon, Ours, Theirs
@@ -108,7 +108,7 @@ def _stop_on_sigterm(signo: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
-        print("\n".join(case_ids()))
+        print("\n".join(case_ids() + clientbench.case_ids()))
         return 0
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     logging.basicConfig(
@@ -162,13 +162,17 @@ def main(argv: list[str] | None = None) -> int:
             latency_count=args.latency_count,
             nbd_url=nbd_url,
         )
-        cases = select(all_cases(ctx), args.cases)
+        cases = select([*all_cases(ctx), *clientbench.all_cases(ctx)], args.cases)
         daemons: list[Daemon] = [ours, theirs]
         refs = physical_refs(args, images, ours.dir / "pki", work, cache, scratch.upload_source)
         results: list[CaseResult] = []
         for case in cases:
             runs = case.runs or args.runs
-            result = measure(case, daemons, runs, cache, [images.full, images.sparse, images.qcow2])
+            if isinstance(case, clientbench.ClientTransfer):
+                result = clientbench.measure_clients(case, ours, runs, cache)
+            else:
+                files = [images.full, images.sparse, images.qcow2]
+                result = measure(case, daemons, runs, cache, files)
             log.info("DONE case=%s seconds=%.1f", case.id, result.seconds)
             results.append(result)
         notes = [
@@ -179,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.runs} runs",
             "CPU s/GiB: daemon utime+stime during the run per GiB of image "
             "(sparse download: per GiB of image size, not of data sent)",
+            "client-* rows: our client against ovirt-imageio's, both on our daemon, "
+            "whole process timed; their CPU s/GiB is the client's (and its qemu-nbd)",
             f"1-minute load average {load_before:.1f} at start, "
             f"{os.getloadavg()[0]:.1f} at end ({os.cpu_count()} CPUs): "
             "other work on the machine shifts absolute numbers; ratios hold better",

@@ -20,18 +20,18 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from . import checksum, local
-from .download import download
+from . import local
 from .errors import FAILED, ClientError, Interrupted, UsageError, exit_code, exit_code_help
-from .http import parse_url
-from .images import ImageConnection
 from .progress import Bar, JsonLines, Progress, Quiet
-from .session import DEFAULT_BUFFER_SIZE, DEFAULT_WORKERS, Session, Settings
-from .upload import upload
+from .session import DEFAULT_BUFFER_SIZE, DEFAULT_WORKERS, Settings
 
 log = logging.getLogger(__name__)
 
 COMMANDS = ("upload", "download", "checksum")
+# vdsm_imageio.checksum's defaults, without importing it (and hashlib's
+# OpenSSL) for every command.
+CHECKSUM_ALGORITHM = "blake2b"
+CHECKSUM_BLOCK_SIZE = 4 * 1024**2
 MiB = 1024**2
 MAX_BUFFER_SIZE = 32 * MiB
 MAX_WORKERS = 16
@@ -41,8 +41,8 @@ _UNITS = {"": 1, "K": 1024, "M": MiB, "G": 1024**3}
 def main(command: str, argv: list[str]) -> int:
     parser = build_parser(command)
     ns = parser.parse_args(argv)
-    _setup_logging(ns.verbose)
     name = f"vdsm-imageio {command}"
+    _setup_logging(ns.verbose, name)
     try:
         with _signals_interrupt():
             if command == "upload":
@@ -77,6 +77,8 @@ def _resume_hint(command: str) -> str:
 
 
 def _upload(ns: argparse.Namespace) -> int:
+    from .upload import upload
+
     settings = _settings(ns, "upload")
     result = upload(
         ns.file,
@@ -91,6 +93,8 @@ def _upload(ns: argparse.Namespace) -> int:
 
 
 def _download(ns: argparse.Namespace) -> int:
+    from .download import download
+
     settings = _settings(ns, "download")
     result = download(
         ns.url,
@@ -110,6 +114,11 @@ def _download(ns: argparse.Namespace) -> int:
 
 
 def _checksum(ns: argparse.Namespace) -> int:
+    from . import checksum
+    from .http import parse_url
+    from .images import ImageConnection
+    from .session import Session
+
     checksum.check_algorithm(ns.algorithm)
     if ns.target.startswith(("https://", "http://")):
         settings = Settings(
@@ -167,7 +176,7 @@ def _summary(ns: argparse.Namespace, text: str, digest: str | None) -> None:
     if ns.quiet or ns.progress == "json":
         return
     if digest is not None:
-        text += f", verified {checksum.DEFAULT_ALGORITHM} {digest}"
+        text += f", verified {CHECKSUM_ALGORITHM} {digest}"
     print(text, file=sys.stderr)
 
 
@@ -204,10 +213,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")
     if command == "checksum":
         p.add_argument("--format", choices=local.FORMATS, help="FILE's format (default: detected)")
-        p.add_argument("--algorithm", default=checksum.DEFAULT_ALGORITHM, help="hashlib algorithm")
-        p.add_argument(
-            "--block-size", type=size_arg, default=checksum.DEFAULT_BLOCK_SIZE, metavar="SIZE"
-        )
+        p.add_argument("--algorithm", default=CHECKSUM_ALGORITHM, help="hashlib algorithm")
+        p.add_argument("--block-size", type=size_arg, default=CHECKSUM_BLOCK_SIZE, metavar="SIZE")
         return p
     _transfer_options(p)
     if command == "upload":
@@ -298,9 +305,12 @@ def size_arg(text: str) -> int:
 # Process plumbing.
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, name: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s"))
+    if verbose:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter(f"{name}: %(levelname)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.WARNING)

@@ -156,6 +156,8 @@ def _open_journal(
     exists = os.path.lexists(target)
     if resume and exists and path.exists():
         return Journal.resume(path, identity)
+    if resume:
+        log.warning("RESUME no journal of this download, starting from the beginning")
     if exists and not overwrite and not resume:
         if path.exists():
             raise TargetExists(

@@ -145,6 +145,9 @@ class Endpoint:
             raise Unreachable(server=server, reason=f"TLS failed: {e.reason or e}") from None
         except http.client.RemoteDisconnected as e:
             raise ConnectionLost(server=server, reason=str(e) or "closed by the server") from None
+        except http.client.IncompleteRead as e:
+            reason = f"the reply ended after {len(e.partial)} bytes"
+            raise ConnectionLost(server=server, reason=reason) from None
         except http.client.HTTPException as e:
             raise ProtocolError(server=server, reason=f"{type(e).__name__}: {e}") from None
         except TimeoutError:

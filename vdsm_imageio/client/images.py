@@ -160,7 +160,9 @@ class ImageConnection:
         )
         if resp.status == 404:
             raise Unsupported(
-                what="compute checksums", message=_text(body), how="run without --verify"
+                what="compute checksums",
+                message=_text(body),
+                how="transfer with --no-verify, or run vdsm-imageio checksum on the host",
             )
         self._check(resp, body, "compute the checksum")
         doc = self._json(body)

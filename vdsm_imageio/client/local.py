@@ -40,6 +40,7 @@ from ..backends.nbd import open_nbd
 from ..backends.sectorlock import SectorLocks
 from ..errors import ImageioError
 from .errors import LocalImageError, UsageError
+from .nbdread import PipelinedReader
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +156,17 @@ class LocalImage:
 
 
 class Handle:
-    """A backend of the local image, with its errors translated."""
+    """A backend of the local image, with its errors translated.
 
-    def __init__(self, backend: Backend, path: str) -> None:
+    An NBD image's handle reads into the buffer it hands out with several
+    commands in flight (``nbdread``); other buffers take the backend's path.
+    """
+
+    def __init__(self, backend: Backend, path: str, *, nbd_socket: str | None = None) -> None:
         self._b = backend
         self._path = path
+        self._nbd_socket = nbd_socket
+        self._reader: PipelinedReader | None = None
         self.size = backend.size
 
     def __enter__(self) -> Handle:
@@ -169,10 +176,18 @@ class Handle:
         self.close()
 
     def buffer(self, size: int) -> memoryview:
-        return self._b.buffer(size)
+        if self._nbd_socket is None:
+            return self._b.buffer(size)
+        if self._reader is None:
+            with _translated(self._path):
+                self._reader = PipelinedReader(self._nbd_socket, size)
+        return self._reader.buffer[:size]
 
     def readinto(self, offset: int, buf: memoryview) -> int:
         with _translated(self._path):
+            if self._reader is not None and self._reader.owns(buf):
+                length = min(len(buf), max(0, self.size - offset))
+                return self._reader.readinto(offset, buf[:length]) if length else 0
             return self._b.readinto(offset, buf)
 
     def write(self, offset: int, buf: memoryview) -> None:
@@ -195,7 +210,11 @@ class Handle:
         return [e for e in found if isinstance(e, ZeroExtent)]
 
     def close(self) -> None:
-        self._b.close()
+        try:
+            if self._reader is not None:
+                self._reader.close()
+        finally:
+            self._b.close()
 
 
 class _OwnSession(spawn.Spawner):

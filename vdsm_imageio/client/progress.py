@@ -14,8 +14,6 @@ import time
 from collections.abc import Callable
 from typing import IO, Any, Protocol
 
-from tqdm import tqdm
-
 # JSON lines at most this often (and one at the end): enough for a
 # wrapping tool's bar, little enough for its log.
 JSON_INTERVAL = 0.2
@@ -101,6 +99,9 @@ class Bar:
         self._bar: Any = None
 
     def start(self, size: int, done: int) -> None:
+        # Imported here: only a terminal needs it.
+        from tqdm import tqdm
+
         with self._lock:
             self._bar = tqdm(
                 total=size,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import checksum, plan
+from . import plan
 from .errors import ChecksumMismatch, ClientError, ProtocolError, Unsupported
 from .http import Endpoint, parse_url
 from .images import ImageConnection, Options
@@ -166,6 +166,8 @@ class Session:
 
     def verify(self, image: LocalImage, *, size: int, where: str) -> str:
         """Compare the server's checksum with the local image's; the digest."""
+        from . import checksum
+
         remote: dict[str, Any] = {}
         failure: list[BaseException] = []
 

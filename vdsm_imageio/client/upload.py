@@ -103,7 +103,7 @@ def upload(
         disk = session.disk_size()
         with LocalImage(source, read_as, writable=False) as image:
             if image.size > disk:
-                what = " of guest data" if read_as != "raw" or info.format == "raw" else ""
+                what = "" if read_as == "raw" else " of guest data"
                 raise DoesNotFit(size=image.size, what=what, disk=disk)
             stat = os.stat(source)
             identity: dict[str, str | int | bool | None] = {
@@ -121,6 +121,8 @@ def upload(
             if settings.resume and path.exists():
                 journal, done = Journal.resume(path, identity)
             else:
+                if settings.resume:
+                    log.warning("RESUME no journal of this upload, starting from the beginning")
                 journal, done = Journal.create(path, identity), Ranges()
             try:
                 sent = _transfer(session, image, disk, done, journal, target_is_zero)
