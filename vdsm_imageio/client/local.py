@@ -123,9 +123,10 @@ class LocalImage:
                 return Handle(
                     open_file(self.path, mode=mode, sparse=True, locks=self._locks), self.path
                 )
-            return Handle(
-                open_nbd(self._server.url, mode=mode, sparse=True, dirty=False), self.path
-            )
+            backend = open_nbd(self._server.url, mode=mode, sparse=True, dirty=False)
+            # A source's reads go several at a time (client.nbdread).
+            socket = None if self.writable else self._server.socket_path
+            return Handle(backend, self.path, nbd_socket=socket)
 
     def close(self) -> None:
         server, self._server = self._server, None
