@@ -110,6 +110,11 @@ class Unsupported(ClientError):
     advice = "{how}"
 
 
+class ServerBusy(ClientError):
+    problem = "the server is busy: {message}"
+    advice = "retry later, or with fewer --workers; --resume continues"
+
+
 class ServerError(ClientError):
     problem = "the server failed ({status}): {message}"
     advice = "see the service's log on the host; run again with --resume to continue"

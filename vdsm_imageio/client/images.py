@@ -21,6 +21,7 @@ from .errors import (
     ConnectionLost,
     LocalImageError,
     ProtocolError,
+    ServerBusy,
     ServerError,
     StorageFull,
     TicketRefused,
@@ -55,6 +56,7 @@ class Options:
 # are server failures and any other status is a protocol error.
 _STATUS_ERRORS: dict[int, Callable[[str], ClientError]] = {
     403: lambda message: TicketRefused(message=message),
+    503: lambda message: ServerBusy(message=message),
     507: lambda message: StorageFull(message=message),
 }
 
