@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv python3-pip python3-sanlock python3-libnbd python3-pyudev \
 	qemu-utils curl util-linux e2fsprogs openssl \
 	gcc python3-dev
-PIP_PACKAGES := pytest pytest-timeout mypy ruff py-spy
+PIP_PACKAGES := pytest pytest-timeout mypy ruff py-spy hypothesis
 # VM lane: tests/vm run inside one virtme-ng guest (tests/vm/runner.py) with
 # Debian's kernel, real LVM, device-mapper, udevd and sanlock.
 VM_APT_PACKAGES := qemu-system-x86 linux-image-amd64 lvm2 sanlock udev busybox-static
