@@ -7,8 +7,9 @@ client of this service.
 
 Positions are ASCII digits of any length (section 14.1.1 sets no bound).
 No file offset reaches 2**63 (off_t), so every larger position means the
-same: past the end of any image. Parsing caps them at ``BEYOND`` instead of
-converting thousands of digits (which Python refuses past 4300).
+same: past the end of any image. Parsing compares the digits exactly and
+then caps positions at ``BEYOND`` instead of converting thousands of digits
+(which Python refuses past 4300).
 """
 
 from __future__ import annotations
@@ -56,9 +57,9 @@ def parse_range(value: str, size: int) -> ByteRange:
         if n == 0 or size == 0:
             raise RangeNotSatisfiable(size=size)
         return ByteRange(max(0, size - n), size)
-    start = _position(first)
-    if last and _position(last) < start:
+    if last and _exact(last) < _exact(first):
         raise BadRequest(field="Range", reason="last byte is before first byte")
+    start = _position(first)
     if start >= size:
         raise RangeNotSatisfiable(size=size)
     # A last byte past the end means "to the end" (section 14.1.2).
@@ -71,13 +72,15 @@ def parse_content_range(value: str) -> tuple[ByteRange, int | None]:
     m = _CONTENT_RANGE_RE.fullmatch(value)
     if m is None:
         raise BadRequest(field="Content-Range", reason=f"malformed value {_shown(value)}")
-    first, last, complete = _position(m.group(1)), _position(m.group(2)), m.group(3)
-    if last < first:
+    first, last, complete = m.groups()
+    if _exact(last) < _exact(first):
         raise BadRequest(field="Content-Range", reason="last byte is before first byte")
-    total = None if complete == "*" else _position(complete)
-    if total is not None and last >= total:
+    if complete != "*" and _exact(last) >= _exact(complete):
         raise BadRequest(field="Content-Range", reason="range ends past the complete length")
-    return ByteRange(first, last + 1), total
+    # A complete length past any file is one more than any capped position,
+    # so that the range still ends inside it.
+    total = None if complete == "*" else _position(complete, cap=BEYOND + 1)
+    return ByteRange(_position(first), _position(last) + 1), total
 
 
 def check_within(start: int, length: int, size: int) -> None:
@@ -90,12 +93,18 @@ def check_within(start: int, length: int, size: int) -> None:
         raise RangeNotSatisfiable(size=size)
 
 
-def _position(digits: str) -> int:
+def _position(digits: str, cap: int = BEYOND) -> int:
     significant = digits.lstrip("0")
-    if len(significant) > len(str(BEYOND)):
-        return BEYOND
+    if len(significant) > len(str(cap)):
+        return cap
     # int() of the digits themselves would count the leading zeros too.
-    return min(int(significant or "0"), BEYOND)
+    return min(int(significant or "0"), cap)
+
+
+def _exact(digits: str) -> tuple[int, str]:
+    """Orders digit strings as the numbers they spell, however long."""
+    significant = digits.lstrip("0")
+    return len(significant), significant
 
 
 def _shown(value: str) -> str:
