@@ -32,7 +32,8 @@ def pattern(seed: int, size: int = IMAGE_SIZE) -> bytes:
 
 @dataclass
 class Image:
-    """A ticket and the file it names, with the bytes it started with."""
+    """A ticket and the file it names, with the bytes it started with (a file
+    that no ticket names has no ticket id)."""
 
     ticket_id: str
     path: Path
@@ -54,8 +55,8 @@ class Scene:
         self.daemon = daemon
         self.writable = self._image(daemon, seed=1, ops=("read", "write"))
         self.readonly = self._image(daemon, seed=2, ops=("read",))
-        self.unrelated = daemon.dir / "unrelated.bin"
-        self.unrelated.write_bytes(pattern(3, 64 * 1024))
+        self.unrelated = Image("", daemon.dir / "unrelated.bin", pattern(3, 64 * 1024))
+        self.unrelated.path.write_bytes(self.unrelated.original)
         self.ticket_contents = self.tickets()
         self._log_seen = 0
         self.check_healthy()
@@ -72,9 +73,13 @@ class Scene:
         paths = {
             "writable": self.writable.path,
             "readonly": self.readonly.path,
-            "unrelated": self.unrelated,
+            "unrelated": self.unrelated.path,
         }
         return {name: hashlib.sha256(p.read_bytes()).hexdigest() for name, p in paths.items()}
+
+    def restore(self) -> None:
+        for image in (self.writable, self.readonly, self.unrelated):
+            image.restore()
 
     def tickets(self) -> dict[str, tuple[str, ...]]:
         """Every ticket's content, without what moves with time or traffic."""
@@ -130,7 +135,11 @@ class Guard:
             assert got[offset : offset + len(data)] == data, "the valid write is not on disk"
             expected = image.original[:offset] + data + image.original[offset + len(data) :]
             assert got == expected, "bytes outside the written range changed"
-        assert scene.checksums() == self._before, "an image or the unrelated file changed"
+        changed = [k for k, v in scene.checksums().items() if v != self._before[k]]
+        if changed:
+            # Put it back, so that the next case starts from the same scene.
+            scene.restore()
+        assert not changed, f"changed by a request that should not write: {changed}"
         assert scene.tickets() == scene.ticket_contents, "a ticket was added or changed"
 
 
