@@ -193,3 +193,12 @@ def test_nesting_inside_strings_does_not_count():
 def test_json_nested_to_the_limit_is_parsed():
     msg = json_body(b'{"a": ' + b"[" * 31 + b"]" * 31 + b"}")
     assert isinstance(msg["a"], list)
+
+
+def test_malformed_chunked_json_body_is_400_not_413():
+    data = b"5\r\n{}   \r\nzz\r\n"
+    body, _ = body_of(data, b"PATCH /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    req = head(b"PATCH /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    with pytest.raises(BadRequest) as e:
+        read_json(req, body, 4096)
+    assert e.value.fields["field"] == "chunked body"

@@ -73,6 +73,10 @@ def _readline(rfile: Any, budget: int) -> bytes | None:
     return line
 
 
+class _TooLong(BadRequest):
+    """A body longer than the caller's limit (a malformed one is BadRequest)."""
+
+
 class Body:
     """The body of one request; reads never cross into the next request."""
 
@@ -125,7 +129,7 @@ class Body:
         data = bytearray(limit + 1)
         n = self.readinto(memoryview(data))
         if n > limit:
-            raise BadRequest(field="body", reason=f"longer than {limit} bytes")
+            raise _TooLong(field="body", reason=f"longer than {limit} bytes")
         return bytes(data[:n])
 
     def _read_some(self, buf: memoryview) -> int:
@@ -187,7 +191,7 @@ def read_json(req: Request, body: Body, limit: int) -> dict[str, Any]:
         raise PayloadTooLarge(length=req.content_length, limit=limit)
     try:
         data = body.read(limit)
-    except BadRequest:
+    except _TooLong:
         raise PayloadTooLarge(length="more than the limit of", limit=limit) from None
     if _depth(data) > MAX_JSON_DEPTH:
         raise BadRequest(field="JSON body", reason=f"nested deeper than {MAX_JSON_DEPTH} levels")

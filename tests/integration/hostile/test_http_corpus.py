@@ -594,6 +594,17 @@ PATCH_JSON = [
         400,
         OPEN,
     ),
+    Case(
+        "json-chunked-malformed",
+        request(
+            b"PATCH /images/{rw} HTTP/1.1",
+            b"Transfer-Encoding: chunked",
+            body=b"5\r\n{}   \r\nzz\r\n",
+        ),
+        400,
+        CLOSE,
+        names=b"chunked body",
+    ),
     Case("json-not-json", patch(b"not json"), 400, OPEN, names=b"JSON body"),
     Case("json-array", patch(b"[]"), 400, OPEN),
     Case("json-string", patch(b'"zero"'), 400, OPEN),
