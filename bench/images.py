@@ -57,6 +57,21 @@ def ensure(cache: Path, size: int) -> Images:
     return Images(full=full, sparse=sparse, qcow2=qcow2, size=size, sparse_data=data)
 
 
+def copy(images: Images, dest: Path) -> Images:
+    """The same images under dest (another profile's storage), holes kept."""
+    dest.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for src in (images.full, images.sparse, images.qcow2):
+        dst = dest / src.name
+        subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)
+        paths.append(dst)
+    os.sync()
+    full, sparse, qcow2 = paths
+    return Images(
+        full=full, sparse=sparse, qcow2=qcow2, size=images.size, sparse_data=images.sparse_data
+    )
+
+
 def sparse_layout(size: int) -> tuple[int, int]:
     """(data run, period): 64 MiB of every 256 MiB, scaled down for tiny images."""
     run = 64 * MiB if size >= GiB else max(64 * 1024, (size // 16) // 65536 * 65536)
