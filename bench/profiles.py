@@ -153,7 +153,13 @@ def fast(need: int, base: Path = SHM, mount_base: Path | None = None) -> Iterato
         yield Storage(
             "fast",
             mnt,
-            {"fstype": "ext4", "device": device, "backing": str(backing), "bytes": need},
+            {
+                "fstype": "ext4",
+                "device": device,
+                "backing": str(backing),
+                "mount": str(mnt),
+                "bytes": need,
+            },
         )
     finally:
         with _signals_held():
