@@ -8,6 +8,7 @@ whether it ends normally, by an exception, or by a failed set-up step.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -39,11 +40,22 @@ def mounted(path: Path) -> bool:
 
 
 def assert_gone(storage: profiles.Storage) -> None:
+    """Nothing of storage is left; what is left is removed, then reported."""
     backing = Path(storage.facts["backing"])
-    assert not mounted(storage.root)
-    assert not storage.root.exists()
-    assert bound_loop_devices(backing) == []
-    assert not backing.exists()
+    left = []
+    if mounted(storage.root):
+        left.append("mount")
+        subprocess.run(["umount", "--lazy", str(storage.root)], check=False, timeout=60)
+    if storage.root.exists():
+        left.append("mount point")
+        storage.root.rmdir()
+    for name in bound_loop_devices(backing):
+        left.append(f"loop device {name}")
+        subprocess.run(["losetup", "--detach", f"/dev/{name}"], check=False, timeout=60)
+    if backing.exists():
+        left.append("backing file")
+        backing.unlink()
+    assert left == []
 
 
 def needs_root() -> None:
