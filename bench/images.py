@@ -1,4 +1,5 @@
-"""The test images, created once per size and reused by later runs.
+"""The test images, created once per size on disk and reused by later
+runs (the fast profile gets copies on its own file system, holes kept).
 
 - full: every byte written with incompressible data (AES-CTR keystream
   under a random key: as random as os.urandom, several times faster);
