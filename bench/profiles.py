@@ -75,10 +75,10 @@ def fast_bytes(size: int, sparse_data: int) -> int:
     return -(-need // MiB) * MiB
 
 
-def shortage(need: int, shm_free: int, mem_available: int) -> str | None:
+def shortage(need: int, shm_free: int, mem_available: int, shm: Path = SHM) -> str | None:
     """Why the fast profile cannot run here, or None."""
     if shm_free < need:
-        return f"/dev/shm has {shm_free // MiB} MiB free, the fast profile needs {need // MiB} MiB"
+        return f"{shm} has {shm_free // MiB} MiB free, the fast profile needs {need // MiB} MiB"
     if mem_available < need + MEMORY_HEADROOM:
         return (
             f"{mem_available // MiB} MiB of memory available, the fast profile needs "
@@ -91,7 +91,7 @@ def room(need: int, base: Path = SHM) -> str | None:
     """shortage() of this machine now."""
     if not base.is_dir():
         return f"{base} does not exist"
-    return shortage(need, shutil.disk_usage(base).free, mem_available())
+    return shortage(need, shutil.disk_usage(base).free, mem_available(), base)
 
 
 def mem_available() -> int:

@@ -9,7 +9,7 @@ bench/README.md).
                         [--cases ID,...] [--list]
 
 Every option has an environment twin (BENCH_PROFILES, BENCH_SIZE,
-BENCH_RUNS, BENCH_CASES, BENCH_DIR, BENCH_RESULTS, BENCH_BUFFER_SIZE,
+BENCH_RUNS, BENCH_CASES, BENCH_DIR, BENCH_SHM, BENCH_RESULTS, BENCH_BUFFER_SIZE,
 BENCH_RANDOM_READS, BENCH_RANDOM_SECONDS, BENCH_LATENCY_COUNT) so the smoke
 test can run the harness with tiny images. Progress goes to stderr.
 
@@ -75,6 +75,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         default=Path(_env("BENCH_DIR", str(REPO / ".cache/bench"))),
         help="the disk profile's images and the daemons' directories (not tmpfs: O_DIRECT)",
+    )
+    p.add_argument(
+        "--shm",
+        type=Path,
+        default=Path(_env("BENCH_SHM", str(profiles.SHM))),
+        help="tmpfs for the fast profile's backing file (default /dev/shm)",
     )
     p.add_argument(
         "--results", type=Path, default=Path(_env("BENCH_RESULTS", str(REPO / "bench/results")))

@@ -44,6 +44,7 @@ REF_BUFFER = 8 * MiB
 @dataclass
 class ProfileRun:
     name: str
+    path: Path
     title: str = ""
     seconds: float = 0.0
     skipped: str | None = None
@@ -51,7 +52,6 @@ class ProfileRun:
     refs: dict[str, float] = field(default_factory=dict)
     targets: list[report.Target] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    path: Path | None = None
 
 
 def select(ids: list[str], spec: str) -> list[str]:
@@ -74,89 +74,98 @@ def run_profile(
 ) -> ProfileRun:
     started = time.monotonic()
     load_start = os.getloadavg()
-    run = ProfileRun(name)
-    out = args.results / f"bench-{stamp}-{name}-{imagesmod.size_tag(args.size)}.json"
+    tag = imagesmod.size_tag(args.size)
+    run = ProfileRun(name, path=args.results / f"bench-{stamp}-{name}-{tag}.json")
     meta: dict[str, Any] = {
         "stamp": stamp,
         "profile": name,
         "code": _code(),
         "config": _config(args),
     }
+    need = profiles.fast_bytes(args.size, disk_images.sparse_data)
+    reason = profiles.room(need, args.shm) if name == "fast" else None
+    if reason:
+        log.warning("SKIP profile=fast reason=%s", reason)
+        run.skipped, run.title = reason, "skipped"
+        meta.update(skipped=reason, host=_host(load_start, os.getloadavg()))
+        report.write_json(run.path, {"schema": report.SCHEMA, **meta})
+        return run
     with ExitStack() as stack:
         if name == "fast":
-            need = profiles.fast_bytes(args.size, disk_images.sparse_data)
-            reason = profiles.room(need)
-            if reason:
-                log.warning("SKIP profile=fast reason=%s", reason)
-                run.skipped, run.title, run.path = reason, "skipped", out
-                meta.update(skipped=reason, host=_host(load_start, os.getloadavg()))
-                report.write_json(out, {"schema": report.SCHEMA, **meta})
-                return run
-            storage = stack.enter_context(profiles.fast(need))
+            storage = stack.enter_context(profiles.fast(need, base=args.shm))
             log.info("COPY images to=%s", storage.root)
             images = imagesmod.copy(disk_images, storage.root / "images")
         else:
             storage = stack.enter_context(profiles.disk(args.dir))
             images = disk_images
-        work = storage.root / "work"
-        work.mkdir(parents=True, exist_ok=True)
-        selected = set(select(case_ids(), args.cases))
-        daemons = _start_daemons(args, storage.root, stack, libnbd=NBDWIRE_CASE in selected)
-        nbd_url = None
-        if shutil.which("qemu-nbd"):
-            nbd = QemuNbd(images.qcow2, work / "nbd.sock")
-            stack.callback(nbd.close)
-            nbd_url = nbd.url
-        ctx = Context(
-            images=images,
-            scratch=scratch,
-            client=ImageioClient(REF_VENV / "bin" / "python"),
-            workdir=work,
-            random_count=args.random_reads,
-            random_seconds=args.random_seconds,
-            latency_count=args.latency_count,
-            nbd_url=nbd_url,
-        )
-        cases = [c for c in all_cases(ctx) if c.id in selected]
         cache = procs.PageCache()
-        ours = daemons[0]
-        run.refs = physical_refs(args, images, ours.dir / "pki", work, cache, scratch.upload_source)
-        for case in cases:
-            result = measure(
-                case,
-                daemons,
-                case.runs or args.runs,
-                cache,
-                [images.full, images.sparse, images.qcow2],
-            )
-            log.info("DONE profile=%s case=%s seconds=%.1f", name, case.id, result.seconds)
-            run.results.append(result)
-        settings = {d.name: {"label": d.label, "settings": d.settings()} for d in daemons}
-        run.notes = _notes(args, storage, cache, scratch, settings, load_start)
-        meta.update(
-            storage={"description": storage.describe(), **storage.facts},
-            daemons=settings,
-        )
+        daemons = _measure(args, run, storage, images, scratch, cache, stack)
+        run.notes = _notes(args, storage, cache, scratch, daemons, load_start)
     run.seconds = time.monotonic() - started
     meta.update(
+        storage={"description": storage.describe(), **storage.facts},
+        daemons=daemons,
         duration_s=round(run.seconds, 1),
         host=_host(load_start, os.getloadavg()),
         notes=run.notes,
     )
     run.targets = report.targets(run.results, run.refs)
-    tuned = (
-        f", TUNED: buffer {args.buffer_size // 1024} KiB in every daemon"
-        if args.buffer_size
-        else ", shipped defaults"
-    )
-    run.title = (
-        f"vdsm-imageio vs ovirt-imageio 2.5.1 -- {storage.describe()}; image "
-        f"{imagesmod.size_tag(args.size)}, {args.runs} runs, {os.cpu_count()} CPUs{tuned}, "
-        f"{run.seconds:.0f} s"
-    )
-    run.path = out
-    report.write_json(out, report.document(meta, run.refs, run.results, run.targets))
+    run.title = _title(args, storage, run.seconds)
+    report.write_json(run.path, report.document(meta, run.refs, run.results, run.targets))
     return run
+
+
+def _measure(
+    args: argparse.Namespace,
+    run: ProfileRun,
+    storage: profiles.Storage,
+    images: imagesmod.Images,
+    scratch: imagesmod.Scratch,
+    cache: procs.PageCache,
+    stack: ExitStack,
+) -> dict[str, dict[str, Any]]:
+    """References and cases of one profile into run; each daemon's label
+    and effective settings."""
+    work = storage.root / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    selected = set(select(case_ids(), args.cases))
+    daemons = _start_daemons(args, storage.root, stack, libnbd=NBDWIRE_CASE in selected)
+    nbd_url = None
+    if shutil.which("qemu-nbd"):
+        nbd = QemuNbd(images.qcow2, work / "nbd.sock")
+        stack.callback(nbd.close)
+        nbd_url = nbd.url
+    ctx = Context(
+        images=images,
+        scratch=scratch,
+        client=ImageioClient(REF_VENV / "bin" / "python"),
+        workdir=work,
+        random_count=args.random_reads,
+        random_seconds=args.random_seconds,
+        latency_count=args.latency_count,
+        nbd_url=nbd_url,
+    )
+    pki = daemons[0].dir / "pki"
+    run.refs = physical_refs(args, images, pki, work, cache, scratch.upload_source)
+    files = [images.full, images.sparse, images.qcow2]
+    for case in (c for c in all_cases(ctx) if c.id in selected):
+        result = measure(case, daemons, case.runs or args.runs, cache, files)
+        log.info("DONE profile=%s case=%s seconds=%.1f", run.name, case.id, result.seconds)
+        run.results.append(result)
+    return {d.name: {"label": d.label, "settings": d.settings()} for d in daemons}
+
+
+def _title(args: argparse.Namespace, storage: profiles.Storage, seconds: float) -> str:
+    tuned = (
+        f"TUNED: buffer {args.buffer_size // 1024} KiB in every daemon"
+        if args.buffer_size
+        else "shipped defaults"
+    )
+    return (
+        f"vdsm-imageio vs ovirt-imageio 2.5.1 -- {storage.describe()}; image "
+        f"{imagesmod.size_tag(args.size)}, {args.runs} runs, {os.cpu_count()} CPUs, "
+        f"{tuned}, {seconds:.0f} s"
+    )
 
 
 def _start_daemons(

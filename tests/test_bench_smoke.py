@@ -323,6 +323,28 @@ def test_bench_stopped_in_the_fast_profile_leaves_nothing_behind(
     assert "FAST removed" in log, log[-3000:]
 
 
+def test_fast_profile_is_skipped_with_its_reason_where_shm_is_too_small(
+    reference_installed: None, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    small = tmp_path / "shm"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        proc = _start_bench(_bench_env(tmp_path, BENCH_PROFILES="fast", BENCH_SHM=str(small)))
+        out, err = proc.communicate(timeout=BUDGET)
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    assert proc.returncode == 0, err[-3000:]
+    assert re.search(rf"profile fast skipped: {re.escape(str(small))} has \d+ MiB free", out), out
+    assert "FAST mounted" not in err
+    (path,) = (tmp_path / "results").glob("bench-*-fast-16M.json")
+    doc = json.loads(path.read_text())
+    assert doc["profile"] == "fast" and "MiB free" in doc["skipped"]
+    assert "cases" not in doc
+
+
 def test_bench_lists_its_cases() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "bench.run", "--list"],
