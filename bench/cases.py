@@ -205,6 +205,37 @@ class SparseDownload(Case):
         return {self.metrics[0].name: self.rate(seconds)}
 
 
+class Checksum(Case):
+    """GET /images/<ticket>/checksum of a whole image over the unix socket.
+
+    Both daemons must agree on the digest: a run whose checksum differs
+    from the other daemon's fails instead of reporting a rate.
+    """
+
+    transport = None  # no data crosses the socket; the CPU target is for transfers
+
+    def __init__(self, ctx: Context, *, image: str) -> None:
+        super().__init__(ctx)
+        self.image = image
+        self.id = f"checksum-{image}"
+        self.metrics = (Metric(f"checksum {image} image unix (image size/s)", "MiB/s"),)
+        self.moved = ctx.images.size
+        self.digests: dict[str, str] = {}
+
+    def _path(self) -> Path:
+        return self.ctx.images.full if self.image == "full" else self.ctx.images.sparse
+
+    def prepare(self, d: Daemon) -> list[str]:
+        return [self.ctx.add(d, self._path().as_uri(), self.ctx.images.size, ["read"])]
+
+    def run(self, d: Daemon, tickets: list[str]) -> dict[str, float]:
+        seconds, digest = clients.checksum(d, tickets[0])
+        self.digests.setdefault(d.name, digest)
+        if len(set(self.digests.values())) > 1:
+            raise clients.ClientError(f"the daemons disagree: {self.digests}")
+        return {self.metrics[0].name: self.rate(seconds)}
+
+
 class RandomReads(Case):
     id = "random-4k-reads"
     metrics = (Metric("4 KiB random reads, 1 connection, unix", "req/s"),)
@@ -343,8 +374,16 @@ OTHERS: list[type[Case]] = [
 ]
 
 
+# The images of the checksum cases (bench.images).
+CHECKSUMS = ["full", "sparse"]
+
+
 def case_ids() -> list[str]:
-    return [transfer_id(*t) for t in TRANSFERS] + [c.id for c in OTHERS]
+    return (
+        [transfer_id(*t) for t in TRANSFERS]
+        + [c.id for c in OTHERS]
+        + [f"checksum-{image}" for image in CHECKSUMS]
+    )
 
 
 def all_cases(ctx: Context) -> list[Case]:
@@ -352,4 +391,5 @@ def all_cases(ctx: Context) -> list[Case]:
         Transfer(ctx, direction=d, transport=t, tool=tool, source=src)
         for d, t, tool, src in TRANSFERS
     ]
-    return cases + [c(ctx) for c in OTHERS]
+    cases += [c(ctx) for c in OTHERS]
+    return cases + [Checksum(ctx, image=image) for image in CHECKSUMS]

@@ -1,5 +1,5 @@
-"""The tables, the targets of issue 5, the nbdwire verdict, and the JSON
-written next to them (schema in bench/README.md)."""
+"""The tables, the targets of issues 5 and 11, the nbdwire verdict, and the
+JSON written next to them (schema in bench/README.md)."""
 
 from __future__ import annotations
 
@@ -220,6 +220,10 @@ def targets(results: list[CaseResult], physical: dict[str, float]) -> list[Targe
             check(f"{m0}: ours/theirs", ">= 3.0", rat, lambda v: v >= 3.0)
         elif cid == "random-4k-reads":
             check(f"{m0}: ours/theirs", ">= 1.5", rat, lambda v: v >= 1.5)
+        elif cid == "checksum-sparse":
+            check(f"{m0}: ours/theirs", ">= 2.0", rat, lambda v: v >= 2.0)
+        elif cid == "checksum-full":
+            check(f"{m0}: ours/theirs", ">= 1.3", rat, lambda v: v >= 1.3)
         elif cid == "peak-rss":
             check(m0, "<= 256 MiB", ours, lambda v: v <= 256)
         elif cid == "lifecycle":

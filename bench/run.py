@@ -169,7 +169,7 @@ def _print_profile(run: ProfileRun) -> None:
         if verdict:
             print(verdict.line())
             print()
-        print("targets (issue 5):")
+        print("targets (issues 5 and 11):")
         print("\n".join(report.target_lines(run.targets)))
         print()
         for note in run.notes:

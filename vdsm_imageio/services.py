@@ -30,9 +30,11 @@ from .backends import Backend
 from .backends.file import open_file
 from .backends.nbd import open_nbd
 from .backends.nbd import parse_url as parse_nbd_url
+from .backends.sectorlock import SectorLocks
 from .config import Config, socket_address
 from .errors import BackendError, InvalidTicket, TicketNotFound
 from .hooks import Hooks, TicketHooks
+from .http.checksum import Checksum
 from .http.extents import Extents
 from .http.images import WRITE_FEATURES, Images
 from .http.router import Router, route
@@ -101,6 +103,7 @@ class Services:
             self.registry, unix_socket=self.unix_socket, max_json_body=config.http.max_json_body
         )
         extents = Extents(self.registry)
+        checksum = Checksum(self.registry)
         router = Router(
             [
                 route("images-options", r"/images/(\*)/?", options=images.options),
@@ -113,9 +116,17 @@ class Services:
                     patch=images.patch,
                 ),
                 route("extents", r"/images/([^/]+)/extents/?", get=extents.get),
+                route("checksum", r"/images/([^/]+)/checksum/?", get=checksum.get),
+                route(
+                    "checksum-algorithms",
+                    r"/images/([^/]+)/checksum/algorithms/?",
+                    get=checksum.algorithms,
+                ),
                 route("info", r"/info/?", get=self._info),
             ]
         )
+        # One table for the process: connections to one image share its locks.
+        self.sector_locks = SectorLocks()
         self.server = Server(config, router, self._open_backend)
         ticket_socket = config.control.ticket_socket
         self.ticket_server = (
@@ -200,7 +211,8 @@ class Services:
 
     def _open_backend(self, ticket: Ticket) -> Backend:
         # Volume URLs are the storage plane's own paths, not the caller's.
-        return open_backend(ticket, None if ticket.spec.volume else self.url_roots)
+        roots = None if ticket.spec.volume else self.url_roots
+        return open_backend(ticket, roots, locks=self.sector_locks)
 
     def _on_volume_lost(self, uuid: str, device: str, action: str) -> None:
         """The device under a live ticket went away: stop its requests now."""
@@ -278,8 +290,9 @@ def _resolve_nbd(url: str, roots: UrlRoots) -> str:
     return f"nbd:unix:{path}" + (f":exportname={export}" if export else "")
 
 
-def open_backend(ticket: Ticket, roots: UrlRoots | None) -> Backend:
-    """Open the ticket's storage; with roots, refuse a path moved since the add."""
+def open_backend(ticket: Ticket, roots: UrlRoots | None, *, locks: SectorLocks) -> Backend:
+    """Open the ticket's storage; with roots, refuse a path moved since the add.
+    locks is the process's sector lock table (vdsm_imageio.backends.sectorlock)."""
     parts = urlsplit(ticket.url)
     mode = "rw" if ticket.spec.allows("write") else "r"
     if parts.scheme == "nbd":
@@ -289,7 +302,7 @@ def open_backend(ticket: Ticket, roots: UrlRoots | None) -> Backend:
     if parts.scheme != "file":
         raise BackendError(reason=f"no backend for {parts.scheme} URLs")
     path = unquote(parts.path)
-    backend = open_file(path, mode=mode, sparse=ticket.spec.sparse)
+    backend = open_file(path, mode=mode, sparse=ticket.spec.sparse, locks=locks)
     if roots is not None:
         try:
             roots.check_opened(backend.fileno(), path)

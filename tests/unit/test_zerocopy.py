@@ -10,6 +10,7 @@ import pytest
 
 from vdsm_imageio import zerocopy
 from vdsm_imageio.backends.file import open_file
+from vdsm_imageio.backends.sectorlock import SectorLocks
 from vdsm_imageio.errors import BackendError, ImageEnded, PeerClosed, TicketCanceled
 
 MiB = 1024**2
@@ -49,7 +50,7 @@ def run_send(path, offset, length, progress=None, timeout=10.0, lanes=zerocopy.L
     reader.start()
     done = []
     try:
-        with open_file(path, mode="r", sparse=False) as backend:
+        with open_file(path, mode="r", sparse=False, locks=SectorLocks()) as backend:
             fd = backend.splice_source(offset, length)
             assert fd is not None
             a.settimeout(timeout)
@@ -98,7 +99,7 @@ def test_splice_leaves_nothing_in_page_cache(image):
 
 
 def test_unaligned_range_is_not_spliced(image):
-    with open_file(image, mode="r", sparse=False) as backend:
+    with open_file(image, mode="r", sparse=False, locks=SectorLocks()) as backend:
         assert backend.splice_source(100, MiB) is None
         assert backend.splice_source(0, MiB + 1) is None
         assert backend.splice_source(4096, MiB) is not None
@@ -129,7 +130,7 @@ def test_client_that_stops_reading_times_out(image):
         a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
         a.settimeout(0.3)
         with (
-            open_file(image, mode="r", sparse=False) as backend,
+            open_file(image, mode="r", sparse=False, locks=SectorLocks()) as backend,
             pytest.raises(PeerClosed, match="timed out"),
         ):
             zerocopy.send(backend.splice_source(0, 5 * MiB), 0, 5 * MiB, a, lambda n: None)
@@ -146,7 +147,10 @@ def test_closed_client_is_peer_closed(image):
     a, b = socket.socketpair()
     b.close()
     try:
-        with open_file(image, mode="r", sparse=False) as backend, pytest.raises(PeerClosed):
+        with (
+            open_file(image, mode="r", sparse=False, locks=SectorLocks()) as backend,
+            pytest.raises(PeerClosed),
+        ):
             zerocopy.send(backend.splice_source(0, 5 * MiB), 0, 5 * MiB, a, lambda n: None)
     finally:
         a.close()

@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-READ_FEATURES = ["extents"]
-WRITE_FEATURES = ["extents", "zero", "flush"]
+READ_FEATURES = ["checksum", "extents"]
+WRITE_FEATURES = ["checksum", "extents", "zero", "flush"]
 # Smaller downloads are not worth a pipe and a thread.
 SPLICE_MIN = 1024**2
 # Zero in steps so that cancel and progress apply to huge ranges too.
