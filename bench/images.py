@@ -65,8 +65,12 @@ def copy(images: Images, dest: Path) -> Images:
     for src in (images.full, images.sparse, images.qcow2):
         dst = dest / src.name
         subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)
+        fd = os.open(dst, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         paths.append(dst)
-    os.sync()
     full, sparse, qcow2 = paths
     return Images(
         full=full, sparse=sparse, qcow2=qcow2, size=images.size, sparse_data=images.sparse_data
