@@ -121,7 +121,7 @@ class Images:
                         lanes=lanes,
                     )
                     return
-            elif isinstance(backend, SpliceReaders):
+            elif isinstance(backend, SpliceReaders) and conn.server.config.http.nbd_splice:
                 if self._send_spliced(backend, lanes, ticket, op, r, sock):
                     return
 
