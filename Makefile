@@ -58,8 +58,10 @@ test: deps lint typecheck
 test-vm: deps
 	$(PY) tests/vm/runner.py -ra
 
-# Side by side with ovirt-imageio 2.5.1 from PyPI (its own venv under .cache);
-# BENCH_SIZE, BENCH_RUNS, BENCH_CASES override. Results in bench/results/.
+# Side by side with ovirt-imageio 2.5.1 from PyPI (its own venv under .cache),
+# on the disk and fast (RAM-backed ext4, needs root) storage profiles;
+# BENCH_PROFILES, BENCH_SIZE, BENCH_RUNS, BENCH_CASES override. One JSON per
+# profile in bench/results/ (bench/README.md).
 bench: deps
 	$(PY) -m bench.run
 

@@ -4,7 +4,9 @@ A case prepares tickets (outside the measured window), runs once against
 one daemon and returns its metrics; the harness alternates daemons, drops
 the page cache and reads the daemon's CPU time around ``run``. ``moved``
 is the image bytes one run transfers, for CPU seconds per GiB (0: the case
-moves no meaningful volume).
+moves no meaningful volume). ``sides`` names the daemons a case runs
+against: ours and the reference, and for the nbd download also ours
+without the hand-written NBD reader.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import clients, procs
-from .daemons import Daemon
+from .daemons import LIBNBD_ONLY, Daemon
 from .images import Images, Scratch
 
 MiB = 1024**2
@@ -69,6 +71,7 @@ class Case:
     drop_cache = True
     transport: str | None = None
     runs: int | None = None
+    sides: tuple[str, ...] = ("ours", "theirs")
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -106,6 +109,9 @@ class Transfer(Case):
         self.metrics = (Metric(name, "MiB/s"),)
         if (direction, transport, tool, source) == ("download", "unix", "curl", "file"):
             self.metrics += (Metric("page cache after download", "%", False),)
+        if self.id == NBDWIRE_CASE:
+            # The only download nbdwire serves (it splices into the unix socket).
+            self.sides = ("ours", "theirs", LIBNBD_ONLY)
         self.moved = ctx.images.size
 
     def unsupported(self, d: Daemon) -> str | None:
@@ -341,6 +347,10 @@ class PeakRss(Case):
 def transfer_id(direction: str, transport: str, tool: str, source: str) -> str:
     prefix = "nbd-" if source == "nbd" else ""
     return f"{prefix}{direction}-{transport}-{tool}"
+
+
+# The case that measures nbdwire against libnbd alone (DESIGN section 3).
+NBDWIRE_CASE = transfer_id("download", "unix", "curl", "nbd")
 
 
 # (direction, transport, tool, source) of the whole-image transfer cases.
