@@ -119,6 +119,32 @@ def test_checkpoints_follow_the_clock() -> None:
     assert [len(c) for c in commits] == [2, 2, 2]
 
 
+def test_a_slow_flush_spaces_the_checkpoints_out() -> None:
+    clock = Clock()
+    log: list[tuple[str, int, tuple[int, int] | None]] = []
+    commits: list[list[tuple[int, int]]] = []
+
+    class SlowFlush(Recorder):
+        def run(self, item: Item) -> None:
+            super().run(item)
+            clock.now += 0.5
+
+        def flush(self) -> None:
+            super().flush()
+            clock.now += 0.125  # 20 times that: 2.5 s between checkpoints
+
+    Pool(
+        [SlowFlush(log, 0)],
+        commit=lambda r: commits.append(list(r)),
+        progress=lambda n: None,
+        checkpoint=0.5,
+        clock=clock,
+    ).run(items(10))
+    # The first checkpoint after 0.5 s, then after 2.5 s of items (5 of
+    # them); the rest at the end.
+    assert [len(c) for c in commits] == [1, 5, 4]
+
+
 def test_skips_count_as_progress_and_reach_no_handler() -> None:
     log: list[tuple[str, int, tuple[int, int] | None]] = []
     h = Recorder(log, 0)

@@ -6,7 +6,8 @@ sees its items in increasing offsets. A worker does an item with its own
 handler (its connection and its local image handle), and every
 ``checkpoint`` seconds flushes its handler and commits the items done
 since the last flush to the journal: a range is journaled only after a
-flush covered it, by the connection that wrote it.
+flush covered it, by the connection that wrote it. A slow flush spaces
+the next checkpoints out (``FLUSH_SHARE``).
 
 Rules:
 - A worker that fails stops the pool: no new items are taken; the other
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 # How much a crash may cost a resumed transfer, in seconds of transfer
 # (plus the requests running): a flush per connection this often is cheap.
 CHECKPOINT_SECONDS = 0.5
+# ... unless flushing is slow (a server fsync committing many allocations):
+# then checkpoints are spaced so that flushing takes at most 1/this of the
+# worker's time.
+FLUSH_SHARE = 20
 POLL = 0.1
 
 Commit = Callable[[list[tuple[int, int]]], None]
@@ -130,13 +135,16 @@ class Pool:
     def _work(self, handler: Handler) -> None:
         done: list[tuple[int, int]] = []
         last = self._clock()
+        interval = self._checkpoint
         try:
             while (item := self._get()) is not None:
                 handler.run(item)
                 done.append((item.start, item.end))
-                if self._clock() - last >= self._checkpoint:
+                now = self._clock()
+                if now - last >= interval:
                     self._flush(handler, done)
                     last = self._clock()
+                    interval = max(self._checkpoint, FLUSH_SHARE * (last - now))
             if not self._canceled.is_set():
                 self._flush(handler, done)
         except BaseException as e:
