@@ -320,3 +320,29 @@ def test_checksum_of_a_file_equals_for_raw_and_qcow2(tmp_path: Path) -> None:
     assert sums[0]["algorithm"] == "blake2b" and sums[0]["block_size"] == 4 * MiB
     os.truncate(raw, SIZE - 4096)
     assert json.loads(run_client("checksum", raw).stdout) != sums[0]
+
+
+def test_checksum_of_a_transfer_url_equals_the_file_s(daemon: Daemon, tmp_path: Path) -> None:
+    ticket_id, image = daemon.add_ticket(size=SIZE, ops=("read",))
+    write_runs(image, SIZE, RUNS, seed=9)
+    remote = json.loads(run_client("checksum", url(daemon, ticket_id), *ca(daemon)).stdout)
+    local = json.loads(run_client("checksum", image).stdout)
+    assert remote == local
+    daemon.result("Ticket.remove", uuid=ticket_id)
+
+
+def test_progress_bar_shows_rate_and_reaches_100_percent(daemon: Daemon, tmp_path: Path) -> None:
+    ticket_id, image = daemon.add_ticket(size=SIZE, ops=("read",))
+    write_runs(image, SIZE, RUNS, seed=10)
+    done = run_client(
+        "download", url(daemon, ticket_id), tmp_path / "out.raw", "--progress", "bar", *ca(daemon)
+    )
+    ok(done)
+    final = done.stderr.replace("\r", "\n").strip().splitlines()
+    bar = [line for line in final if line.startswith("download:")][-1]
+    assert "100%" in bar and "64.0M/64.0M" in bar and "/s" in bar, bar
+    # -q: nothing but errors.
+    quiet = run_client("download", url(daemon, ticket_id), tmp_path / "q.raw", "-q", *ca(daemon))
+    ok(quiet)
+    assert quiet.stderr == "" and quiet.stdout == ""
+    daemon.result("Ticket.remove", uuid=ticket_id)
