@@ -9,7 +9,7 @@ by concept:
   daemon's unix socket on its own host);
 - ``images``: the API's requests over one connection, statuses to errors;
 - ``local``: the image on this host, raw directly or anything else through
-  a private qemu-nbd;
+  a private qemu-nbd (``nbdread``: reads with several commands in flight);
 - ``plan``: what to do with each range (pure), ``ranges``: sets of ranges;
 - ``workers``: one thread per connection, items in image order,
   checkpoints into the ``journal``;
