@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import uuid as uuidlib
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from clientrun import (
+    CLIENT,
     MiB,
     allocated,
     progress_lines,
@@ -345,4 +347,56 @@ def test_progress_bar_shows_rate_and_reaches_100_percent(daemon: Daemon, tmp_pat
     quiet = run_client("download", url(daemon, ticket_id), tmp_path / "q.raw", "-q", *ca(daemon))
     ok(quiet)
     assert quiet.stderr == "" and quiet.stdout == ""
+    daemon.result("Ticket.remove", uuid=ticket_id)
+
+
+def test_target_is_zero_skips_the_zero_ranges(daemon: Daemon, tmp_path: Path) -> None:
+    src = tmp_path / "src.raw"
+    write_runs(src, SIZE, RUNS, seed=11)
+    # The user's promise is taken: what was in the holes stays.
+    ticket_id, disk = daemon.add_ticket(size=SIZE, data=b"\xff" * SIZE)
+    ok(
+        run_client(
+            "upload",
+            src,
+            url(daemon, ticket_id),
+            "--target-is-zero",
+            "--no-verify",
+            *common(daemon, tmp_path),
+        )
+    )
+    stored, data = disk.read_bytes(), src.read_bytes()
+    for offset, length in RUNS:
+        assert stored[offset : offset + length] == data[offset : offset + length]
+    # The source's first hole, as the file system reports it (whole blocks).
+    hole = RUNS[0][1], MiB
+    assert stored[hole[0] : hole[1]] == b"\xff" * (hole[1] - hole[0])
+    daemon.result("Ticket.remove", uuid=ticket_id)
+
+
+def test_json_progress_to_a_file_descriptor(daemon: Daemon, tmp_path: Path) -> None:
+    ticket_id, image = daemon.add_ticket(size=SIZE, ops=("read",))
+    write_runs(image, SIZE, RUNS, seed=12)
+    log = tmp_path / "progress.jsonl"
+    with open(log, "w") as f:
+        done = subprocess.run(
+            [
+                str(CLIENT),
+                "download",
+                url(daemon, ticket_id),
+                str(tmp_path / "out.raw"),
+                "--progress-fd",
+                str(f.fileno()),
+                *ca(daemon),
+            ],
+            pass_fds=[f.fileno()],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    ok(done)
+    assert done.stdout == ""
+    lines = progress_lines(log.read_text())
+    assert lines and lines[-1]["transferred"] == SIZE
     daemon.result("Ticket.remove", uuid=ticket_id)
