@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browserlane import Relay
 from playwright.sync_api import Page
+
+from tests.browser.browserlane import Relay
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -23,9 +23,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from test_ovirt_imageio_client import CLIENT_PYTHON, ROOT, SETUP, Daemon, running_daemon
 
 from storage.qemu_nbd import QemuNbd
+from tests.compat.test_ovirt_imageio_client import (
+    CLIENT_PYTHON,
+    ROOT,
+    SETUP,
+    Daemon,
+    running_daemon,
+)
 
 pytestmark = [pytest.mark.compat, pytest.mark.timeout(900)]
 

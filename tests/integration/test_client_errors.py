@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from clientrun import MiB, run_client, start_client, stop, wait_for, write_runs
-from relay import Relay
-from test_faults import needs_root, small_ext4
 
+from tests.integration.clientrun import MiB, run_client, start_client, stop, wait_for, write_runs
+from tests.integration.relay import Relay
+from tests.integration.test_faults import needs_root, small_ext4
 from vdsm_imageio.client import errors
 from vdsm_imageio.pki import ensure_local_pki
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 SIZE = 8 * MiB
 

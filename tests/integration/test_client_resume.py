@@ -13,7 +13,7 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clientrun import (
+from tests.integration.clientrun import (
     MiB,
     run,
     run_client,
@@ -23,10 +23,10 @@ from clientrun import (
     wait_for,
     write_runs,
 )
-from relay import Relay
+from tests.integration.relay import Relay
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 SIZE = 256 * MiB
 # Fast enough for a short test, slow enough that the client's one-second

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from clientrun import (
+
+from storage.qemu_nbd import QemuNbd
+from tests.integration.clientrun import (
     CLIENT,
     MiB,
     allocated,
@@ -28,12 +30,10 @@ from clientrun import (
     stop,
     write_runs,
 )
-from relay import Relay
-
-from storage.qemu_nbd import QemuNbd
+from tests.integration.relay import Relay
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 KiB = 1024
 SIZE = 64 * MiB

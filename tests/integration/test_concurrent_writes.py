@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from imageclient import Client, image_ticket, well_formed
-from sectored import ext4_on_loop, needs_root
+
+from tests.integration.imageclient import Client, image_ticket, well_formed
+from tests.integration.sectored import ext4_on_loop, needs_root
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 KiB = 1024
 MiB = 1024 * KiB

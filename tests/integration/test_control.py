@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.clock import FakeClock
 from vdsm_imageio import callclient
 from vdsm_imageio.tickets import Registry
 from verbs import create_control, protocol
@@ -26,14 +27,6 @@ from verbs.service import ServiceInfo
 from verbs.ticket import ticket_methods
 
 IO_TIMEOUT = 10.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Client:

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from rawhttp import closed_by_server, read_reply
+
+from tests.integration.rawhttp import closed_by_server, read_reply
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 KiB = 1024
 MiB = 1024**2

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 REPO = Path(__file__).resolve().parents[2]
 RECORD_HOOK = REPO / "hooks" / "after_ticket_remove" / "50-transfer-record"

@@ -26,7 +26,7 @@ import pytest
 from storage.qemu_nbd import QemuNbd
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 KiB = 1024
 MiB = 1024**2

@@ -21,7 +21,7 @@ import pytest
 from storage.qemu_nbd import QemuNbd
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 MiB = 1024**2
 KiB = 1024

@@ -32,13 +32,21 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from imageclient import TRANSPORTS, Client, new_image, put_cut_off, ticket_for, well_formed
-from sectored import ext4_on_loop, needs_root
+
+from tests.integration.imageclient import (
+    TRANSPORTS,
+    Client,
+    new_image,
+    put_cut_off,
+    ticket_for,
+    well_formed,
+)
+from tests.integration.sectored import ext4_on_loop, needs_root
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 MiB = 1024**2
 KiB = 1024

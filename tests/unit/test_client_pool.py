@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.clock import FakeClock
 from vdsm_imageio.client import errors
 from vdsm_imageio.client.cli import size_arg
 from vdsm_imageio.client.http import parse_url
@@ -20,14 +21,6 @@ from vdsm_imageio.client.journal import Journal
 from vdsm_imageio.client.plan import Item, Op
 from vdsm_imageio.client.progress import JsonLines
 from vdsm_imageio.client.workers import Pool
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Recorder:
@@ -98,7 +91,7 @@ def test_a_range_is_committed_only_after_its_worker_flushed() -> None:
 
 
 def test_checkpoints_follow_the_clock() -> None:
-    clock = Clock()
+    clock = FakeClock(now=0.0)
     log: list[tuple[str, int, tuple[int, int] | None]] = []
     commits: list[list[tuple[int, int]]] = []
 
@@ -120,7 +113,7 @@ def test_checkpoints_follow_the_clock() -> None:
 
 
 def test_a_slow_flush_spaces_the_checkpoints_out() -> None:
-    clock = Clock()
+    clock = FakeClock(now=0.0)
     log: list[tuple[str, int, tuple[int, int] | None]] = []
     commits: list[list[tuple[int, int]]] = []
 
@@ -214,7 +207,7 @@ def test_journal_survives_a_restart_and_refuses_another_transfer(tmp_path: Path)
 
 
 def test_json_progress_lines_are_throttled_and_end_at_the_size() -> None:
-    clock = Clock()
+    clock = FakeClock(now=0.0)
     out = io.StringIO()
     p = JsonLines(out, clock=clock, interval=1.0)
     p.start(100, 20)

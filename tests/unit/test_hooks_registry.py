@@ -7,18 +7,11 @@ from typing import Any
 
 import pytest
 
+from tests.support.clock import FakeClock
 from vdsm_imageio.errors import HookFailed, TicketBusy, TicketNotFound
 from vdsm_imageio.hooks import Hooks, TicketHooks
 from vdsm_imageio.tickets import Registry
 from vdsm_imageio.ticketspec import TicketSpec
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Recorder:

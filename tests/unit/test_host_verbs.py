@@ -6,8 +6,9 @@ import json
 from typing import Any
 
 import pytest
-from engine_driver import engine_ticket
 
+from tests.engine_driver import engine_ticket
+from tests.support.clock import FakeClock
 from vdsm_imageio.tickets import Registry
 from verbs.host import host_methods
 from verbs.protocol import respond
@@ -16,14 +17,6 @@ from verbs.ticket import ticket_methods
 URL = "file:///var/tmp/disk.raw"
 # What the engine reads from Host.get_image_ticket.
 ENGINE_READS = ("uuid", "size", "url", "timeout", "ops", "active", "transferred", "idle_time")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

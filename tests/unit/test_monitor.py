@@ -10,17 +10,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.clock import FakeClock
 from vdsm_imageio.errors import TicketNotFound
 from vdsm_imageio.monitor import Event, Monitor, MonitorThread
 from vdsm_imageio.tickets import Operation, Registry, Ticket
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def spec(**kw: Any) -> dict[str, Any]:

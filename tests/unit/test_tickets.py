@@ -2,6 +2,7 @@ import threading
 
 import pytest
 
+from tests.support.clock import FakeClock
 from vdsm_imageio.errors import (
     Forbidden,
     InvalidTicket,
@@ -12,17 +13,6 @@ from vdsm_imageio.errors import (
     TooManyConnections,
 )
 from vdsm_imageio.tickets import Registry
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-    def tick(self, seconds):
-        self.now += seconds
 
 
 class FakeConn:

@@ -7,18 +7,11 @@ from typing import Any
 
 import pytest
 
+from tests.support.clock import FakeClock
 from vdsm_imageio.tickets import Registry
 from verbs.protocol import respond
 from verbs.service import ServiceInfo, service_methods
 from verbs.ticket import ticket_methods
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vmdaemon import Daemon
-from vmstorage import (
+from tests.support.daemon import Daemon
+from tests.vm.vmstorage import (
     Domain,
     LeaseHolder,
     MiB,

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vmstorage import Domain, MiB, is_active, lvm
 
 from storage.lvm import Lvm
+from tests.vm.vmstorage import Domain, MiB, is_active, lvm
 from vdsm_imageio.errors import DomainNotFound, VolumeError, VolumeNotFound
 
 VolumeFactory = Callable[..., dict[str, Any]]

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from vmstorage import Domain, dm_name, lvm, run
 
 from storage.udev import DeviceWatcher
+from tests.vm.vmstorage import Domain, dm_name, lvm, run
 
 VolumeFactory = Callable[..., dict[str, Any]]
 EVENT_TIMEOUT = 30

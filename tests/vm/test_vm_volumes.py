@@ -16,12 +16,21 @@ from urllib.parse import urlsplit
 
 import pytest
 import sanlock
-from vmstorage import Domain, LeaseHolder, dm_name, holds, is_active, run, sanlock_status, spec
 
 from storage.leases import Leases
 from storage.lvm import Lvm
 from storage.udev import DeviceWatcher
 from storage.volumes import Volumes
+from tests.vm.vmstorage import (
+    Domain,
+    LeaseHolder,
+    dm_name,
+    holds,
+    is_active,
+    run,
+    sanlock_status,
+    spec,
+)
 from vdsm_imageio.errors import ImageNotFound, LeaseBusy, VolumeError, VolumeNotFound
 from vdsm_imageio.tickets import Registry
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 IMAGE_SIZE = 1024**2
 # Long enough for any reply to a refused request; a close is seen at once.

@@ -15,10 +15,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from control_support import LineClient, World, assert_daemon_healthy, log_mark, make_world
+
+from tests.integration.hostile.control_support import (
+    LineClient,
+    World,
+    assert_daemon_healthy,
+    log_mark,
+    make_world,
+)
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 PARSE = -32700
 INVALID_REQUEST = -32600

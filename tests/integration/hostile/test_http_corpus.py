@@ -18,7 +18,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from corpus import IMAGE_SIZE, Guard, Scene, assert_closed, assert_usable, exchange, pattern
+
+from tests.integration.hostile.corpus import (
+    IMAGE_SIZE,
+    Guard,
+    Scene,
+    assert_closed,
+    assert_usable,
+    exchange,
+    pattern,
+)
 
 RW = pattern(1)
 RO = pattern(2)

@@ -17,11 +17,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import rawhttp
-from control_support import IO_TIMEOUT, World, assert_daemon_healthy, log_mark, make_world
+
+from tests.integration import rawhttp
+from tests.integration.hostile.control_support import (
+    IO_TIMEOUT,
+    World,
+    assert_daemon_healthy,
+    log_mark,
+    make_world,
+)
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 MAX_BODY = 64 * 1024
 NEW = "@new"  # the target's uuid: a new one, also in the body
