@@ -14,7 +14,7 @@ import pytest
 
 from tests.integration.clientrun import MiB, run_client, start_client, stop, wait_for, write_runs
 from tests.integration.relay import Relay
-from tests.integration.test_faults import needs_root, small_ext4
+from tests.support.loopfs import ext4_on_loop, needs_root
 from vdsm_imageio.client import errors
 from vdsm_imageio.pki import ensure_local_pki
 
@@ -107,7 +107,7 @@ def test_full_storage_on_the_server_is_exit_6(make_daemon: Any, tmp_path: Path) 
     d = make_daemon()
     src = tmp_path / "src.raw"
     write_runs(src, 48 * MiB, [(0, 48 * MiB)], seed=22)
-    with small_ext4(d.images, 24 * MiB) as fs:
+    with ext4_on_loop(d.images, "fs", size=24 * MiB, reserve=False) as fs:
         disk = fs / "disk.raw"
         with open(disk, "wb") as f:
             f.truncate(48 * MiB)

@@ -24,6 +24,7 @@ from tests.integration.clientrun import (
     write_runs,
 )
 from tests.integration.relay import Relay
+from tests.support.procs import running
 
 if TYPE_CHECKING:
     from tests.support.daemon import Daemon
@@ -41,17 +42,7 @@ def url(port: int, ticket_id: str) -> str:
 
 def qemu_nbd_serving(path: Path) -> list[int]:
     """Pids of qemu-nbd processes whose command line names path."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"qemu-nbd") and os.fsencode(path) in argv:
-            found.append(int(pid))
-    return found
+    return [pid for pid, argv in running(b"qemu-nbd") if os.fsencode(path) in argv]
 
 
 def test_upload_killed_half_way_resumes_sending_less_than_half_again(

@@ -4,10 +4,8 @@ transfer-record hook, and after hooks that fail without harm."""
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
-import socket
 import time
 import uuid as uuidlib
 from pathlib import Path
@@ -43,19 +41,8 @@ def new_ticket(daemon: Daemon, size: int = MiB) -> dict[str, Any]:
     }
 
 
-class TicketsConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=10)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
-
-
 def http_request(daemon: Daemon, method: str, ticket_id: str, body: Any = None) -> tuple[int, str]:
-    con = TicketsConnection(str(daemon.dir / "tickets.sock"))
+    con = daemon.tickets()
     with contextlib.closing(con):
         con.request(
             method,

@@ -41,7 +41,7 @@ from tests.integration.imageclient import (
     ticket_for,
     well_formed,
 )
-from tests.integration.sectored import ext4_on_loop, needs_root
+from tests.support.loopfs import ext4_on_loop, needs_root
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -344,7 +344,7 @@ def test_soak_mixed_requests_with_a_kill_match_the_model(
     # Two connections of each writer, and one cut off at a time.
     conf = {"http": {"max_writers": 3 * WRITERS}}
     daemon = make_daemon(**conf)
-    with ext4_on_loop(daemon.images, "sec4096", sector_size=SECTOR) as directory:
+    with ext4_on_loop(daemon.images, "sec4096", sector_size=SECTOR, direct_io=True) as directory:
         path = new_image(directory, IMAGE_SIZE)
         soak = Soak(daemon, path, seed)
         daemon.result("Ticket.add", ticket=soak.ticket)

@@ -12,9 +12,7 @@ import contextlib
 import http.client
 import json
 import os
-import socket
 import stat
-import subprocess
 import time
 import uuid as uuidlib
 from collections.abc import Iterator
@@ -23,25 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.support.loopfs import ext4_on_loop, run
+
 if TYPE_CHECKING:
     from tests.support.daemon import Daemon
 
 KiB = 1024
 MiB = 1024**2
-CMD_TIMEOUT = 60
-
-
-class VdsmConnection(http.client.HTTPConnection):
-    """What vdsm uses: http.client over a unix socket path."""
-
-    def __init__(self, path: str, timeout: float = 10) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
 
 
 class Reply:
@@ -63,7 +49,7 @@ def vdsm_request(
     daemon: Daemon, method: str, ticket_id: str, body: Any = None, raw: bytes | None = None
 ) -> Reply:
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode("utf8"))
-    con = VdsmConnection(tickets_path(daemon))
+    con = daemon.tickets()
     with contextlib.closing(con):
         con.request(method, f"/tickets/{ticket_id}", body=data)
         res = con.getresponse()
@@ -167,7 +153,7 @@ def test_put_huge_body_is_413(daemon: Daemon) -> None:
 
 def test_put_with_other_content_type_is_415(daemon: Daemon) -> None:
     ticket = engine_ticket(daemon)
-    con = VdsmConnection(tickets_path(daemon))
+    con = daemon.tickets()
     with contextlib.closing(con):
         con.request(
             "PUT",
@@ -265,7 +251,7 @@ def test_full_vdsm_flow_with_an_upload(daemon: Daemon) -> None:
 
 def test_other_paths_are_404_and_images_are_not_served(daemon: Daemon) -> None:
     ticket_id, _ = daemon.add_ticket(size=MiB)
-    con = VdsmConnection(tickets_path(daemon))
+    con = daemon.tickets()
     with contextlib.closing(con):
         con.request("GET", f"/images/{ticket_id}")
         res = con.getresponse()
@@ -295,45 +281,6 @@ def test_empty_ticket_socket_disables_the_api(make_daemon) -> None:  # type: ign
 # blocked in the kernel writing to a frozen file system cannot, until thawed.
 
 
-def run(*argv: str) -> str:
-    return subprocess.run(
-        argv, check=True, capture_output=True, text=True, timeout=CMD_TIMEOUT
-    ).stdout
-
-
-@contextlib.contextmanager
-def ext4_mount(directory: Path) -> Iterator[Path]:
-    """A small ext4 on a loop device, mounted at directory/fs."""
-    image = directory / "fs.img"
-    with open(image, "wb") as f:
-        f.truncate(64 * MiB)
-    run("mkfs.ext4", "-q", "-F", str(image))
-    device = run("losetup", "--find", "--show", str(image)).strip()
-    mountpoint = directory / "fs"
-    mountpoint.mkdir()
-    try:
-        run("mount", device, str(mountpoint))
-        try:
-            yield mountpoint
-        finally:
-            umount(mountpoint)
-    finally:
-        run("losetup", "--detach", device)
-
-
-def umount(mountpoint: Path) -> None:
-    # The daemon closes the image just after the request ends: retry EBUSY.
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            run("umount", str(mountpoint))
-            return
-        except subprocess.CalledProcessError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 @contextlib.contextmanager
 def frozen(mountpoint: Path) -> Iterator[None]:
     run("fsfreeze", "--freeze", str(mountpoint))
@@ -350,7 +297,7 @@ def test_delete_while_a_write_cannot_stop_is_409_then_204(make_daemon) -> None: 
         pytest.skip("needs root for loop devices, mounts and fsfreeze")
     daemon = make_daemon(daemon={"remove_timeout": 0.5})
     size = 8 * MiB  # one buffer: the whole body is read before the write
-    with ext4_mount(daemon.images) as mountpoint:
+    with ext4_on_loop(daemon.images, "fs") as mountpoint:
         image = mountpoint / "disk.raw"
         with open(image, "wb") as f:
             f.truncate(size)

@@ -260,6 +260,10 @@ class Daemon:
     def unix(self, timeout: float | None = None) -> UnixHTTPConnection:
         return UnixHTTPConnection(self.unix_socket, timeout=self._timeout(timeout))
 
+    def tickets(self, timeout: float | None = None) -> UnixHTTPConnection:
+        """The HTTP ticket API on a unix socket, as vdsm speaks it."""
+        return UnixHTTPConnection(str(self.dir / "tickets.sock"), timeout=self._timeout(timeout))
+
     def raw_tcp(self, timeout: float | None = None) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.port), timeout=self._timeout(timeout))
 

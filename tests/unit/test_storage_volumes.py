@@ -16,6 +16,7 @@ from storage.leases import Leases
 from storage.lvm import Lvm
 from storage.udev import DeviceWatcher
 from storage.volumes import Volumes
+from tests.support.procs import qemu_nbd_pids
 from vdsm_imageio.errors import VolumeError, VolumeNotFound
 from vdsm_imageio.tickets import Registry
 
@@ -157,20 +158,6 @@ def test_tickets_using_a_target(root: Path, registry: Registry, volumes: Volumes
 
 
 # Volumes served through qemu-nbd (a real qemu-nbd per volume).
-
-
-def qemu_nbd_pids(root: Path) -> list[int]:
-    """Pids of the qemu-nbd processes serving sockets under root's run dir."""
-    needle = f"--socket={root / 'run' / 'nbd'}/".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue  # not a pid, or it just exited
-        if argv[0].endswith(b"qemu-nbd") and any(a.startswith(needle) for a in argv):
-            pids.append(int(proc.name))
-    return pids
 
 
 def test_nbd_volume_is_served_by_one_qemu_nbd_until_its_last_ticket(
