@@ -26,9 +26,7 @@ import pytest
 
 from storage.qemu_nbd import QemuNbd
 from tests.compat.test_ovirt_imageio_client import (
-    CLIENT_PYTHON,
     ROOT,
-    SETUP,
     Daemon,
     running_daemon,
 )
@@ -64,14 +62,6 @@ ALGORITHMS = [
 ]
 BLOCK_SIZES = [MiB, 4 * MiB, 16 * MiB, MiB + 4096, 5 * MiB + 12288]
 CMD_TIMEOUT = 600
-
-
-@pytest.fixture(scope="module")
-def client_python() -> Path:
-    result = subprocess.run([str(SETUP)], capture_output=True, text=True, timeout=900, check=False)
-    if result.returncode != 0:
-        pytest.fail(f"{SETUP.name} failed:\n{result.stdout}{result.stderr}")
-    return CLIENT_PYTHON
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -172,17 +172,25 @@ def put_raw(
     return res.status, text.decode(), res.getheader("Connection")
 
 
-@pytest.mark.loop
-def test_full_file_system_is_507_and_keeps_the_bytes_before(make_daemon: MakeDaemon) -> None:
-    needs_root()
-    d = make_daemon()
+@contextlib.contextmanager
+def ticket_on_full_storage(d: Daemon, *, sparse: bool) -> Iterator[dict[str, Any]]:
+    """A write ticket for a 64 MiB image on a 24 MiB ext4: writing it all
+    fills the file system."""
     size = 64 * MiB
     with ext4_on_loop(d.images, "fs", size=24 * MiB, reserve=False) as fs:
         image = fs / "disk.raw"
         with open(image, "wb") as f:
             f.truncate(size)
-        ticket = url_ticket(image, size, ["write"], sparse=True)
+        ticket = url_ticket(image, size, ["write"], sparse=sparse)
         d.result("Ticket.add", ticket=ticket)
+        yield ticket
+
+
+@pytest.mark.loop
+def test_full_file_system_is_507_and_keeps_the_bytes_before(make_daemon: MakeDaemon) -> None:
+    needs_root()
+    d = make_daemon()
+    with ticket_on_full_storage(d, sparse=True) as ticket:
         first = os.urandom(4 * MiB)
         conn = d.unix()
         assert put(conn, ticket["uuid"], 0, first) == 200
@@ -216,19 +224,13 @@ def test_full_file_system_is_507_and_keeps_the_bytes_before(make_daemon: MakeDae
 def test_allocating_zero_on_a_full_file_system_is_507(make_daemon: MakeDaemon) -> None:
     needs_root()
     d = make_daemon()
-    size = 64 * MiB
-    with ext4_on_loop(d.images, "fs", size=24 * MiB, reserve=False) as fs:
-        image = fs / "disk.raw"
-        with open(image, "wb") as f:
-            f.truncate(size)
-        # Not sparse: zero must allocate, which a 24 MiB file system cannot.
-        ticket = url_ticket(image, size, ["write"], sparse=False)
-        d.result("Ticket.add", ticket=ticket)
+    # Not sparse: zero must allocate, which a 24 MiB file system cannot.
+    with ticket_on_full_storage(d, sparse=False) as ticket:
         conn = d.unix()
         conn.request(
             "PATCH",
             f"/images/{ticket['uuid']}",
-            body=b'{"op": "zero", "offset": 0, "size": %d}' % size,
+            body=b'{"op": "zero", "offset": 0, "size": %d}' % ticket["size"],
         )
         res = conn.getresponse()
         text = res.read().decode()

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.support.clock import FakeClock
+from tests.support.tickets import valid_ticket
 from vdsm_imageio.errors import HookFailed, TicketBusy, TicketNotFound
 from vdsm_imageio.hooks import Hooks, TicketHooks
 from vdsm_imageio.tickets import Registry
@@ -25,16 +26,7 @@ class Recorder:
 
 
 def ticket(**kw: Any) -> dict[str, Any]:
-    t = {
-        "uuid": "u1",
-        "size": 1024,
-        "ops": ["write"],
-        "timeout": 300,
-        "url": "file:///image",
-        "transfer_id": "tr1",
-    }
-    t.update(kw)
-    return t
+    return valid_ticket(**{"ops": ["write"], **kw})
 
 
 def wired(hooks: Any, clock: FakeClock, **kw: Any) -> Registry:

@@ -1,8 +1,10 @@
 import threading
+from typing import Any
 
 import pytest
 
 from tests.support.clock import FakeClock
+from tests.support.tickets import valid_ticket
 from vdsm_imageio.errors import (
     Forbidden,
     InvalidTicket,
@@ -23,17 +25,8 @@ class FakeConn:
         self.aborted = True
 
 
-def ticket(**kw):
-    t = {
-        "uuid": "u1",
-        "size": 1024,
-        "ops": ["read"],
-        "timeout": 10,
-        "url": "file:///image",
-        "transfer_id": "tr1",
-    }
-    t.update(kw)
-    return t
+def ticket(**kw: Any) -> dict[str, Any]:
+    return valid_ticket(**{"timeout": 10, **kw})
 
 
 @pytest.fixture

@@ -1,0 +1,19 @@
+"""Tickets as vdsm sends them in Ticket.add."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def valid_ticket(**fields: Any) -> dict[str, Any]:
+    """A valid ticket for a file image; fields replace or add to it."""
+    ticket: dict[str, Any] = {
+        "uuid": "u1",
+        "size": 1024,
+        "ops": ["read"],
+        "timeout": 300,
+        "url": "file:///image",
+        "transfer_id": "tr1",
+    }
+    ticket.update(fields)
+    return ticket
