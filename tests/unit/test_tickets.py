@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 import threading
 from typing import Any
 
@@ -18,10 +20,10 @@ from vdsm_imageio.tickets import Registry
 
 
 class FakeConn:
-    def __init__(self):
+    def __init__(self) -> None:
         self.aborted = False
 
-    def abort(self):
+    def abort(self) -> None:
         self.aborted = True
 
 
@@ -30,16 +32,16 @@ def ticket(**kw: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def clock():
+def clock() -> FakeClock:
     return FakeClock()
 
 
 @pytest.fixture
-def registry(clock):
+def registry(clock: FakeClock) -> Registry:
     return Registry(clock=clock, remove_timeout=0.05, default_inactivity_timeout=60)
 
 
-def test_new_ticket_status(registry):
+def test_new_ticket_status(registry: Registry) -> None:
     status = registry.add(ticket(ops=["write"])).status().to_json()
     assert status == {
         "uuid": "u1",
@@ -60,7 +62,7 @@ def test_new_ticket_status(registry):
     }
 
 
-def test_status_times_are_integers_in_every_state(registry, clock):
+def test_status_times_are_integers_in_every_state(registry: Registry, clock: FakeClock) -> None:
     t = registry.add(ticket())
     clock.tick(0.6)
     for _ in range(3):
@@ -72,7 +74,7 @@ def test_status_times_are_integers_in_every_state(registry, clock):
         assert type(t.status().idle_time) is int
 
 
-def test_ticket_expires_timeout_after_last_activity(registry, clock):
+def test_ticket_expires_timeout_after_last_activity(registry: Registry, clock: FakeClock) -> None:
     t = registry.add(ticket(timeout=10))
     clock.tick(9)
     registry.authorize("u1", "read")
@@ -87,7 +89,7 @@ def test_ticket_expires_timeout_after_last_activity(registry, clock):
     assert t.status().expires_in == 0
 
 
-def test_running_request_keeps_ticket_alive(registry, clock):
+def test_running_request_keeps_ticket_alive(registry: Registry, clock: FakeClock) -> None:
     t = registry.add(ticket(timeout=10))
     with t.operation(0, 100):
         clock.tick(100)
@@ -97,7 +99,7 @@ def test_running_request_keeps_ticket_alive(registry, clock):
     assert not t.expired()
 
 
-def test_extend_revives_expired_ticket(registry, clock):
+def test_extend_revives_expired_ticket(registry: Registry, clock: FakeClock) -> None:
     t = registry.add(ticket(timeout=10))
     clock.tick(30)
     assert t.expired()
@@ -108,7 +110,7 @@ def test_extend_revives_expired_ticket(registry, clock):
     assert t.status().expires_in == 60
 
 
-def test_idle_time_counts_from_last_request(registry, clock):
+def test_idle_time_counts_from_last_request(registry: Registry, clock: FakeClock) -> None:
     t = registry.add(ticket())
     with t.operation(0, 10) as op:
         clock.tick(5)
@@ -118,7 +120,7 @@ def test_idle_time_counts_from_last_request(registry, clock):
     assert t.status().idle_time == 3
 
 
-def test_transferred_is_union_of_completed_and_running(registry):
+def test_transferred_is_union_of_completed_and_running(registry: Registry) -> None:
     t = registry.add(ticket())
     with t.operation(0, 100) as op:
         t.progress(op, 100)
@@ -132,7 +134,7 @@ def test_transferred_is_union_of_completed_and_running(registry):
     assert t.status().transferred == 150
 
 
-def test_transferred_counts_partial_request(registry):
+def test_transferred_counts_partial_request(registry: Registry) -> None:
     t = registry.add(ticket())
     with pytest.raises(RuntimeError), t.operation(200, 100) as op:
         t.progress(op, 40)
@@ -140,44 +142,44 @@ def test_transferred_counts_partial_request(registry):
     assert t.status().transferred == 40
 
 
-def test_write_implies_read(registry):
+def test_write_implies_read(registry: Registry) -> None:
     t = registry.add(ticket(ops=["write"]))
     assert registry.authorize("u1", "read") is t
 
 
-def test_read_ticket_forbids_write(registry):
+def test_read_ticket_forbids_write(registry: Registry) -> None:
     registry.add(ticket(ops=["read"]))
     with pytest.raises(Forbidden, match="does not allow write"):
         registry.authorize("u1", "write")
 
 
-def test_unknown_ticket_is_forbidden_without_echoing_id(registry):
+def test_unknown_ticket_is_forbidden_without_echoing_id(registry: Registry) -> None:
     with pytest.raises(Forbidden) as e:
         registry.authorize("secret-id", "read")
     assert "secret-id" not in str(e.value)
 
 
-def test_add_same_content_is_noop(registry):
+def test_add_same_content_is_noop(registry: Registry) -> None:
     t = registry.add(ticket())
     assert registry.add(ticket(extra_engine_key=1)) is t
 
 
-def test_add_other_content_is_conflict_naming_field(registry):
+def test_add_other_content_is_conflict_naming_field(registry: Registry) -> None:
     registry.add(ticket())
     with pytest.raises(TicketConflict, match="size"):
         registry.add(ticket(size=2048))
 
 
-def test_status_of_unknown_ticket(registry):
+def test_status_of_unknown_ticket(registry: Registry) -> None:
     with pytest.raises(TicketNotFound):
         registry.get("nope")
 
 
-def test_remove_unknown_ticket_is_idempotent(registry):
+def test_remove_unknown_ticket_is_idempotent(registry: Registry) -> None:
     registry.remove("nope")
 
 
-def test_remove_cancels_and_aborts_connections(registry):
+def test_remove_cancels_and_aborts_connections(registry: Registry) -> None:
     t = registry.add(ticket())
     conn = FakeConn()
     t.attach(conn, "read", limit=8)
@@ -188,7 +190,7 @@ def test_remove_cancels_and_aborts_connections(registry):
         registry.get("u1")
 
 
-def test_remove_with_running_request_is_busy_then_succeeds(registry):
+def test_remove_with_running_request_is_busy_then_succeeds(registry: Registry) -> None:
     t = registry.add(ticket())
     with t.operation(0, 10) as op:
         with pytest.raises(TicketBusy):
@@ -204,12 +206,12 @@ def test_remove_with_running_request_is_busy_then_succeeds(registry):
         registry.get("u1")
 
 
-def test_remove_waits_for_request_to_stop(clock):
+def test_remove_waits_for_request_to_stop(clock: FakeClock) -> None:
     registry = Registry(clock=clock, remove_timeout=5, default_inactivity_timeout=60)
     t = registry.add(ticket())
     started = threading.Event()
 
-    def request():
+    def request() -> None:
         with t.operation(0, 10) as op:
             started.set()
             try:
@@ -227,7 +229,7 @@ def test_remove_waits_for_request_to_stop(clock):
     assert not worker.is_alive()
 
 
-def test_readers_limit_is_enforced(registry):
+def test_readers_limit_is_enforced(registry: Registry) -> None:
     t = registry.add(ticket())
     conns = [FakeConn() for _ in range(3)]
     t.attach(conns[0], "read", limit=2)
@@ -239,7 +241,7 @@ def test_readers_limit_is_enforced(registry):
     assert t.status().connections == 2
 
 
-def test_reader_upgrades_to_writer(registry):
+def test_reader_upgrades_to_writer(registry: Registry) -> None:
     t = registry.add(ticket(ops=["write"]))
     a, b = FakeConn(), FakeConn()
     t.attach(a, "read", limit=1)
@@ -250,7 +252,7 @@ def test_reader_upgrades_to_writer(registry):
         t.attach(b, "write", limit=1)
 
 
-def test_invalid_ticket_names_field(registry):
+def test_invalid_ticket_names_field(registry: Registry) -> None:
     bad = ticket()
     del bad["size"]
     with pytest.raises(InvalidTicket) as e:
@@ -258,7 +260,7 @@ def test_invalid_ticket_names_field(registry):
     assert e.value.field == "size"
 
 
-def test_listeners_see_add_and_remove(registry):
+def test_listeners_see_add_and_remove(registry: Registry) -> None:
     seen = []
     registry.subscribe(lambda event, t: seen.append((event, t.transfer_id)))
     registry.add(ticket())
@@ -266,7 +268,7 @@ def test_listeners_see_add_and_remove(registry):
     assert seen == [("added", "tr1"), ("canceled", "tr1"), ("removed", "tr1")]
 
 
-def test_peek_connection_is_counted_and_aborted_but_takes_no_slot(registry):
+def test_peek_connection_is_counted_and_aborted_but_takes_no_slot(registry: Registry) -> None:
     t = registry.add(ticket())
     peek, reader = FakeConn(), FakeConn()
     t.attach(peek, "peek", 0)
