@@ -17,7 +17,7 @@ from tests.support.clock import FakeClock
 from vdsm_imageio.client import errors
 from vdsm_imageio.client.cli import size_arg
 from vdsm_imageio.client.http import parse_url
-from vdsm_imageio.client.journal import Journal
+from vdsm_imageio.client.journal import Identity, Journal
 from vdsm_imageio.client.plan import Item, Op
 from vdsm_imageio.client.progress import JsonLines
 from vdsm_imageio.client.workers import Pool
@@ -185,7 +185,7 @@ def test_cancel_aborts_every_handler_and_commits_nothing_more() -> None:
 
 def test_journal_survives_a_restart_and_refuses_another_transfer(tmp_path: Path) -> None:
     path = tmp_path / "state" / "x.journal"
-    identity = {"op": "download", "size": 100}
+    identity: Identity = {"op": "download", "size": 100}
     j = Journal.create(path, identity)
     j.commit([(0, 10)])
     j.commit([(50, 60)])
