@@ -23,7 +23,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import nbd
 import pytest
@@ -419,7 +419,18 @@ def nbd_factory(request: pytest.FixtureRequest) -> Iterator[BackendFactory]:
     yield from _factory(request)
 
 
-ServerMaker = Callable[..., QemuNbd]
+class ServerMaker(Protocol):
+    """The serve fixture: a qemu-nbd for image, stopped at teardown."""
+
+    def __call__(
+        self,
+        image: str,
+        fmt: str = "raw",
+        *,
+        read_only: bool = False,
+        bitmap: str | None = None,
+        export_name: str = "",
+    ) -> QemuNbd: ...
 
 
 @pytest.fixture
@@ -427,9 +438,19 @@ def serve(socket_dir: str) -> Iterator[ServerMaker]:
     """Start qemu-nbd servers; every one is stopped at teardown."""
     with contextlib.ExitStack() as stack:
 
-        def start(image: str, fmt: str = "raw", **kw: object) -> QemuNbd:
+        def start(
+            image: str,
+            fmt: str = "raw",
+            *,
+            read_only: bool = False,
+            bitmap: str | None = None,
+            export_name: str = "",
+        ) -> QemuNbd:
             sock = os.path.join(socket_dir, f"{uuid.uuid4().hex}.sock")
-            return stack.enter_context(QemuNbd(image, fmt, sock, **kw))  # type: ignore[arg-type]
+            server = QemuNbd(
+                image, fmt, sock, read_only=read_only, bitmap=bitmap, export_name=export_name
+            )
+            return stack.enter_context(server)
 
         yield start
 

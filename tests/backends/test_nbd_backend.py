@@ -43,15 +43,19 @@ def qemu_io(image: str, *commands: str) -> None:
 
 
 def zero_extents(backend: NbdBackend) -> list[ZeroExtent]:
-    found = list(backend.extents("zero", 0, backend.size))
-    assert all(isinstance(e, ZeroExtent) for e in found)
-    return found  # type: ignore[return-value]
+    found: list[ZeroExtent] = []
+    for e in backend.extents("zero", 0, backend.size):
+        assert isinstance(e, ZeroExtent), e
+        found.append(e)
+    return found
 
 
 def dirty_extents(backend: NbdBackend) -> list[DirtyExtent]:
-    found = list(backend.extents("dirty", 0, backend.size))
-    assert all(isinstance(e, DirtyExtent) for e in found)
-    return found  # type: ignore[return-value]
+    found: list[DirtyExtent] = []
+    for e in backend.extents("dirty", 0, backend.size):
+        assert isinstance(e, DirtyExtent), e
+        found.append(e)
+    return found
 
 
 # qcow2 allocation.

@@ -96,6 +96,7 @@ def add_ticket(daemon: Daemon, url: str, size: int) -> str:
 
 def ours(daemon: Daemon, ticket_id: str, pairs: list[tuple[str, int]]) -> dict[str, Any]:
     parts = urlsplit(daemon.data_url)
+    assert parts.hostname is not None, daemon.data_url
     ctx = ssl.create_default_context(cafile=str(daemon.ca_file))
     conn = http.client.HTTPSConnection(parts.hostname, parts.port, context=ctx, timeout=300)
     out: dict[str, Any] = {}

@@ -102,7 +102,7 @@ def test_upload_and_download_with_verification(
     subprocess.run(["qemu-img", "convert", "-O", "qcow2", src, qcow2], check=True, timeout=60)
     disk = tmp_path / "disk.raw"
     disk.write_bytes(b"\x77" * SIZE)  # a used disk: its holes must be zeroed
-    extra = ["--cafile", theirs.ca]
+    extra: list[str | Path] = ["--cafile", theirs.ca]
     if transport == "tls":
         extra.append("--no-unix-socket")
 

@@ -19,7 +19,7 @@ from vdsm_imageio.client import errors
 from vdsm_imageio.pki import ensure_local_pki
 
 if TYPE_CHECKING:
-    from tests.support.daemon import Daemon
+    from tests.support.daemon import Daemon, MakeDaemon
 
 SIZE = 8 * MiB
 
@@ -102,7 +102,7 @@ def test_source_larger_than_the_disk_is_exit_5(
 
 
 @pytest.mark.loop
-def test_full_storage_on_the_server_is_exit_6(make_daemon: Any, tmp_path: Path) -> None:
+def test_full_storage_on_the_server_is_exit_6(make_daemon: MakeDaemon, tmp_path: Path) -> None:
     needs_root()
     d = make_daemon()
     src = tmp_path / "src.raw"
@@ -138,7 +138,7 @@ def test_nothing_listening_is_exit_7(source: Path, tmp_path: Path) -> None:
 
 
 def test_daemon_gone_during_the_transfer_is_exit_7_and_offers_resume(
-    make_daemon: Any, tmp_path: Path
+    make_daemon: MakeDaemon, tmp_path: Path
 ) -> None:
     d = make_daemon()
     src = tmp_path / "src.raw"

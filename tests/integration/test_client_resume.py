@@ -52,7 +52,15 @@ def test_upload_killed_half_way_resumes_sending_less_than_half_again(
     write_runs(src, SIZE, [(0, SIZE)], seed=11)
     ticket_id, disk = daemon.add_ticket(size=SIZE)
     state = tmp_path / "state"
-    args = [src, "--no-unix-socket", "--cafile", daemon.ca, "--state-dir", state, "-q"]
+    args: list[str | Path] = [
+        src,
+        "--no-unix-socket",
+        "--cafile",
+        daemon.ca,
+        "--state-dir",
+        state,
+        "-q",
+    ]
     with Relay(daemon.port, rate=RATE, hold_up_after=SIZE // 2) as relay:
         proc = start_client("upload", args[0], url(relay.port, ticket_id), *args[1:])
         try:
@@ -82,7 +90,7 @@ def test_download_killed_half_way_resumes_receiving_less_than_half_again(
     ticket_id, image = daemon.add_ticket(size=SIZE, ops=("read",))
     write_runs(image, SIZE, [(0, SIZE)], seed=12)
     target = tmp_path / "out.raw"
-    args = ["--no-unix-socket", "--cafile", daemon.ca, "-q"]
+    args: list[str | Path] = ["--no-unix-socket", "--cafile", daemon.ca, "-q"]
     with Relay(daemon.port, rate=RATE, hold_down_after=SIZE // 2) as relay:
         proc = start_client("download", url(relay.port, ticket_id), target, *args)
         try:
@@ -112,7 +120,7 @@ def test_ctrl_c_stops_qemu_nbd_keeps_the_journal_and_exits_130(
     run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, src)
     ticket_id, disk = daemon.add_ticket(size=SIZE // 2)
     state = tmp_path / "state"
-    args = ["--no-unix-socket", "--cafile", daemon.ca, "--state-dir", state]
+    args: list[str | Path] = ["--no-unix-socket", "--cafile", daemon.ca, "--state-dir", state]
     with Relay(daemon.port, rate=RATE, hold_up_after=SIZE // 4) as relay:
         proc = start_client("upload", src, url(relay.port, ticket_id), *args)
         try:

@@ -13,6 +13,7 @@ Extents asked while others write and punch holes must stay well formed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import random
 import threading
@@ -96,11 +97,11 @@ def test_writers_sharing_sectors_lose_nothing(
                     calls: list[Callable[[], None]] = []
                     for conn, (a, b) in zip(conns, itertools.pairwise(points), strict=True):
                         if rng.random() < 0.25:
-                            calls.append(lambda c=conn, a=a, b=b: c.zero(a, b - a))
+                            calls.append(functools.partial(conn.zero, a, b - a))
                             data = bytes(b - a)
                         else:
                             data = rng.randbytes(b - a)
-                            calls.append(lambda c=conn, a=a, d=data: c.put(a, d))
+                            calls.append(functools.partial(conn.put, a, data))
                         model[a - base : b - base] = data
                     together.round(calls)
                     got = read_region(path, base, region)

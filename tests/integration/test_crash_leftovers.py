@@ -18,12 +18,10 @@ import pytest
 from tests.support.procs import running
 
 if TYPE_CHECKING:
-    from tests.support.daemon import Daemon
+    from tests.support.daemon import Daemon, MakeDaemon
 
 MiB = 1024**2
 WAIT = 10.0
-
-MakeDaemon = Callable[..., "Daemon"]
 
 
 def qemu_nbd_of(d: Daemon) -> list[int]:

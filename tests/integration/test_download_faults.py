@@ -172,7 +172,7 @@ class Images:
             QemuNbd(str(path), "raw", str(self.daemon.dir / f"{name}.sock"), read_only=True)
         )
         ticket_id = str(uuidlib.uuid4())
-        ticket = {
+        ticket: dict[str, Any] = {
             "uuid": ticket_id,
             "size": SIZE,
             "ops": ["read"],

@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,12 +21,10 @@ from tests.integration.rawhttp import closed_by_server, read_reply
 from tests.support.loopfs import ext4_on_loop, needs_root
 
 if TYPE_CHECKING:
-    from tests.support.daemon import Daemon
+    from tests.support.daemon import Daemon, MakeDaemon
 
 KiB = 1024
 MiB = 1024**2
-
-MakeDaemon = Callable[..., "Daemon"]
 
 
 def put(conn: Any, ticket_id: str, offset: int, data: bytes, flush: str = "y") -> int:

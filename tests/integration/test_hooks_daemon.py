@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tests.support.daemon import Daemon
+    from tests.support.daemon import Daemon, MakeDaemon
 
 REPO = Path(__file__).resolve().parents[2]
 RECORD_HOOK = REPO / "hooks" / "after_ticket_remove" / "50-transfer-record"
@@ -67,7 +67,7 @@ def upload(daemon: Daemon, ticket_id: str, data: bytes) -> None:
     assert res.status == 200
 
 
-def test_vetoing_before_add_hook_fails_add_with_300_and_no_ticket(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_vetoing_before_add_hook_fails_add_with_300_and_no_ticket(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon()
     install(daemon, "before_ticket_add", "50-deny", 'echo "host is in maintenance" >&2; exit 1')
     ticket = new_ticket(daemon)
@@ -85,7 +85,7 @@ def test_vetoing_before_add_hook_fails_add_with_300_and_no_ticket(make_daemon) -
     assert http_request(daemon, "GET", ticket["uuid"])[0] == 404
 
 
-def test_before_add_hook_sees_the_ticket_and_allows_it(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_before_add_hook_sees_the_ticket_and_allows_it(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon()
     seen = daemon.dir / "seen.json"
     install(daemon, "before_ticket_add", "50-look", f'cat > {seen}; echo "$EVENT" >> {seen}.env')
@@ -97,7 +97,7 @@ def test_before_add_hook_sees_the_ticket_and_allows_it(make_daemon) -> None:  # 
     assert Path(f"{seen}.env").read_text() == "before_ticket_add\n"
 
 
-def test_vetoing_before_remove_hook_keeps_ticket_live(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_vetoing_before_remove_hook_keeps_ticket_live(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon()
     hook = install(daemon, "before_ticket_remove", "50-keep", 'echo "not yet" >&2; exit 7')
     ticket = new_ticket(daemon)
@@ -113,7 +113,7 @@ def test_vetoing_before_remove_hook_keeps_ticket_live(make_daemon) -> None:  # t
     assert daemon.result("Ticket.remove", uuid=ticket["uuid"]) is True
 
 
-def test_failing_after_hooks_do_not_fail_the_operation(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_failing_after_hooks_do_not_fail_the_operation(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon()
     install(daemon, "after_ticket_add", "50-fail", 'echo "broken" >&2; exit 1')
     install(daemon, "after_ticket_remove", "50-fail", 'echo "broken" >&2; exit 1')
@@ -123,7 +123,7 @@ def test_failing_after_hooks_do_not_fail_the_operation(make_daemon) -> None:  # 
     wait_for(lambda: daemon.log().count("hook=50-fail") >= 2 and "| broken" in daemon.log())
 
 
-def test_transfer_record_hook_writes_one_line_per_removed_ticket(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_transfer_record_hook_writes_one_line_per_removed_ticket(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon()
     target = daemon.dir / "hooks" / "after_ticket_remove" / RECORD_HOOK.name
     target.parent.mkdir(parents=True)
@@ -167,7 +167,7 @@ def wait_for(condition: Any, timeout: float = 10) -> None:
         time.sleep(0.05)
 
 
-def test_after_transfer_idle_runs_when_an_upload_ends(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_after_transfer_idle_runs_when_an_upload_ends(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon()
     seen = daemon.dir / "idle"
     install(

@@ -46,7 +46,7 @@ from tests.support.loopfs import ext4_on_loop, needs_root
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from tests.support.daemon import Daemon
+    from tests.support.daemon import Daemon, MakeDaemon
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -336,14 +336,14 @@ def kill_and_restart(soak: Soak, writers: list[Writer], restart: Callable[[], Da
 
 @pytest.mark.loop
 def test_soak_mixed_requests_with_a_kill_match_the_model(
-    make_daemon: Callable[..., Daemon],
+    make_daemon: MakeDaemon,
 ) -> None:
     needs_root()
     seed = int(os.environ.get("SOAK_SEED", random.randrange(2**32)))
     print(f"soak seed={seed}")
     # Two connections of each writer, and one cut off at a time.
-    conf = {"http": {"max_writers": 3 * WRITERS}}
-    daemon = make_daemon(**conf)
+    http = {"max_writers": 3 * WRITERS}
+    daemon = make_daemon(http=http)
     with ext4_on_loop(daemon.images, "sec4096", sector_size=SECTOR, direct_io=True) as directory:
         path = new_image(directory, IMAGE_SIZE)
         soak = Soak(daemon, path, seed)
@@ -358,7 +358,7 @@ def test_soak_mixed_requests_with_a_kill_match_the_model(
                     time.sleep(0.1)
                 if not soak.stop.is_set():
                     kill_and_restart(
-                        soak, writers, lambda: make_daemon(directory=daemon.dir, **conf)
+                        soak, writers, lambda: make_daemon(directory=daemon.dir, http=http)
                     )
                 for t in threads:
                     t.join(max(0.0, soak.deadline + WAIT_TIMEOUT - time.monotonic()))

@@ -24,7 +24,7 @@ import pytest
 from tests.support.loopfs import ext4_on_loop, run
 
 if TYPE_CHECKING:
-    from tests.support.daemon import Daemon
+    from tests.support.daemon import Daemon, MakeDaemon
 
 KiB = 1024
 MiB = 1024**2
@@ -270,7 +270,7 @@ def test_tickets_are_not_routed_on_the_data_socket(daemon: Daemon) -> None:
     assert daemon.call("Ticket.status", uuid=ticket["uuid"])["error"]["code"] == 100
 
 
-def test_empty_ticket_socket_disables_the_api(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_empty_ticket_socket_disables_the_api(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon(control={"ticket_socket": ""})
     assert not os.path.exists(tickets_path(daemon))
     assert "tickets=" not in daemon.log()
@@ -292,7 +292,7 @@ def frozen(mountpoint: Path) -> Iterator[None]:
 
 
 @pytest.mark.loop
-def test_delete_while_a_write_cannot_stop_is_409_then_204(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_delete_while_a_write_cannot_stop_is_409_then_204(make_daemon: MakeDaemon) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root for loop devices, mounts and fsfreeze")
     daemon = make_daemon(daemon={"remove_timeout": 0.5})

@@ -44,7 +44,7 @@ def volume_ticket(vol: dict[str, Any], ops: list[str], size: int = 8 * MiB) -> d
 
 
 def link_of(d: Daemon, vol: dict[str, Any]) -> Path:
-    return d.dir / "run" / "storage" / vol["sd_id"] / vol["img_id"] / vol["vol_id"]
+    return Path(d.dir, "run", "storage", vol["sd_id"], vol["img_id"], vol["vol_id"])
 
 
 def test_file_volume_upload_reaches_the_volume_and_link_is_removed(daemon: Daemon) -> None:

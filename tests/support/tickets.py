@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from vdsm_imageio.ticketspec import TicketSpec, Volume
+
 
 def valid_ticket(**fields: Any) -> dict[str, Any]:
     """A valid ticket for a file image; fields replace or add to it."""
@@ -17,3 +19,9 @@ def valid_ticket(**fields: Any) -> dict[str, Any]:
     }
     ticket.update(fields)
     return ticket
+
+
+def volume_of(spec: TicketSpec) -> Volume:
+    """The volume of a ticket that names one."""
+    assert spec.volume is not None, f"transfer {spec.transfer_id} has no volume"
+    return spec.volume

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -170,12 +171,12 @@ def test_cancel_aborts_every_handler_and_commits_nothing_more() -> None:
     commits: list[tuple[int, int]] = []
     pool = Pool(list(handlers), commit=commits.extend, progress=lambda n: None)
 
-    def interrupted() -> object:
+    def interrupted() -> Iterator[Item]:
         yield from items(3)
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        pool.run(interrupted())  # type: ignore[arg-type]
+        pool.run(interrupted())
     assert all(h.aborted for h in handlers)
     assert commits == []
 

@@ -10,18 +10,19 @@ import pytest
 from tests.support.clock import FakeClock
 from tests.support.tickets import valid_ticket
 from vdsm_imageio.errors import HookFailed, TicketBusy, TicketNotFound
-from vdsm_imageio.hooks import Hooks, TicketHooks
+from vdsm_imageio.hooks import Hooks, Payload, TicketHooks
 from vdsm_imageio.tickets import Registry
 from vdsm_imageio.ticketspec import TicketSpec
 
 
-class Recorder:
+class Recorder(Hooks):
     """Stands in for Hooks to see the payloads (the runner has its own tests)."""
 
     def __init__(self) -> None:
+        super().__init__("/nonexistent", timeout=0)  # runs no hook
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
-    def run(self, event: str, payload: dict[str, Any]) -> None:
+    def run(self, event: str, payload: Payload) -> None:
         self.calls.append((event, dict(payload)))
 
 
@@ -29,7 +30,7 @@ def ticket(**kw: Any) -> dict[str, Any]:
     return valid_ticket(**{"ops": ["write"], **kw})
 
 
-def wired(hooks: Any, clock: FakeClock, **kw: Any) -> Registry:
+def wired(hooks: Hooks, clock: FakeClock, **kw: Any) -> Registry:
     th = TicketHooks(hooks, clock)
     registry = Registry(
         clock=clock, remove_timeout=0.05, default_inactivity_timeout=60, guard=th.guard, **kw
@@ -120,7 +121,7 @@ def test_removal_that_cuts_off_requests_is_interrupted_and_vetoed_once() -> None
 
 def test_payload_is_status_plus_duration() -> None:
     clock = FakeClock()
-    th = TicketHooks(Recorder(), clock)  # type: ignore[arg-type]
+    th = TicketHooks(Recorder(), clock)
     registry = Registry(clock=clock, remove_timeout=0.05, default_inactivity_timeout=60)
     t = registry.add(ticket())
     clock.now += 3

@@ -17,6 +17,7 @@ from storage.lvm import Lvm
 from storage.udev import DeviceWatcher
 from storage.volumes import Volumes
 from tests.support.procs import qemu_nbd_pids
+from tests.support.tickets import volume_of
 from vdsm_imageio.errors import VolumeError, VolumeNotFound
 from vdsm_imageio.tickets import Registry
 
@@ -88,12 +89,12 @@ def test_volume_is_torn_down_with_its_last_ticket(
     first = registry.add(ticket("t1"))
     second = registry.add(ticket("t2", ops=("write",)))
     assert first.url == second.url
-    assert volumes.references(first.spec.volume) == 2  # type: ignore[arg-type]
+    assert volumes.references(volume_of(first.spec)) == 2
     registry.remove("t1")
     assert os.path.lexists(link(root))
     registry.remove("t2")
     assert not os.path.lexists(link(root))
-    assert volumes.references(first.spec.volume) == 0  # type: ignore[arg-type]
+    assert volumes.references(volume_of(first.spec)) == 0
 
 
 def test_racing_add_of_one_uuid_keeps_the_winner_prepared(
@@ -185,7 +186,7 @@ def test_write_ticket_on_read_only_export_is_refused(
         registry.add(ticket("t2", ops=("write",), nbd=True))
     assert "read-only" in e.value.fields["reason"]
     # The reader keeps its export; the refused writer holds no reference.
-    assert volumes.references(reader.spec.volume) == 1  # type: ignore[arg-type]
+    assert volumes.references(volume_of(reader.spec)) == 1
     assert len(qemu_nbd_pids(root)) == 1
     registry.remove("t1")
     # With the readers gone, a writer gets a writable export.

@@ -91,7 +91,7 @@ def test_watch_reports_removed_device(
         deactivate(domain, vol)
         # A late "change" from the activation may come first; "remove" must follow.
         deadline = time.monotonic() + EVENT_TIMEOUT
-        seen = []
+        seen: list[tuple[str, str]] = []
         while not seen or seen[-1] != (node, "remove"):
             seen.append(events.get(timeout=max(0.0, deadline - time.monotonic())))
         assert all(e == (node, "change") for e in seen[:-1]), seen

@@ -21,6 +21,7 @@ from storage.leases import Leases
 from storage.lvm import Lvm
 from storage.udev import DeviceWatcher
 from storage.volumes import Volumes
+from tests.support.tickets import volume_of
 from tests.vm.vmstorage import (
     Domain,
     LeaseHolder,
@@ -117,7 +118,7 @@ def test_two_tickets_share_one_preparation(
     first = registry.add(ticket(vol))
     second = registry.add(ticket(vol))
     assert first.url == second.url
-    assert volumes.references(second.spec.volume) == 2  # type: ignore[arg-type]
+    assert volumes.references(volume_of(second.spec)) == 2
     registry.remove(first.spec.uuid)
     assert is_active(domain, vol["vol_id"])
     assert link_of(second.url).is_block_device()
@@ -173,7 +174,7 @@ def test_lease_kept_while_a_writer_remains(
     volumes.release(writer)
     # The reader still uses the volume; the lease only guarded writing.
     assert not holds(sanlock_status(), lockspace, vol["vol_id"])
-    assert volumes.references(reader.volume) == 1  # type: ignore[arg-type]
+    assert volumes.references(volume_of(reader)) == 1
     volumes.release(reader)
 
 

@@ -162,7 +162,7 @@ def exchange(sock: socket.socket, raw: bytes) -> Reply:
         sock.sendall(raw)
     except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
         pass  # refused before it was all read: the reply is still there
-    resp = http.client.HTTPResponse(sock, method="GET")  # type: ignore[arg-type]
+    resp = http.client.HTTPResponse(sock, method="GET")
     try:
         resp.begin()
         return Reply(resp.status, resp.headers, resp.read())
