@@ -70,6 +70,7 @@ class Relay(LoopbackRelay):
     def _connected(self, client: socket.socket, upstream: socket.socket) -> None:
         self._spawn(self._pump, client, upstream, "up")
         self._spawn(self._pump, upstream, client, "down")
+
     def _pump(self, src: socket.socket, dst: socket.socket, way: str) -> None:
         try:
             while not self._stop.is_set():
