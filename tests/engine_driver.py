@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 import uuid as uuidlib
+from collections.abc import Callable
 from typing import Any
 
 TICKET_BUSY = 102
@@ -84,7 +85,7 @@ class EngineDriver:
         *,
         poll: float = 0.2,
         renew_margin: float = 1.5,
-        verify: Any = None,
+        verify: Callable[[], object] | None = None,
     ) -> None:
         self.ticket = ticket
         self.phases: list[str] = []

@@ -23,7 +23,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import nbd
 import pytest
@@ -367,7 +367,9 @@ SOLID_TARGETS = [name for name in TARGETS if name not in HOLE_TARGETS]
 UNPRIVILEGED = ("file", "file-prealloc", "nbd-raw", "nbd-qcow2")
 
 
-def _param(name: str) -> Any:
+def _param(name: str) -> object:
+    """A fixture param for a target, marked loop when the target needs root
+    (the type, ParameterSet, is private to pytest)."""
     return pytest.param(name, marks=[] if name in UNPRIVILEGED else [pytest.mark.loop])
 
 

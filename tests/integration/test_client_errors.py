@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -28,7 +28,7 @@ def url(port: int, ticket_id: str) -> str:
     return f"https://127.0.0.1:{port}/images/{ticket_id}"
 
 
-def failed(done: Any, code: int, *words: str) -> str:
+def failed(done: subprocess.CompletedProcess[str], code: int, *words: str) -> str:
     """The one line the client printed; it holds every word."""
     assert done.returncode == code, f"exit {done.returncode}, wanted {code}:\n{done.stderr}"
     lines = done.stderr.strip().splitlines()
@@ -46,7 +46,9 @@ def source(tmp_path: Path) -> Path:
     return src
 
 
-def upload(daemon: Daemon, src: Path, ticket_id: str, tmp_path: Path, *extra: Any) -> Any:
+def upload(
+    daemon: Daemon, src: Path, ticket_id: str, tmp_path: Path, *extra: str | Path
+) -> subprocess.CompletedProcess[str]:
     return run_client(
         "upload",
         src,

@@ -52,7 +52,7 @@ def url(daemon: Daemon, ticket_id: str, port: int | None = None) -> str:
     return f"https://127.0.0.1:{port or daemon.port}/images/{ticket_id}"
 
 
-def ok(done: Any) -> None:
+def ok(done: subprocess.CompletedProcess[str]) -> None:
     assert done.returncode == 0, f"exit {done.returncode}:\n{done.stderr}"
 
 

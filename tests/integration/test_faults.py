@@ -27,7 +27,9 @@ KiB = 1024
 MiB = 1024**2
 
 
-def put(conn: Any, ticket_id: str, offset: int, data: bytes, flush: str = "y") -> int:
+def put(
+    conn: http.client.HTTPConnection, ticket_id: str, offset: int, data: bytes, flush: str = "y"
+) -> int:
     conn.request(
         "PUT",
         f"/images/{ticket_id}?flush={flush}",

@@ -8,6 +8,7 @@ import json
 import os
 import time
 import uuid as uuidlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -160,7 +161,7 @@ def test_transfer_record_hook_writes_one_line_per_removed_ticket(make_daemon: Ma
     assert all(t["uuid"] not in text for t in (full, partial, untouched))
 
 
-def wait_for(condition: Any, timeout: float = 10) -> None:
+def wait_for(condition: Callable[[], object], timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"

@@ -12,7 +12,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from tests.support.daemon import Daemon
@@ -152,7 +152,7 @@ class Reply:
     headers: http.client.HTTPMessage
     body: bytes
 
-    def header(self, name: str) -> Any:
+    def header(self, name: str) -> str | None:
         return self.headers.get(name)
 
 
