@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,6 +28,7 @@ import nbd
 import pytest
 
 from storage.qemu_nbd import QemuNbd
+from tests.support.loopfs import needs_root, run
 from vdsm_imageio.backends import Backend
 from vdsm_imageio.backends.file import open_file
 from vdsm_imageio.backends.nbd import NbdBackend, open_nbd
@@ -38,7 +38,6 @@ from .images import MiB
 
 IMAGE_SIZE = 8 * MiB
 QCOW2_CLUSTER = 64 * 1024  # qemu-img's default
-CMD_TIMEOUT = 60
 
 # The repository's .cache (ignored by git) is on a disk; pytest's tmp_path
 # may be on tmpfs, which behaves unlike the storage images live on.
@@ -86,17 +85,6 @@ class BackendFactory:
     def close_all(self) -> None:
         for backend in self.opened:
             backend.close()
-
-
-def run(*argv: str) -> str:
-    return subprocess.run(
-        argv, check=True, capture_output=True, text=True, timeout=CMD_TIMEOUT
-    ).stdout.strip()
-
-
-def needs_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for loop devices and mounts")
 
 
 @contextlib.contextmanager

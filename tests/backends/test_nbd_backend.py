@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.support.loopfs import run
 from vdsm_imageio.backends import DirtyExtent, ZeroExtent
 from vdsm_imageio.backends.nbd import NbdBackend, open_nbd, parse_url
 from vdsm_imageio.backends.nbdstatus import (
@@ -28,7 +29,7 @@ from vdsm_imageio.errors import (
     UnsupportedContext,
 )
 
-from .conftest import IMAGE_SIZE, ServerMaker, make_image, run
+from .conftest import IMAGE_SIZE, ServerMaker, make_image
 from .images import METADATA_SLACK, KiB, MiB, allocated, pattern, read, write
 
 GiB = 1024 * MiB

@@ -9,10 +9,11 @@ from collections.abc import Callable
 import pytest
 
 from storage.qemu_nbd import QemuNbd
+from tests.support.loopfs import run
 from vdsm_imageio.backends.nbd import NbdBackend
 from vdsm_imageio.errors import VolumeError
 
-from .conftest import IMAGE_SIZE, ServerMaker, make_image, run
+from .conftest import IMAGE_SIZE, ServerMaker, make_image
 
 
 def alive(pid: int) -> bool:
