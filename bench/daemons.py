@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support.daemon import ControlClient, UnixHTTPConnection, terminate
+from tests.support.control import ControlClient
+from tests.support.daemon import UnixHTTPConnection, terminate
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0

@@ -12,8 +12,6 @@ on a 9p root needs minutes where loopback on the host needs seconds.
 from __future__ import annotations
 
 import http.client
-import itertools
-import json
 import shutil
 import signal
 import socket
@@ -27,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-# The client's own connection class: one way to speak HTTP on a unix socket.
-from vdsm_imageio.client.http import UnixHTTPConnection
+from tests.support.control import ControlClient
 
-__all__ = ["UnixHTTPConnection"]
+# The client's own connection class: one way to speak HTTP on a unix socket.
+from vdsm_imageio.client.http import UnixHTTPConnection as UnixHTTPConnection
 
 REPO = Path(__file__).resolve().parents[2]
 PROGRAM = REPO / ".venv" / "bin" / "vdsm-imageio"
@@ -47,73 +45,6 @@ class Limits:
 
 
 LOOPBACK = Limits(ready=20.0, stop=5.0, io=10.0, poll=0.05)
-
-
-class ControlClient:
-    """Newline-delimited JSON-RPC 2.0 on the control socket.
-
-    A reply must be the next line after its request, unless ``events`` is
-    set: a subscriber receives notifications at any time and keeps those
-    that arrive before a reply in ``notifications``.
-    """
-
-    def __init__(self, path: str, timeout: float, *, events: bool = False) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self.sock.settimeout(timeout)
-            self.sock.connect(path)
-        except OSError:
-            self.sock.close()
-            raise
-        self.reader = self.sock.makefile("rb")
-        self.events = events
-        self.notifications: list[dict[str, Any]] = []
-        self._ids = itertools.count(1)
-
-    def send_line(self, data: bytes) -> Any:
-        """Send one raw line, return the decoded reply line."""
-        self.sock.sendall(data + b"\n")
-        return json.loads(self._readline())
-
-    def call(self, method: str, **params: Any) -> dict[str, Any]:
-        """The whole JSON-RPC response object."""
-        req_id = next(self._ids)
-        request = {"jsonrpc": "2.0", "id": req_id, "method": method, "params": params}
-        self.sock.sendall(json.dumps(request).encode() + b"\n")
-        while True:
-            msg = self.read()
-            if self.events and "id" not in msg:
-                self.notifications.append(msg)
-                continue
-            assert msg.get("id") == req_id, msg
-            return msg
-
-    def read(self) -> dict[str, Any]:
-        return dict(json.loads(self._readline()))
-
-    def wait_for(self, method: str, deadline: float, **match: Any) -> dict[str, Any]:
-        """The first notification method whose params include match."""
-        while True:
-            while self.notifications:
-                msg = self.notifications.pop(0)
-                params = msg.get("params", {})
-                if msg.get("method") == method and all(
-                    params.get(k) == v for k, v in match.items()
-                ):
-                    return msg
-            left = deadline - time.monotonic()
-            assert left > 0, f"no {method} {match} before the deadline"
-            self.sock.settimeout(left)
-            self.notifications.append(self.read())
-
-    def close(self) -> None:
-        self.reader.close()
-        self.sock.close()
-
-    def _readline(self) -> bytes:
-        line = self.reader.readline()
-        assert line.endswith(b"\n"), f"control connection closed: {line!r}"
-        return line
 
 
 def terminate(proc: subprocess.Popen[bytes], timeout: float) -> bool:
