@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import zerocopy
 from ..backends import Backend, ParallelReads
-from ..errors import BackendError, ImageioError, PeerClosed
+from ..errors import BackendError, ImageioError, PeerClosed, ServiceBusy
 from ..tickets import Ticket
 from . import errors as http_errors
 from .message import Body, Request, read_head
@@ -77,6 +77,9 @@ class Connection:
         self._origin: str | None = None
         self.request: Request | None = None
         self.body: Body | None = None
+        # When the first request head is due (monotonic), if the lobby
+        # started its clock at accept.
+        self._head_due: float | None = None
 
     # Ownership.
 
@@ -88,14 +91,23 @@ class Connection:
         except OSError:
             pass
 
-    def bind(self, ticket: Ticket, kind: str | None) -> None:
-        """Use ticket on this connection.
+    def prime(self, head: bytes, due: float) -> None:
+        """Start with what the lobby read; the first head is due at monotonic time due."""
+        self._rfile.prime(head)
+        self._head_due = due
 
+    def bind(self, ticket: Ticket, kind: str | None) -> None:
+        """Use ticket, which authorized the current request, on this connection.
+
+        The connection becomes authorized (``vdsm_imageio.http.admission``),
+        or the request is 503 when the authorized slots are full.
         kind "read" or "write" takes a reader or writer slot (the limits are
         enforced); None attaches without a slot: OPTIONS and extents take
         none, because ovirt-imageio's client keeps its first connection, used
         for those, open beside max_readers data connections.
         """
+        if not self.server.authorize(self):
+            raise ServiceBusy(limit=self.server.config.http.max_connections)
         if self.ticket is not ticket:
             self._release_ticket()
         http = self.server.config.http
@@ -222,8 +234,12 @@ class Connection:
     def _arm(self) -> None:
         http = self.server.config.http
         if self.ticket is None:
-            self.sock.settimeout(http.header_timeout)
-            self.server.deadlines.arm(self, http.header_timeout)
+            timeout = http.header_timeout
+            if self._head_due is not None:
+                timeout = max(0.001, self._head_due - time.monotonic())
+                self._head_due = None
+            self.sock.settimeout(timeout)
+            self.server.deadlines.arm(self, timeout)
         else:
             idle = self.ticket.spec.inactivity_timeout
             self.sock.settimeout(idle or None)

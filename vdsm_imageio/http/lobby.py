@@ -1,0 +1,333 @@
+"""The lobby: new connections wait here, without a thread, until they speak.
+
+Theory of operation: one thread owns the listening sockets and every
+connection that has not yet sent a complete request head. It accepts
+without blocking, has the server admit each new socket (the admission
+policy, ``vdsm_imageio.http.admission``, may name an older one to close),
+advances TLS handshakes and reads request heads one non-blocking call at a
+time, and hands a connection whose head has arrived to the server, which
+gives it a worker thread. A crowd of silent or dripping sockets costs a
+file descriptor each for as long as the policy keeps them, never a thread,
+and no socket makes another wait.
+
+Deadlines are kept here and counted from accept: the TLS handshake within
+``[tls] handshake_timeout`` and the first request head within ``[http]
+header_timeout``, so the handshake is part of the head's time. Guests are
+kept in accept order, so the overdue ones are always at the front.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import selectors
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from typing import TYPE_CHECKING
+
+from .. import tls
+from .admission import Eviction, peer_group
+from .connection import Connection
+from .reader import BUFFER_SIZE
+
+if TYPE_CHECKING:
+    from .server import Listener, Server
+
+log = logging.getLogger(__name__)
+
+# Errors of accept() that mean "out of a resource", not "listener closed".
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.ENFILE, errno.EMFILE, errno.ENOBUFS, errno.ENOMEM})
+# Retry accepting this long after running out of file descriptors; the
+# kernel queues the connections meanwhile.
+ACCEPT_PAUSE = 0.1
+# Accepts per wakeup before the lobby serves its guests again: a flood of
+# new sockets must not starve the handshakes of those already in.
+ACCEPT_BATCH = 16
+
+
+class _Guest:
+    __slots__ = ("conn", "events", "handshaking", "head", "listener", "since")
+
+    def __init__(self, conn: Connection, listener: Listener, since: float) -> None:
+        self.conn = conn
+        self.listener = listener
+        self.since = since
+        self.handshaking = listener.context is not None
+        self.head = bytearray()
+        self.events = selectors.EVENT_READ
+
+
+class Lobby:
+    def __init__(self, server: Server, clock: Callable[[], float] = time.monotonic) -> None:
+        self._server = server
+        self._clock = clock
+        cfg = server.config
+        self._header_timeout = cfg.http.header_timeout
+        self._handshake_timeout = min(cfg.tls.handshake_timeout, cfg.http.header_timeout)
+        # Enough for the parser to see a head too large (431) without
+        # reading it whole here; a larger head limit reads the rest later.
+        self._head_limit = min(BUFFER_SIZE, cfg.http.max_header_bytes + 1)
+        self._listeners: list[Listener] = []
+        self._paused: dict[Listener, float] = {}
+        # Both in accept order, so each dict's first entry is due first.
+        self._guests: dict[Connection, _Guest] = {}
+        self._handshaking: dict[Connection, _Guest] = {}
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="lobby", daemon=True)
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def start(self) -> None:
+        self._wake_r.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        for listener in self._listeners:
+            listener.sock.setblocking(False)
+            self._selector.register(listener.sock, selectors.EVENT_READ, listener)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        with suppress(OSError):
+            self._wake_w.send(b"x")
+        if self._thread.ident is not None:
+            self._thread.join()
+        else:
+            self._close_all()
+
+    # The loop.
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                for key, _ in self._selector.select(self._timeout()):
+                    if key.data is None:
+                        with suppress(OSError):
+                            self._wake_r.recv(64)
+                    elif isinstance(key.data, _Guest):
+                        # Closed earlier in this round: its event is stale.
+                        if key.data.conn in self._guests:
+                            self._step(key.data)
+                    else:
+                        self._accept(key.data)
+                now = self._clock()
+                self._expire(now)
+                self._resume(now)
+        finally:
+            self._close_all()
+
+    def _timeout(self) -> float | None:
+        due = [g.since + self._handshake_timeout for g in _first(self._handshaking)]
+        due += [g.since + self._header_timeout for g in _first(self._guests)]
+        due += self._paused.values()
+        if not due:
+            return None
+        return max(0.0, min(due) - self._clock())
+
+    # New connections.
+
+    def _accept(self, listener: Listener) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, addr = listener.sock.accept()
+            except BlockingIOError:
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as e:
+                if self._stopping:
+                    return
+                self._selector.unregister(listener.sock)
+                if e.errno in ACCEPT_CAPACITY_ERRNOS:
+                    log.warning("ACCEPT paused listener=%s reason=%s", listener.name, e)
+                    self._paused[listener] = self._clock() + ACCEPT_PAUSE
+                else:
+                    log.error("ACCEPT stopped listener=%s reason=%s", listener.name, e)
+                return
+            self._welcome(sock, addr, listener)
+
+    def _resume(self, now: float) -> None:
+        for listener, when in list(self._paused.items()):
+            if when <= now:
+                del self._paused[listener]
+                self._selector.register(listener.sock, selectors.EVENT_READ, listener)
+
+    def _welcome(self, sock: socket.socket, addr: object, listener: Listener) -> None:
+        peer = peer_name(addr, listener)
+        try:
+            sock.setblocking(False)
+            group = _group(sock, addr)
+            if listener.context is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock = listener.context.wrap_socket(
+                    sock, server_side=True, do_handshake_on_connect=False
+                )
+        except OSError as e:
+            log.info("CLOSED peer=%s reason=%s", peer, e.strerror or e)
+            sock.close()
+            return
+        conn = Connection(sock, peer, self._server)
+        if listener.trusted:
+            if not self._server.admit_trusted(conn):
+                log.warning(
+                    "REFUSED peer=%s reason=max_connections %d reached",
+                    peer,
+                    self._server.config.http.max_connections,
+                )
+                sock.close()
+                return
+        else:
+            evicted = self._server.admit(conn, group)
+            if evicted is not None:
+                self._evict(evicted)
+        guest = _Guest(conn, listener, self._clock())
+        self._guests[conn] = guest
+        if guest.handshaking:
+            self._handshaking[conn] = guest
+        self._selector.register(sock, guest.events, guest)
+
+    def _evict(self, eviction: Eviction[Connection]) -> None:
+        conn = eviction.conn
+        log.info(
+            "EVICTED peer=%s reason=%s limit=%d group=%s age=%.1fs",
+            conn.peer,
+            eviction.reason,
+            eviction.limit,
+            eviction.peer,
+            eviction.age,
+        )
+        guest = self._guests.get(conn)
+        if guest is not None:
+            self._close(guest)
+        else:
+            # Its request head arrived: a worker owns it now.
+            conn.abort()
+
+    # Guests.
+
+    def _step(self, guest: _Guest) -> None:
+        conn = guest.conn
+        try:
+            if guest.handshaking:
+                wait = tls.handshake_step(conn.sock)  # type: ignore[arg-type]
+                if wait:
+                    self._wait(guest, wait)
+                    return
+                guest.handshaking = False
+                del self._handshaking[conn]
+            self._read_head(guest)
+        except tls.HandshakeFailed as e:
+            log.info("CLOSED peer=%s reason=%s", conn.peer, e)
+            self._close(guest)
+        except Exception:
+            log.exception("LOBBY failed peer=%s", conn.peer)
+            self._close(guest)
+
+    def _read_head(self, guest: _Guest) -> None:
+        sock = guest.conn.sock
+        head = guest.head
+        while True:
+            try:
+                data = sock.recv(self._head_limit - len(head))
+            except (ssl.SSLWantReadError, BlockingIOError):
+                self._wait(guest, selectors.EVENT_READ)
+                return
+            except ssl.SSLWantWriteError:
+                self._wait(guest, selectors.EVENT_WRITE)
+                return
+            except OSError as e:
+                log.info("CLOSED peer=%s reason=%s", guest.conn.peer, e.strerror or e)
+                self._close(guest)
+                return
+            if not data:
+                # Closed before asking anything, like a health check.
+                self._close(guest)
+                return
+            start = max(0, len(head) - 2)
+            head += data
+            if _blank_line(head, start) or len(head) >= self._head_limit:
+                self._hand_off(guest)
+                return
+
+    def _wait(self, guest: _Guest, events: int) -> None:
+        if guest.events != events:
+            guest.events = events
+            self._selector.modify(guest.conn.sock, events, guest)
+
+    def _hand_off(self, guest: _Guest) -> None:
+        self._forget(guest)
+        conn = guest.conn
+        conn.prime(bytes(guest.head), guest.since + self._header_timeout)
+        self._server.serve(conn, guest.listener)
+
+    def _expire(self, now: float) -> None:
+        late: list[tuple[_Guest, str]] = []
+        for guest in self._handshaking.values():
+            if guest.since + self._handshake_timeout > now:
+                break
+            late.append((guest, "TLS handshake"))
+        for guest in self._guests.values():
+            if guest.since + self._header_timeout > now:
+                break
+            if not guest.handshaking:
+                late.append((guest, "request head"))
+        for guest, what in late:
+            log.info("TIMEOUT peer=%s reason=%s not complete in time", guest.conn.peer, what)
+            self._close(guest)
+
+    def _forget(self, guest: _Guest) -> None:
+        conn = guest.conn
+        del self._guests[conn]
+        self._handshaking.pop(conn, None)
+        with suppress(KeyError, ValueError):
+            self._selector.unregister(conn.sock)
+
+    def _close(self, guest: _Guest) -> None:
+        self._forget(guest)
+        guest.conn.sock.close()
+        self._server.release(guest.conn)
+
+    def _close_all(self) -> None:
+        for guest in list(self._guests.values()):
+            self._close(guest)
+        for listener in self._listeners:
+            with suppress(OSError):
+                listener.sock.shutdown(socket.SHUT_RDWR)
+            listener.sock.close()
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+def peer_name(addr: object, listener: Listener) -> str:
+    """How logs name a peer: address and port, or the listener's name."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host = addr[0]
+        return f"[{host}]:{addr[1]}" if ":" in str(host) else f"{host}:{addr[1]}"
+    return listener.name
+
+
+def _group(sock: socket.socket, addr: object) -> str:
+    """The admission policy's peer group of a new socket."""
+    if isinstance(addr, tuple):
+        return peer_group(str(addr[0]))
+    # Unix sockets have no address: the kernel vouches for the peer's user.
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _, uid, _ = struct.unpack("3i", creds)
+    return f"unix uid={uid}"
+
+
+def _blank_line(head: bytearray, start: int) -> bool:
+    """Whether an empty line, the end of a request head, arrived from start on."""
+    return head.find(b"\n\r\n", start) >= 0 or head.find(b"\n\n", start) >= 0
+
+
+def _first(guests: dict[Connection, _Guest]) -> list[_Guest]:
+    return [next(iter(guests.values()))] if guests else []
