@@ -1,0 +1,243 @@
+"""Hostile sockets must neither lock out nor slow down a ticket holder.
+
+A crowd of 900 sockets (500 idle TCP connections, 200 dripping a byte a
+second, 200 that complete TLS and never send a head; hostile.py, in its
+own process, reconnecting whatever the daemon closes) hammers the TLS
+port while a real upload and a real download run over TLS. Each transfer
+is measured alone first and then in the crowd, same size, same daemon:
+the loaded speed must be at least 80% of the unloaded one, and the client
+must never see its connection refused or reset.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import queue
+import random
+import resource
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from conftest import Daemon
+
+# Calibration and three rounds of four transfers, with the crowd ramping up.
+pytestmark = pytest.mark.timeout(300)
+
+MiB = 1024**2
+HOSTILE = Path(__file__).with_name("hostile.py")
+CROWD = {"idle": 500, "drip": 200, "silent": 200}
+OTHER_SOURCES = [f"127.0.0.{i}" for i in range(2, 10)]
+# Wanted: a transfer of about 1-2 s alone on this machine.
+TARGET_SECONDS = 1.5
+MIN_SIZE, MAX_SIZE = 64 * MiB, 1024 * MiB
+ROUNDS = 3  # of alone-then-crowd; the best run of each counts, against noise from neighbours
+MIN_RATIO = 0.8
+IO_TIMEOUT = 30.0
+# The daemon closes what it evicts; the crowd reconnects after about this
+# long, so it churns ~(900 - 64) / RECONNECT_AFTER sockets a second.
+RECONNECT_AFTER = 3.0
+BLOCK = random.Random(9).randbytes(4 * MiB)
+
+
+class Crowd:
+    """hostile.py against the daemon: on() and off() between measurements."""
+
+    def __init__(self, daemon: Daemon, sources: list[str]) -> None:
+        argv = [sys.executable, str(HOSTILE), str(daemon.port)]
+        argv += [f"--{kind}={n}" for kind, n in CROWD.items()]
+        argv += [f"--source={s}" for s in sources]
+        argv += [f"--reconnect-after={RECONNECT_AFTER}", "--duration=150"]
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        self._lines: queue.Queue[bytes] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(b"")
+
+    def _command(self, command: bytes, answer: bytes, timeout: float = 20.0) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + b"\n")
+        self.proc.stdin.flush()
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            line = b"(nothing)"
+        assert line == answer + b"\n", f"crowd answered {line!r} to {command!r}"
+
+    def on(self) -> None:
+        self._command(b"on", b"ready")
+
+    def off(self) -> None:
+        self._command(b"off", b"off")
+
+    def close(self) -> dict[str, int]:
+        """Stop the crowd process; its counters."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(5)
+        lines = []
+        while not self._lines.empty():
+            lines.append(self._lines.get())
+        assert self.proc.returncode == 0, self.proc.stderr.read()  # type: ignore[union-attr]
+        last = [line for line in lines if line.strip()][-1]
+        return dict(json.loads(last))
+
+
+def upload(daemon: Daemon, ticket_id: str, size: int) -> float:
+    """Seconds to PUT size bytes on a new TLS connection."""
+    conn = daemon.https(timeout=IO_TIMEOUT)
+    try:
+        start = time.monotonic()
+        conn.putrequest("PUT", f"/images/{ticket_id}")
+        conn.putheader("Content-Length", str(size))
+        conn.endheaders()
+        view = memoryview(BLOCK)
+        left = size
+        while left:
+            n = min(left, len(view))
+            conn.send(view[:n])
+            left -= n
+        resp = conn.getresponse()
+        body = resp.read()
+        elapsed = time.monotonic() - start
+    finally:
+        conn.close()
+    assert resp.status == 200, body
+    return elapsed
+
+
+def download(daemon: Daemon, ticket_id: str, size: int) -> float:
+    """Seconds to GET size bytes on a new TLS connection."""
+    conn = daemon.https(timeout=IO_TIMEOUT)
+    buf = memoryview(bytearray(4 * MiB))
+    try:
+        start = time.monotonic()
+        conn.request("GET", f"/images/{ticket_id}")
+        resp = conn.getresponse()
+        got = 0
+        while n := resp.readinto(buf):
+            got += n
+        elapsed = time.monotonic() - start
+    finally:
+        conn.close()
+    assert (resp.status, got) == (200, size)
+    return elapsed
+
+
+# What a refused or evicted client sees.
+REFUSALS = (ConnectionError, ssl.SSLError, http.client.HTTPException, TimeoutError)
+
+
+def size_for(daemon: Daemon) -> int:
+    """A size that takes about TARGET_SECONDS to upload here, alone."""
+    ticket_id, _ = daemon.add_ticket(size=MIN_SIZE)
+    speed = MIN_SIZE / upload(daemon, ticket_id, MIN_SIZE)
+    daemon.result("Ticket.remove", uuid=ticket_id)
+    size = int(speed * TARGET_SECONDS) // MiB * MiB
+    return max(MIN_SIZE, min(MAX_SIZE, size))
+
+
+@pytest.fixture(autouse=True)
+def enough_descriptors() -> None:
+    # The crowd's process raises its own limit; the daemon needs ~400.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096 <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))
+
+
+def measure(daemon: Daemon, sources: list[str]) -> dict[str, Any]:
+    """Alone and in the crowd, in turns; the best run of each transfer and phase.
+
+    Neighbours on a shared machine come and go: taking turns gives both
+    phases the same chances, and the best of several runs is the speed the
+    transfer can reach, which is what the crowd must not take away.
+    """
+    size = size_for(daemon)
+    ticket_id, _ = daemon.add_ticket(size=size)
+    runs: dict[tuple[str, str], list[float]] = {}
+    refused: list[str] = []
+    crowd = Crowd(daemon, sources)
+    try:
+        for _ in range(ROUNDS):
+            for phase in ("alone", "crowd"):
+                if phase == "crowd":
+                    crowd.on()
+                    # Let the churn reach its steady state first.
+                    time.sleep(1.0)
+                for name, run in (("upload", upload), ("download", download)):
+                    try:
+                        seconds = run(daemon, ticket_id, size)
+                    except REFUSALS as e:
+                        refused.append(f"{phase} {name}: {type(e).__name__}: {e}")
+                        continue
+                    runs.setdefault((phase, name), []).append(size / seconds / MiB)
+                if phase == "crowd":
+                    crowd.off()
+    finally:
+        counts = crowd.close()
+    best = {f"{phase} {name}": max(speeds) for (phase, name), speeds in runs.items()}
+    return {
+        "size_mib": size // MiB,
+        "best_mib_s": {k: round(v) for k, v in best.items()},
+        "ratio": {
+            name: round(best.get(f"crowd {name}", 0.0) / best[f"alone {name}"], 2)
+            for name in ("upload", "download")
+        },
+        "refused": refused,
+        "crowd": counts,
+        "evicted": daemon.log().count("EVICTED"),
+        "runs_mib_s": {f"{p} {n}": [round(v) for v in speeds] for (p, n), speeds in runs.items()},
+    }
+
+
+def test_hostile_crowd_from_other_addresses_neither_refuses_nor_slows_transfers(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = make_daemon()
+    result = measure(daemon, OTHER_SOURCES)
+    report = result
+    assert result["refused"] == [], report
+    # The crowd was real: the daemon kept closing its sockets to make room.
+    assert result["crowd"]["closed_by_server"] >= 900, report
+    assert result["evicted"] >= 900, report
+    for name, ratio in result["ratio"].items():
+        assert ratio >= MIN_RATIO, f"{name} at {ratio:.0%} of its unloaded speed: {report}"
+    print(report)
+
+
+def test_client_sharing_its_address_with_the_crowd(make_daemon: Callable[..., Daemon]) -> None:
+    """The per-peer cap cannot tell the client from a crowd on its own address.
+
+    The client's new connection is the youngest of its address, so it is
+    evicted only if 16 more from that address arrive before its first
+    request; measured here and reported, not hidden.
+    """
+    daemon = make_daemon()
+    result = measure(daemon, ["127.0.0.1"])
+    report = result
+    print(report)
+    assert result["crowd"]["closed_by_server"] >= 900, report
+    assert result["refused"] == [], report
+    for name, ratio in result["ratio"].items():
+        assert ratio >= MIN_RATIO, f"{name} at {ratio:.0%} of its unloaded speed: {report}"
