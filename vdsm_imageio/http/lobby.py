@@ -107,6 +107,7 @@ class Lobby:
     def _run(self) -> None:
         try:
             while not self._stopping:
+                ready: list[Listener] = []
                 for key, _ in self._selector.select(self._timeout()):
                     if key.data is None:
                         with suppress(OSError):
@@ -116,7 +117,11 @@ class Lobby:
                         if key.data.conn in self._guests:
                             self._step(key.data)
                     else:
-                        self._accept(key.data)
+                        ready.append(key.data)
+                # Guests first: a client already in moves on before the
+                # newcomers accepted after it can push it out.
+                for listener in ready:
+                    self._accept(listener)
                 now = self._clock()
                 self._expire(now)
                 self._resume(now)
