@@ -156,7 +156,12 @@ class Lobby:
                 else:
                     log.error("ACCEPT stopped listener=%s reason=%s", listener.name, e)
                 return
-            self._welcome(sock, addr, listener)
+            try:
+                self._welcome(sock, addr, listener)
+            except Exception:
+                # A bug must cost one connection, not the listener.
+                log.exception("LOBBY failed peer=%s", peer_name(addr, listener))
+                sock.close()
 
     def _resume(self, now: float) -> None:
         for listener, when in list(self._paused.items()):
