@@ -9,6 +9,11 @@ APT_PACKAGES := python3-venv python3-pip python3-sanlock python3-libnbd python3-
 	qemu-utils curl util-linux e2fsprogs openssl \
 	gcc python3-dev
 PIP_PACKAGES := pytest pytest-timeout mypy ruff py-spy
+# Browser lane: tests/browser drives Debian's Chromium headless through
+# Playwright (its Python package only: the browser is the system's, never
+# `playwright install`); certutil trusts the daemon's CA in the NSS database.
+APT_PACKAGES += chromium libnss3-tools
+PIP_PACKAGES += playwright
 # VM lane: tests/vm run inside one virtme-ng guest (tests/vm/runner.py) with
 # Debian's kernel, real LVM, device-mapper, udevd and sanlock.
 VM_APT_PACKAGES := qemu-system-x86 linux-image-amd64 lvm2 sanlock udev busybox-static

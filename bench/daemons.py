@@ -169,9 +169,12 @@ class Ours(Daemon):
     name = "ours"
     label = "vdsm-imageio"
 
-    def __init__(self, workdir: Path, *, buffer_size: int, program: Path) -> None:
+    def __init__(self, workdir: Path, *, buffer_size: int, program: Path, url_root: Path) -> None:
         super().__init__(workdir, buffer_size=buffer_size)
         self.program = program
+        # The bench's images and upload targets live outside the daemon's
+        # --local directory, which alone is allowed by default.
+        self.url_root = url_root
         self._sock: socket.socket | None = None
         self._reader: Any = None
         self._ids = itertools.count(1)
@@ -179,7 +182,9 @@ class Ours(Daemon):
     def _spawn(self) -> subprocess.Popen[bytes]:
         conf = self.dir / "conf.d"
         conf.mkdir(parents=True, exist_ok=True)
-        (conf / "50-bench.conf").write_text(f"[http]\nbuffer_size = {self.buffer_size}\n")
+        (conf / "50-bench.conf").write_text(
+            f"[http]\nbuffer_size = {self.buffer_size}\n[storage]\nurl_roots = {self.url_root}\n"
+        )
         log = open(self.dir / "daemon.log", "wb")
         with log:
             return subprocess.Popen(

@@ -162,6 +162,7 @@ def _start(which: str, base: Path) -> Daemon:
         base / "daemons" / "ours",
         buffer_size=BUFFER_SIZE,
         program=REPO / ".venv" / "bin" / "vdsm-imageio",
+        url_root=base,
     )
     daemon: Daemon = ours
     if which == "theirs":

@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             args.dir / "daemons" / "ours",
             buffer_size=args.buffer_size,
             program=REPO / ".venv" / "bin" / "vdsm-imageio",
+            url_root=args.dir,
         )
         ours.start()
         stack.callback(ours.stop)

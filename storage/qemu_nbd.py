@@ -5,6 +5,10 @@ either leaves a server that accepts connections or raises VolumeError with
 qemu-nbd's stderr and leaves nothing running; ``stop`` always ends with the
 process reaped and the socket gone, escalating from SIGTERM to SIGKILL.
 
+The server dies with the daemon (``storage.spawn``); with a ``pid_file``
+it is recorded there while it runs, so that a daemon that could not stop
+it (SIGKILL) has it stopped by the next one (``storage.rundir``).
+
 The server is shared by every connection of every ticket on the volume
 (``--shared``) and outlives its clients (``--persistent``). Writes bypass
 the host page cache (``--cache=none``) for the same reason the file backend
@@ -23,6 +27,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 from types import TracebackType
 from typing import IO
 
@@ -30,6 +35,8 @@ import nbd
 
 from vdsm_imageio.backends import directio
 from vdsm_imageio.errors import VolumeError
+
+from . import pidfiles, spawn
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,8 @@ class QemuNbd:
         vol_id: str | None = None,
         start_timeout: float = START_TIMEOUT,
         stop_timeout: float = STOP_TIMEOUT,
+        spawner: spawn.Spawner | None = None,
+        pid_file: Path | None = None,
     ) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
@@ -76,6 +85,10 @@ class QemuNbd:
         self._vol_id = vol_id or os.path.basename(image)
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
+        # Without a spawner the calling thread forks, and must outlive the
+        # server (storage.spawn): fine for a test or a tool, not the daemon.
+        self._popen = spawner.popen if spawner is not None else spawn.popen
+        self._pid_file = pid_file
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
 
@@ -134,7 +147,7 @@ class QemuNbd:
         argv = self.command(direct=self._direct_io_works())
         self._stderr = tempfile.TemporaryFile()
         try:
-            self._proc = subprocess.Popen(
+            self._proc = self._popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -153,6 +166,7 @@ class QemuNbd:
             argv,
         )
         try:
+            self._write_pid_file(self._proc.pid, argv)
             self._wait_until_serving(self._proc)
         except BaseException:
             self.stop()
@@ -167,6 +181,8 @@ class QemuNbd:
         finally:
             self._close_stderr()
             self._remove_socket()
+            if self._pid_file is not None:
+                self._pid_file.unlink(missing_ok=True)
 
     # Starting.
 
@@ -183,6 +199,16 @@ class QemuNbd:
             os.makedirs(os.path.dirname(self.socket_path) or ".", exist_ok=True)
         except OSError as e:
             raise self._error("serve", f"cannot use socket {self.socket_path}: {e.strerror}") from e
+
+    def _write_pid_file(self, pid: int, argv: list[str]) -> None:
+        if self._pid_file is None:
+            return
+        try:
+            pidfiles.write(self._pid_file, pidfiles.record_of(pid, argv))
+        except OSError as e:
+            raise self._error(
+                "serve", f"cannot write pid file {self._pid_file}: {e.strerror}"
+            ) from e
 
     def _direct_io_works(self) -> bool:
         try:

@@ -54,6 +54,7 @@ from .leases import Lease, Leases
 from .links import Links
 from .lvm import Lvm
 from .qemu_nbd import QemuNbd
+from .spawn import Spawner
 from .udev import DeviceWatcher, Watch
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class Volumes:
         clock: Clock,
         device_timeout: float = 30.0,
         on_lost: LostCallback | None = None,
+        spawner: Spawner | None = None,
     ) -> None:
         self._file_root = file_root
         self._links = Links(run_dir)
@@ -102,6 +104,7 @@ class Volumes:
         self._clock = clock
         self._device_timeout = device_timeout
         self.on_lost = on_lost
+        self._spawner = spawner
         self._lock = threading.Lock()
         self._volumes: dict[Key, _Prepared] = {}
         self._key_locks: dict[Key, tuple[threading.Lock, list[int]]] = {}
@@ -243,6 +246,7 @@ class Volumes:
         # sun_path holds 107 bytes: a digest keeps the name short whatever
         # the ids, and distinct per volume.
         name = hashlib.sha256("/".join(_key(vol)).encode()).hexdigest()[:16]
+        # The pid file lets the next daemon stop it if this one is killed.
         server = QemuNbd(
             image,
             QEMU_FORMATS[vol.format],
@@ -251,6 +255,8 @@ class Volumes:
             bitmap=vol.bitmap,
             sd_id=vol.sd_id,
             vol_id=vol.vol_id,
+            spawner=self._spawner,
+            pid_file=self._nbd_dir / f"{name}.pid",
         )
         server.start()
         return server

@@ -6,6 +6,9 @@ file name, then command-line flags. Conf files are INI; an unknown section
 or option, or a value of the wrong type, is an error that names the file,
 the section and the option: a typo must not silently keep a default.
 
+A list option (a tuple default) is written as absolute paths separated by
+commas or new lines; ``--local`` and tests may pass a tuple.
+
 Socket addresses: a value starting with ``@`` names an abstract unix
 socket (``@/org/ovirt/imageio`` is ``"\\0/org/ovirt/imageio"``); anything
 else is a path; an empty value disables the listener.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +86,7 @@ class Http:
 @dataclass(frozen=True)
 class Storage:
     file_root: str = _opt("/rhev/data-center/mnt", "where file storage domains are mounted")
+    url_roots: tuple[str, ...] = _opt(("/rhev/data-center/mnt", "/run/vdsm", "/run/vdsm-imageio", "/dev"), "where a url ticket may point after symlinks (file domains, vdsm's and our nbd sockets, block devices): defence in depth for a service running as root")
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,8 @@ def local_profile(config: Config, local_dir: Path) -> Config:
                 "socket": str(d / "control.sock"),
                 "ticket_socket": str(d / "tickets.sock"),
             },
-            "storage": {"file_root": str(d / "images")},
+            # Tickets may point only into DIR: the profile needs nothing else.
+            "storage": {"file_root": str(d / "images"), "url_roots": (str(d),)},
             "hooks": {"dir": str(d / "hooks"), "transfer_record": str(d / "transfers.jsonl")},
             "logging": {"file": ""},
         },
@@ -194,6 +200,8 @@ def update(config: Config, values: dict[str, dict[str, Any]], source: str = "") 
 
 
 def _convert(value: Any, kind: type, where: str) -> Any:
+    if kind is tuple:
+        return _paths(value, where)
     if not isinstance(value, str):
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
@@ -213,6 +221,21 @@ def _convert(value: Any, kind: type, where: str) -> Any:
     except (KeyError, ValueError):
         raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}") from None
     return text
+
+
+def _paths(value: Any, where: str) -> tuple[str, ...]:
+    """A list of absolute paths, from a conf-file string or a sequence."""
+    if isinstance(value, str):
+        items = [p.strip() for p in re.split(r"[,\n]", value)]
+    elif isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value):
+        items = [p.strip() for p in value]
+    else:
+        raise ConfigError(f"{where}: expected absolute paths, got {value!r}")
+    paths = tuple(p for p in items if p)
+    relative = [p for p in paths if not p.startswith("/")]
+    if relative:
+        raise ConfigError(f"{where}: expected absolute paths, got {relative[0]!r}")
+    return paths
 
 
 def socket_address(value: str) -> str:

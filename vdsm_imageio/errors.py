@@ -141,6 +141,25 @@ class BackendError(ImageioError):
     template = "Storage I/O failed: {reason}"
 
 
+class StorageFull(BackendError):
+    """No space left on the storage (ENOSPC) or the quota is used up (EDQUOT).
+
+    Not a bug of ours and not the client's fault: the administrator must
+    free or add space, then the client retries. On a block device ENOSPC
+    also means the range ends past the device.
+    """
+
+    template = "Not enough space on the storage: {reason}"
+
+
+class ImageEnded(BackendError):
+    """The image is shorter than a range being read: it shrank under the
+    transfer (a file truncated), or a reader stopped early. The storage's
+    fault, not the client's; the reply's head is usually sent already."""
+
+    template = "Image ended at offset {offset}, before the end of the range at {end}"
+
+
 class PeerClosed(ImageioError):
     template = "Client closed the connection: {reason}"
 

@@ -20,6 +20,8 @@ from urllib.parse import unquote, urlsplit
 
 from storage.leases import Leases
 from storage.lvm import Lvm
+from storage.rundir import RunDir
+from storage.spawn import Spawner
 from storage.udev import DeviceWatcher
 from storage.volumes import Volumes
 
@@ -28,6 +30,7 @@ from .backends import Backend
 from .backends.file import open_file
 from .backends.nbd import open_nbd
 from .backends.nbd import parse_url as parse_nbd_url
+from .backends.sectorlock import SectorLocks
 from .config import Config, socket_address
 from .errors import BackendError, InvalidTicket, TicketNotFound
 from .hooks import Hooks, TicketHooks
@@ -39,6 +42,7 @@ from .http.tickets import TicketServer
 from .monitor import PROGRESS, Monitor, MonitorThread
 from .tickets import Registry, Ticket
 from .ticketspec import TicketSpec
+from .urlroots import UrlRoots
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +74,9 @@ class Services:
             env={k: v for k, v in hook_env.items() if v},
         )
         self.ticket_hooks = TicketHooks(self.hooks, clock)
+        self.url_roots = UrlRoots(config.storage.url_roots)
         self.udev = DeviceWatcher(clock=clock)
+        self.run_dir = RunDir(Path(config.daemon.run_dir))
         self.volumes = Volumes(
             file_root=Path(config.storage.file_root),
             run_dir=Path(config.daemon.run_dir),
@@ -79,6 +85,7 @@ class Services:
             leases=Leases(),
             clock=clock,
             on_lost=self._on_volume_lost,
+            spawner=Spawner(),
         )
         self.registry = Registry(
             clock=clock,
@@ -110,7 +117,9 @@ class Services:
                 route("info", r"/info/?", get=self._info),
             ]
         )
-        self.server = Server(config, router, open_backend)
+        # One table for the process: connections to one image share its locks.
+        self.sector_locks = SectorLocks()
+        self.server = Server(config, router, self._open_backend)
         ticket_socket = config.control.ticket_socket
         self.ticket_server = (
             TicketServer(config, self.registry, ticket_socket) if ticket_socket else None
@@ -128,6 +137,10 @@ class Services:
 
     def start(self) -> None:
         cfg = self.config
+        # Before anything can prepare a volume: what a killed daemon left
+        # goes first, and never while another daemon uses the directory.
+        self.run_dir.lock()
+        self.run_dir.clean()
         if cfg.tls.enable:
             ctx = tls.server_context(
                 cfg.tls.cert_file,
@@ -162,6 +175,7 @@ class Services:
         self.control.stop()
         self.udev.stop()
         self.hooks.close(timeout=0.2)
+        self.run_dir.unlock()
 
     def owned_paths(self) -> list[str]:
         """What the daemon created and must still own after dropping privileges."""
@@ -185,7 +199,12 @@ class Services:
     def _resolve_url(self, spec: TicketSpec) -> str:
         if spec.volume is not None:
             return self.volumes.prepare(spec)
-        return resolve_url(spec)
+        return resolve_url(spec, self.url_roots)
+
+    def _open_backend(self, ticket: Ticket) -> Backend:
+        # Volume URLs are the storage plane's own paths, not the caller's.
+        roots = None if ticket.spec.volume else self.url_roots
+        return open_backend(ticket, roots, locks=self.sector_locks)
 
     def _on_volume_lost(self, uuid: str, device: str, action: str) -> None:
         """The device under a live ticket went away: stop its requests now."""
@@ -227,47 +246,62 @@ class Services:
         conn.reply_json({"version": __version__})
 
 
-def resolve_url(spec: TicketSpec) -> str:
-    """The URL a url ticket serves; checks that it names something usable."""
+def resolve_url(spec: TicketSpec, roots: UrlRoots) -> str:
+    """The URL a url ticket serves: its path resolved and confined to roots
+    (vdsm_imageio.urlroots), checked to name something usable."""
     assert spec.url is not None
     parts = urlsplit(spec.url)
     if parts.scheme == "nbd":
-        return _resolve_nbd(spec.url)
+        return _resolve_nbd(spec.url, roots)
     if parts.scheme != "file":
         raise InvalidTicket(
             field="url", reason=f"{parts.scheme} URLs are not supported by this service"
         )
-    path = unquote(parts.path)
+    path = roots.resolve(unquote(parts.path))
     try:
         st = os.stat(path)
     except OSError as e:
         raise InvalidTicket(field="url", reason=f"cannot use {path}: {e.strerror}") from None
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
         raise InvalidTicket(field="url", reason=f"{path} is not a file or block device")
-    return spec.url
+    return Path(path).as_uri()
 
 
-def _resolve_nbd(url: str) -> str:
+def _resolve_nbd(url: str, roots: UrlRoots) -> str:
     try:
-        path, _ = parse_nbd_url(url)
-        st = os.stat(path)
+        path, export = parse_nbd_url(url)
     except ValueError as e:
         raise InvalidTicket(field="url", reason=str(e)) from None
+    path = roots.resolve(path)
+    try:
+        st = os.stat(path)
     except OSError as e:
-        raise InvalidTicket(field="url", reason=f"cannot use {e.filename}: {e.strerror}") from None
+        raise InvalidTicket(field="url", reason=f"cannot use {path}: {e.strerror}") from None
     if not stat.S_ISSOCK(st.st_mode):
         raise InvalidTicket(field="url", reason=f"{path} is not a unix socket")
-    return url
+    return f"nbd:unix:{path}" + (f":exportname={export}" if export else "")
 
 
-def open_backend(ticket: Ticket) -> Backend:
+def open_backend(ticket: Ticket, roots: UrlRoots | None, *, locks: SectorLocks) -> Backend:
+    """Open the ticket's storage; with roots, refuse a path moved since the add.
+    locks is the process's sector lock table (vdsm_imageio.backends.sectorlock)."""
     parts = urlsplit(ticket.url)
     mode = "rw" if ticket.spec.allows("write") else "r"
     if parts.scheme == "nbd":
+        if roots is not None:
+            roots.check_unmoved(parse_nbd_url(ticket.url)[0])
         return open_nbd(ticket.url, mode=mode, sparse=ticket.spec.sparse, dirty=ticket.spec.dirty)
     if parts.scheme != "file":
         raise BackendError(reason=f"no backend for {parts.scheme} URLs")
-    return open_file(unquote(parts.path), mode=mode, sparse=ticket.spec.sparse)
+    path = unquote(parts.path)
+    backend = open_file(path, mode=mode, sparse=ticket.spec.sparse, locks=locks)
+    if roots is not None:
+        try:
+            roots.check_opened(backend.fileno(), path)
+        except BaseException:
+            backend.close()
+            raise
+    return backend
 
 
 def _control_factory() -> ControlFactory:

@@ -10,7 +10,10 @@ the blocking form, under one deadline.
 
 The floor is TLS 1.2, set on the context and asserted on the wire by the
 tests: OpenSSL's defaults differ between distributions and a floor that is
-only configured is not a floor.
+only configured is not a floor. The same goes for the cipher suites: on
+TLS 1.2 only AEAD ciphers with an ECDHE key exchange (``TLS12_CIPHERS``),
+whatever the distribution's default list offers; TLS 1.3 suites are all
+AEAD with forward secrecy and keep OpenSSL's defaults.
 """
 
 from __future__ import annotations
@@ -24,6 +27,13 @@ from .errors import PeerClosed
 log = logging.getLogger(__name__)
 
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
+# TLS 1.2 suites (RFC 9325 section 4.2): AES-GCM or ChaCha20-Poly1305 after
+# an ephemeral ECDH exchange. Left out: CBC modes (Lucky Thirteen, padding
+# oracles) and with them every SHA-1 suite, the static RSA key exchange
+# (no forward secrecy: a stolen key decrypts recorded transfers) and
+# finite-field DHE (group size chosen by the server, Raccoon). Strongest
+# first, for the server's preference. set_ciphers leaves TLS 1.3 alone.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
 class HandshakeFailed(PeerClosed):
@@ -151,6 +161,7 @@ def handshake_step(sock: ssl.SSLSocket) -> int:
 
 def _harden(ctx: ssl.SSLContext) -> None:
     ctx.minimum_version = MINIMUM_VERSION
+    ctx.set_ciphers(TLS12_CIPHERS)
     # CRIME (CVE-2012-4929): compression leaks secrets through lengths.
     ctx.options |= ssl.OP_NO_COMPRESSION
 

@@ -22,7 +22,13 @@ server's socket (``vdsm_imageio.backends.nbdwire``).
 Stopping: the request's thread closes the pipes' read ends on error, so a
 helper blocked on a full pipe fails with EPIPE; a helper closes its write
 end when it stops, so the request's thread sees end of data early and
-raises the helper's error.
+raises the helper's error, or ImageEnded when the helper had none: a body
+shorter than its Content-Length always fails the request, which closes
+the connection.
+
+A client that stops reading is dropped when it has taken no byte for the
+socket's timeout (the ticket's inactivity timeout), counted over the whole
+stall and not per splice call: see ``Stall``.
 
 Direct I/O needs aligned offsets and lengths; callers use this path only
 for aligned ranges and fall back to the buffered pipeline otherwise.
@@ -37,10 +43,11 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from .errors import BackendError, PeerClosed
+from .errors import BackendError, ImageEnded, PeerClosed
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +84,8 @@ def send(
         while pos < end:
             done = os.splice(src_fd, wfd, end - pos, offset_src=pos)
             if done == 0:
-                raise OSError(errno.EIO, "image ended before the range")
+                # The file is shorter than when the request began.
+                raise ImageEnded(offset=pos, end=offset + length)
             pos += done
 
     send_from([fill] * lanes, offset, length, sock, progress)
@@ -122,7 +130,9 @@ def send_from(
         except OSError as e:
             if e.errno != errno.EPIPE:
                 failure.append(BackendError(reason=e.strerror or str(e)))
-        except BackendError as e:
+        except Exception as e:
+            # Raised again in the request's thread, which owns the reply
+            # and logs what it did not expect.
             failure.append(e)
         finally:
             os.close(wfd)
@@ -138,7 +148,11 @@ def send_from(
     for helper in helpers:
         helper.start()
     try:
-        _drain([rfd for rfd, _ in pipes], segment, sock, length, progress)
+        _drain([rfd for rfd, _ in pipes], segment, sock, offset, length, progress)
+    except ImageEnded:
+        # A lane ended early; its helper's error says why, if it has one.
+        if not failure:
+            raise
     finally:
         for rfd, _ in pipes:
             os.close(rfd)
@@ -149,44 +163,98 @@ def send_from(
 
 
 def _drain(
-    rfds: list[int], segment: int, sock: socket.socket, length: int, progress: Callable[[int], None]
+    rfds: list[int],
+    segment: int,
+    sock: socket.socket,
+    offset: int,
+    length: int,
+    progress: Callable[[int], None],
 ) -> None:
+    timeout = sock.gettimeout()
     left = length
     with _blocking(sock):
+        stall = Stall(timeout, time.monotonic())
+        current: float | None = -1.0
         k = 0
         while left:
             # Segment k waits in the pipe of lane k % lanes.
             rfd = rfds[k % len(rfds)]
             want = min(segment, left)
             while want:
+                limit = stall.wait_limit(time.monotonic())
+                if limit is not None and limit <= 0:
+                    raise PeerClosed(reason=f"timed out, no data taken for {timeout:g} seconds")
+                if limit != current:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(limit))
+                    current = limit
+                started = time.monotonic()
                 try:
                     n = os.splice(rfd, sock.fileno(), want)
                 except BlockingIOError:
-                    # SO_SNDTIMEO expired: the client stopped reading.
-                    raise PeerClosed(reason="timed out sending to the client") from None
+                    # SO_SNDTIMEO expired with nothing taken; the stall
+                    # decides whether to wait more.
+                    continue
                 except OSError as e:
                     raise PeerClosed(reason=e.strerror or str(e)) from None
                 if n == 0:
-                    # A helper stopped early; fill() recorded why.
-                    return
+                    # The lane's helper closed its pipe before the range
+                    # ended: a short body must never pass for a whole one.
+                    raise ImageEnded(offset=offset + length - left, end=offset + length)
+                stall.sent(started=started, now=time.monotonic(), moved=n, asked=want, limit=limit)
                 want -= n
                 left -= n
                 progress(n)
             k += 1
 
 
+class Stall:
+    """Since when the client has taken no byte, told by blocking splices.
+
+    A splice into a blocking socket returns when it moved all it was asked,
+    when the pipe ran dry, or when a wait for socket buffer space outlasted
+    SO_SNDTIMEO, having moved the bytes that fitted before. Only the last
+    case hides when the client stopped: the bytes went at the start of a
+    wait that then lasted the whole limit, so the stall began at least
+    ``limit`` before the return (since Linux 6.5 the splice then waits once
+    more before it returns). Each wait is one slice of the timeout, so the
+    stall is known within a few slices, and the deadline covers the whole
+    stall instead of restarting with every partial splice.
+    """
+
+    SLICES = 16
+    MAX_SLICE = 0.5
+
+    def __init__(self, timeout: float | None, now: float) -> None:
+        self._timeout = timeout
+        self._since = now
+        self._slice = None if timeout is None else min(timeout / self.SLICES, self.MAX_SLICE)
+
+    def wait_limit(self, now: float) -> float | None:
+        """The next send's SO_SNDTIMEO: None waits forever, <= 0 means the
+        client has taken nothing for the whole timeout."""
+        if self._timeout is None or self._slice is None:
+            return None
+        return min(self._since + self._timeout - now, self._slice)
+
+    def sent(
+        self, *, started: float, now: float, moved: int, asked: int, limit: float | None
+    ) -> None:
+        """A send that began at started moved bytes; it returned at now."""
+        waited_out = limit is not None and moved < asked and now - started >= limit
+        self._since = now - limit if waited_out and limit is not None else now
+
+
 @contextmanager
 def _blocking(sock: socket.socket) -> Iterator[None]:
-    """Make the socket blocking, bounded by SO_SNDTIMEO, for the splice.
+    """Make the socket blocking for the splice; _drain bounds each wait
+    with SO_SNDTIMEO.
 
     A socket with a Python timeout is non-blocking underneath; splicing
     into it would wake up for every few hundred KiB of socket buffer. The
     kernel's send timeout keeps the bound without the wake-ups.
     """
     timeout = sock.gettimeout()
-    limit = timeval(timeout)
-    saved = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, len(limit))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+    saved = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, len(timeval(None)))
     sock.settimeout(None)
     try:
         yield

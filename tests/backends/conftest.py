@@ -32,6 +32,7 @@ from storage.qemu_nbd import QemuNbd
 from vdsm_imageio.backends import Backend
 from vdsm_imageio.backends.file import open_file
 from vdsm_imageio.backends.nbd import NbdBackend, open_nbd
+from vdsm_imageio.backends.sectorlock import SectorLocks
 
 from .images import MiB
 
@@ -146,7 +147,9 @@ def read_file(path: str) -> Callable[[int, int], bytes]:
 
 
 def file_opener(path: str) -> Callable[[str, bool], Backend]:
-    return lambda mode, sparse: open_file(path, mode=mode, sparse=sparse)
+    # One table per target, as the service has one: its backends share locks.
+    locks = SectorLocks()
+    return lambda mode, sparse: open_file(path, mode=mode, sparse=sparse, locks=locks)
 
 
 def nbd_opener(url: str) -> Callable[[str, bool], Backend]:
@@ -195,6 +198,18 @@ def ext4_4k_dir(cache_dir: str) -> Iterator[str]:
     with loop_device(backing, sector_size=4096) as device:
         run("mkfs.ext4", "-q", "-F", device)
         with mounted(os.path.join(cache_dir, "ext4-4k"), device) as path:
+            yield path
+    os.unlink(backing)
+
+
+@pytest.fixture(scope="session")
+def ext4_512_dir(cache_dir: str) -> Iterator[str]:
+    """ext4 on a device with 512-byte sectors, whatever the host's disk has."""
+    needs_root()
+    backing = make_image(cache_dir, 64 * MiB)
+    with loop_device(backing, sector_size=512) as device:
+        run("mkfs.ext4", "-q", "-F", device)
+        with mounted(os.path.join(cache_dir, "ext4-512"), device) as path:
             yield path
     os.unlink(backing)
 

@@ -11,6 +11,7 @@ import pytest
 
 from vdsm_imageio.backends import ZeroExtent
 from vdsm_imageio.backends.file import FileBackend, open_file
+from vdsm_imageio.backends.sectorlock import SectorLocks
 from vdsm_imageio.errors import BackendError, UnsupportedContext
 
 from .conftest import BackendFactory, make_image
@@ -139,7 +140,7 @@ def test_block_size_without_data_is_safe(file_factory: BackendFactory) -> None:
 def test_ramfs_falls_back_to_buffered_io(ramfs_dir: str) -> None:
     path = make_image(ramfs_dir, MiB)
     try:
-        with open_file(path, mode="rw", sparse=True) as backend:
+        with open_file(path, mode="rw", sparse=True, locks=SectorLocks()) as backend:
             assert (backend.direct, backend.block_size) == (False, 1)
             backend.zero(0, MiB, punch_hole=True)
             assert read(backend, 0, MiB) == bytes(MiB)
@@ -214,7 +215,7 @@ def test_device_errors_do_not_name_the_device(device_factory: BackendFactory) ->
 def test_open_missing_file_does_not_name_it(cache_dir: str) -> None:
     path = os.path.join(cache_dir, "missing.img")
     with pytest.raises(BackendError) as e:
-        open_file(path, mode="r", sparse=False)
+        open_file(path, mode="r", sparse=False, locks=SectorLocks())
     assert "No such file" in str(e.value) and "missing" not in str(e.value)
 
 
@@ -222,12 +223,12 @@ def test_open_missing_file_does_not_name_it(cache_dir: str) -> None:
 def test_open_refuses_other_kinds_of_files(cache_dir: str, make_path: object) -> None:
     assert callable(make_path)
     with pytest.raises(BackendError, match="not a regular file or block device"):
-        open_file(make_path(cache_dir), mode="r", sparse=False)
+        open_file(make_path(cache_dir), mode="r", sparse=False, locks=SectorLocks())
 
 
 def test_open_refuses_unknown_mode(cache_dir: str) -> None:
     with pytest.raises(ValueError):
-        open_file(make_image(cache_dir, 0), mode="w", sparse=False)
+        open_file(make_image(cache_dir, 0), mode="w", sparse=False, locks=SectorLocks())
 
 
 def test_closed_backend_refuses_io(file_factory: BackendFactory) -> None:
@@ -244,7 +245,7 @@ def test_closed_backend_refuses_io(file_factory: BackendFactory) -> None:
 def test_context_manager_closes(file_factory: BackendFactory) -> None:
     path = file_factory.target.path
     assert path is not None
-    with open_file(path, mode="r", sparse=False) as backend:
+    with open_file(path, mode="r", sparse=False, locks=SectorLocks()) as backend:
         assert read(backend, 0, 10) == bytes(10)
     with pytest.raises(ValueError):
         read(backend, 0, 10)

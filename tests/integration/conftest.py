@@ -106,20 +106,30 @@ class ControlClient:
 class Daemon:
     """One running daemon and the ways to talk to it."""
 
-    def __init__(self, base: Path, conf: dict[str, dict[str, Any]] | None = None) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="vdsm-it-", dir=base))
+    def __init__(
+        self,
+        base: Path,
+        conf: dict[str, dict[str, Any]] | None = None,
+        *,
+        directory: Path | None = None,
+    ) -> None:
+        # directory: start on a previous daemon's directory (a restart).
+        self.dir = directory or Path(tempfile.mkdtemp(prefix="vdsm-it-", dir=base))
         self.images = self.dir / "images"
         self.ca = self.dir / "pki" / "ca.pem"
         self.control_path = str(self.dir / "control.sock")
         self.log_path = self.dir / "daemon.log"
         self.port = 0
         self.unix_socket = ""
+        self.killed = False
         self._control: ControlClient | None = None
         self._ssl: ssl.SSLContext | None = None
         if conf:
-            (self.dir / "conf.d").mkdir()
+            (self.dir / "conf.d").mkdir(exist_ok=True)
             (self.dir / "conf.d" / "50-test.conf").write_text(_ini(conf))
-        self._log = open(self.log_path, "wb")  # owned until stop()
+        # A restarted daemon appends; log() is this instance's part only.
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._log = open(self.log_path, "ab")  # owned until stop()
         self.proc = subprocess.Popen(
             [
                 str(REPO / ".venv" / "bin" / "vdsm-imageio"),
@@ -144,7 +154,7 @@ class Daemon:
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
-            for line in self.log_path.read_text(errors="replace").splitlines():
+            for line in self.log().splitlines():
                 if line.startswith("ready data="):
                     url = line.split()[1].removeprefix("data=")
                     self.port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
@@ -155,7 +165,9 @@ class Daemon:
         raise RuntimeError(f"daemon not ready in {READY_TIMEOUT}s:\n{self.log()}")
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        with open(self.log_path, "rb") as f:
+            f.seek(self._log_start)
+            return f.read().decode(errors="replace")
 
     # Control channel.
 
@@ -253,6 +265,16 @@ class Daemon:
         self._log.close()
         return clean
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing of the daemon runs after this."""
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+        self.killed = True
+
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -295,14 +317,16 @@ def daemon() -> Iterator[Daemon]:
 
 @pytest.fixture
 def make_daemon() -> Iterator[Callable[..., Daemon]]:
-    """Start daemons with conf.d options: make_daemon(http={"max_writers": 1})."""
+    """Start daemons with conf.d options: make_daemon(http={"max_writers": 1});
+    make_daemon(directory=killed.dir) restarts on a killed daemon's directory."""
     started: list[Daemon] = []
 
-    def make(**conf: dict[str, Any]) -> Daemon:
-        d = Daemon(_base_dir(), conf)
+    def make(directory: Path | None = None, **conf: dict[str, Any]) -> Daemon:
+        d = Daemon(_base_dir(), conf, directory=directory)
         started.append(d)
         return d
 
     yield make
     for d in started:
-        _stop(d)
+        if not d.killed:  # a killed one has nothing left to stop
+            _stop(d)

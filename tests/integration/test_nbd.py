@@ -91,8 +91,8 @@ class Volumes:
     def __init__(self, daemon: Daemon, stack: contextlib.ExitStack) -> None:
         self.daemon = daemon
         self._stack = stack
-        # sun_path is short; the daemon's directory may not be.
-        self.sockets = tempfile.mkdtemp(prefix="vdsm-it-nbd-")
+        # Under the daemon's directory: --local confines tickets to it.
+        self.sockets = tempfile.mkdtemp(prefix="nbd-", dir=daemon.dir)
         stack.callback(shutil.rmtree, self.sockets)
 
     def image(self, fmt: str, *, bitmap: str | None = None) -> Path:

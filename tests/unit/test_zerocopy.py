@@ -10,7 +10,8 @@ import pytest
 
 from vdsm_imageio import zerocopy
 from vdsm_imageio.backends.file import open_file
-from vdsm_imageio.errors import BackendError, PeerClosed, TicketCanceled
+from vdsm_imageio.backends.sectorlock import SectorLocks
+from vdsm_imageio.errors import BackendError, ImageEnded, PeerClosed, TicketCanceled
 
 MiB = 1024**2
 
@@ -49,7 +50,7 @@ def run_send(path, offset, length, progress=None, timeout=10.0, lanes=zerocopy.L
     reader.start()
     done = []
     try:
-        with open_file(path, mode="r", sparse=False) as backend:
+        with open_file(path, mode="r", sparse=False, locks=SectorLocks()) as backend:
             fd = backend.splice_source(offset, length)
             assert fd is not None
             a.settimeout(timeout)
@@ -98,7 +99,7 @@ def test_splice_leaves_nothing_in_page_cache(image):
 
 
 def test_unaligned_range_is_not_spliced(image):
-    with open_file(image, mode="r", sparse=False) as backend:
+    with open_file(image, mode="r", sparse=False, locks=SectorLocks()) as backend:
         assert backend.splice_source(100, MiB) is None
         assert backend.splice_source(0, MiB + 1) is None
         assert backend.splice_source(4096, MiB) is not None
@@ -129,7 +130,7 @@ def test_client_that_stops_reading_times_out(image):
         a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
         a.settimeout(0.3)
         with (
-            open_file(image, mode="r", sparse=False) as backend,
+            open_file(image, mode="r", sparse=False, locks=SectorLocks()) as backend,
             pytest.raises(PeerClosed, match="timed out"),
         ):
             zerocopy.send(backend.splice_source(0, 5 * MiB), 0, 5 * MiB, a, lambda n: None)
@@ -146,7 +147,10 @@ def test_closed_client_is_peer_closed(image):
     a, b = socket.socketpair()
     b.close()
     try:
-        with open_file(image, mode="r", sparse=False) as backend, pytest.raises(PeerClosed):
+        with (
+            open_file(image, mode="r", sparse=False, locks=SectorLocks()) as backend,
+            pytest.raises(PeerClosed),
+        ):
             zerocopy.send(backend.splice_source(0, 5 * MiB), 0, 5 * MiB, a, lambda n: None)
     finally:
         a.close()
@@ -159,3 +163,111 @@ def test_timeval_rounds_a_limit_up_and_none_waits_forever():
     assert zerocopy.timeval(2.5) == struct.pack("ll", 2, 500_000)
     # Zero would mean no limit to the kernel.
     assert zerocopy.timeval(1e-9) == struct.pack("ll", 0, 1)
+
+
+# Data that ends before the range: never a short body that passes for whole.
+
+
+def send_from_fills(fills, length, timeout=10.0):
+    """zerocopy.send_from into a socketpair; the bytes the reader got, or
+    the error send_from raised."""
+    a, b = socket.socketpair()
+    out: list = []
+    reader = threading.Thread(target=receive, args=(b, out))
+    reader.start()
+    try:
+        a.settimeout(timeout)
+        zerocopy.send_from(fills, 0, length, a, lambda n: None)
+    finally:
+        a.close()
+        reader.join(10)
+        b.close()
+    return out
+
+
+def pattern_fill(wfd, pos, n):
+    data = bytes((pos + i) % 251 for i in range(n))
+    view = memoryview(data)
+    while view:
+        view = view[os.write(wfd, view) :]
+
+
+def test_lane_that_puts_less_than_asked_is_image_ended():
+    def short_fill(wfd, pos, n):
+        # The last segment comes up short and the lane ends without an error.
+        pattern_fill(wfd, pos, n if pos + n < 3 * MiB else n // 2)
+
+    with pytest.raises(ImageEnded) as e:
+        send_from_fills([short_fill, short_fill], 3 * MiB)
+    assert e.value.fields["end"] == 3 * MiB
+    assert 2 * MiB <= e.value.fields["offset"] < 3 * MiB
+    assert not io_threads()
+
+
+def test_unexpected_error_in_a_lane_reaches_the_request():
+    def broken_fill(wfd, pos, n):
+        if pos >= MiB:
+            raise RuntimeError("bug in a fill")
+        pattern_fill(wfd, pos, n)
+
+    with pytest.raises(RuntimeError, match="bug in a fill"):
+        send_from_fills([broken_fill, broken_fill], 3 * MiB)
+    assert not io_threads()
+
+
+def test_file_shorter_than_the_range_is_image_ended(image):
+    os.truncate(image, 3 * MiB + 512)
+    with pytest.raises(ImageEnded) as e:
+        run_send(image, 0, 5 * MiB)
+    assert e.value.fields == {"offset": 3 * MiB + 512, "end": 5 * MiB}
+    assert not io_threads()
+
+
+# The stall: from the client's last byte, not from the last partial splice.
+
+T = 2.0
+
+
+def test_stall_waits_in_slices_of_the_timeout():
+    step = T / zerocopy.Stall.SLICES
+    stall = zerocopy.Stall(T, now=100.0)
+    assert stall.wait_limit(100.0) == step
+    # Sends that nothing came back from (EAGAIN) leave the stall running.
+    assert stall.wait_limit(100.0 + T - step / 2) == pytest.approx(step / 2)
+    assert stall.wait_limit(100.0 + T) <= 0
+
+
+def test_send_that_moved_all_it_was_asked_restarts_the_stall():
+    step = T / zerocopy.Stall.SLICES
+    stall = zerocopy.Stall(T, now=100.0)
+    stall.sent(started=101.0, now=101.5, moved=MiB, asked=MiB, limit=step)
+    assert stall.wait_limit(101.5 + T - 0.1) == pytest.approx(0.1)
+
+
+def test_short_send_that_returned_before_its_limit_restarts_the_stall():
+    # The pipe ran dry: the client took everything there was.
+    step = T / zerocopy.Stall.SLICES
+    stall = zerocopy.Stall(T, now=100.0)
+    stall.sent(started=101.0, now=101.0 + step / 2, moved=4096, asked=MiB, limit=step)
+    assert stall.wait_limit(101.0 + step / 2 + T - 0.1) == pytest.approx(0.1)
+
+
+def test_short_send_that_waited_out_its_limit_counts_the_wait_as_stall():
+    # The bytes went at the start of a wait that lasted the whole limit:
+    # the client has taken nothing since then.
+    step = T / zerocopy.Stall.SLICES
+    stall = zerocopy.Stall(T, now=100.0)
+    stall.sent(started=101.0, now=101.0 + step, moved=4096, asked=MiB, limit=step)
+    assert stall.wait_limit(101.0 + T) <= 0
+    assert stall.wait_limit(101.0 + T - 0.1) == pytest.approx(0.1)
+
+
+def test_slice_is_bounded_for_long_timeouts():
+    assert zerocopy.Stall(3600.0, now=0.0).wait_limit(0.0) == zerocopy.Stall.MAX_SLICE
+
+
+def test_no_timeout_waits_forever():
+    stall = zerocopy.Stall(None, now=0.0)
+    assert stall.wait_limit(1e9) is None
+    stall.sent(started=0.0, now=1.0, moved=1, asked=2, limit=None)
+    assert stall.wait_limit(1e9) is None

@@ -9,9 +9,14 @@ for O_DIRECT; any other buffer works too, at the cost of a copy.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+
+# Errors meaning "the storage is full": the backends raise StorageFull for
+# these, which the HTTP edge answers with 507, not a 500 "see the log".
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 @dataclass(frozen=True)

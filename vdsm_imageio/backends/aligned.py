@@ -5,8 +5,9 @@ addresses that are multiples of its block size (see ``directio``). Aligned
 requests into aligned buffers go straight to the kernel. The rest of a
 request goes through a scratch buffer: reads read the covering aligned
 range and copy out; writes read-modify-write the partial first and last
-blocks. Unaligned writes to the same block from two descriptors race, as
-on any block device; clients that care write aligned ranges.
+blocks, each under an exclusive range of the image's ``RangeLock``, and
+write whole blocks under a shared one (see ``sectorlock``), so writers on
+other descriptors of the same image never lose each other's bytes.
 
 A regular file has no fixed size. A write past its end extends it, and
 when the read-modify-write pads the last block of a file whose size is not
@@ -22,16 +23,18 @@ import os
 
 from vdsm_imageio.backends import directio
 from vdsm_imageio.backends.directio import round_down, round_up
+from vdsm_imageio.backends.sectorlock import END, RangeLock
 
 # Large enough that an unaligned request costs a few copies, not many syscalls.
 SCRATCH_SIZE = 1024 * 1024
 
 
 class AlignedIO:
-    def __init__(self, fd: int, *, block_size: int, regular_file: bool) -> None:
+    def __init__(self, fd: int, *, block_size: int, regular_file: bool, ranges: RangeLock) -> None:
         self._fd = fd
         self._bs = block_size
         self._regular_file = regular_file
+        self._ranges = ranges
         self._scratch: memoryview | None = None
 
     def readinto(self, offset: int, buf: memoryview) -> int:
@@ -49,24 +52,25 @@ class AlignedIO:
         return got + self._bounce_read(offset + got, buf[got:])
 
     def write(self, offset: int, buf: memoryview) -> None:
-        """Write all of buf at offset."""
+        """Write all of buf at offset.
+
+        At most two blocks are partial, the first and the last; they are
+        rewritten one after the other, each under a range of its own.
+        """
+        bs = self._bs
         end = offset + len(buf)
-        old_size = os.fstat(self._fd).st_size if self._pads(end) else None
-        if self._is_direct_ok(offset, buf):
-            body = round_down(len(buf), self._bs)
-            self._pwrite_all(offset, buf[:body])
-            self._bounce_write(offset + body, buf[body:])
-        else:
-            self._bounce_write(offset, buf)
-        if old_size is not None:
-            self._trim_padding(old_size, end)
+        head_end = min(round_up(offset, bs), end)
+        tail_start = max(round_down(end, bs), head_end)
+        if offset < head_end:
+            self._write_partial(offset, buf[: head_end - offset])
+        if head_end < tail_start:
+            self._write_blocks(head_end, buf[head_end - offset : tail_start - offset])
+        if tail_start < end:
+            self._write_partial(tail_start, buf[tail_start - offset :])
 
     def _is_direct_ok(self, offset: int, buf: memoryview) -> bool:
         bs = self._bs
         return bs == 1 or (offset % bs == 0 and directio.is_aligned(buf, bs))
-
-    def _pads(self, end: int) -> bool:
-        return self._regular_file and end % self._bs != 0
 
     def _bounce_read(self, offset: int, buf: memoryview) -> int:
         bs, scratch = self._bs, self._scratch_buffer()
@@ -83,22 +87,52 @@ class AlignedIO:
                 break
         return done
 
-    def _bounce_write(self, offset: int, buf: memoryview) -> None:
-        bs, scratch = self._bs, self._scratch_buffer()
+    def _write_blocks(self, offset: int, buf: memoryview) -> None:
+        """Write whole blocks: they replace what was there, nothing to read."""
+        if directio.is_aligned(buf, self._bs):
+            with self._ranges.shared(offset, offset + len(buf)):
+                self._pwrite_all(offset, buf)
+            return
+        scratch = self._scratch_buffer()
         done = 0
         while done < len(buf):
-            start = round_down(offset + done, bs)
-            skip = offset + done - start
-            want = min(len(buf) - done, len(scratch) - skip)
-            span = round_up(skip + want, bs)
-            if skip:
-                self._read_block(start, scratch[:bs])
-            # The last block is partial too, unless the first one covered it.
-            if (skip + want) % bs and not (skip and span == bs):
-                self._read_block(start + span - bs, scratch[span - bs : span])
-            scratch[skip : skip + want] = buf[done : done + want]
-            self._pwrite_all(start, scratch[:span])
-            done += want
+            n = min(len(buf) - done, len(scratch))
+            scratch[:n] = buf[done : done + n]
+            with self._ranges.shared(offset + done, offset + done + n):
+                self._pwrite_all(offset + done, scratch[:n])
+            done += n
+
+    def _write_partial(self, offset: int, piece: memoryview) -> None:
+        """Read-modify-write part of one block."""
+        start = round_down(offset, self._bs)
+        stop = start + self._bs
+        if not self._regular_file:
+            with self._ranges.exclusive(start, stop):
+                self._rewrite(start, offset, piece)
+            return
+        if self._size() >= stop:
+            with self._ranges.exclusive(start, stop):
+                # Look again: a writer cutting its padding may have shrunk it.
+                if self._size() >= stop:
+                    self._rewrite(start, offset, piece)
+                    return
+        # Writing the block whole grows the file past its end, and the
+        # padding is cut off after: nobody may change the size meanwhile, so
+        # the range reaches past any end (every write beyond conflicts).
+        with self._ranges.exclusive(start, END):
+            size = self._size()
+            self._rewrite(start, offset, piece)
+            if size < stop:
+                os.ftruncate(self._fd, max(size, offset + len(piece)))
+
+    def _rewrite(self, start: int, offset: int, piece: memoryview) -> None:
+        block = self._scratch_buffer()[: self._bs]
+        self._read_block(start, block)
+        block[offset - start : offset - start + len(piece)] = piece
+        self._pwrite_all(start, block)
+
+    def _size(self) -> int:
+        return os.fstat(self._fd).st_size
 
     def _read_block(self, offset: int, block: memoryview) -> None:
         got = os.preadv(self._fd, [block], offset)
@@ -112,14 +146,6 @@ class AlignedIO:
             if n == 0:
                 raise OSError(errno.EIO, "write made no progress")
             done += n
-
-    def _trim_padding(self, old_size: int, end: int) -> None:
-        # The last block was written whole; if that grew the file past what
-        # the caller wrote, cut it back. Comparing with the padded size
-        # leaves alone a file that another writer has extended further.
-        padded = round_up(end, self._bs)
-        if os.fstat(self._fd).st_size == padded > max(old_size, end):
-            os.ftruncate(self._fd, max(old_size, end))
 
     def _scratch_buffer(self) -> memoryview:
         if self._scratch is None:

@@ -8,6 +8,11 @@ I/O get buffered I/O and a warning.
 
 Zeroing tries the cheapest method first and remembers what the storage
 refused, so each connection probes a method at most once.
+
+Every change of the image holds a range of the image's lock from the
+service's ``SectorLocks`` (see ``sectorlock``): ``aligned`` takes them for
+writes; zeroing here takes them around fallocate and BLKZEROOUT (shared)
+and around growing the file (exclusive, to the end of any file).
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ import stat
 from collections.abc import Callable, Iterator
 from types import TracebackType
 
-from vdsm_imageio.backends import DirtyExtent, ZeroExtent, directio
+from vdsm_imageio.backends import NO_SPACE_ERRNOS, DirtyExtent, ZeroExtent, directio
 from vdsm_imageio.backends.aligned import SCRATCH_SIZE, AlignedIO
 from vdsm_imageio.backends.directio import round_down, round_up
-from vdsm_imageio.errors import BackendError, StorageReadOnly, UnsupportedContext
+from vdsm_imageio.backends.sectorlock import END, RangeLock, SectorLocks
+from vdsm_imageio.errors import BackendError, StorageFull, StorageReadOnly, UnsupportedContext
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +39,12 @@ _PUNCH_HOLE = directio.FALLOC_FL_PUNCH_HOLE | directio.FALLOC_FL_KEEP_SIZE
 _ZERO_RANGE = directio.FALLOC_FL_ZERO_RANGE
 
 
-def open_file(path: str, *, mode: str, sparse: bool) -> FileBackend:
+def open_file(path: str, *, mode: str, sparse: bool, locks: SectorLocks) -> FileBackend:
     """Open a regular file or block device for a transfer.
 
     mode is "r" or "rw". sparse allows zero() to deallocate: without it,
     a preallocated volume stays allocated even when punch_hole is asked.
+    locks is the process's table: every backend of one image must share it.
     """
     if mode not in _OPEN_FLAGS:
         raise ValueError(f"mode must be 'r' or 'rw', not {mode!r}")
@@ -48,6 +55,7 @@ def open_file(path: str, *, mode: str, sparse: bool) -> FileBackend:
         raise BackendError(reason=f"open failed: {_strerror(e)}") from e
     try:
         device_size = _device_size(fd)
+        ranges = locks.attach(fd)
     except BaseException:
         log.error("OPEN failed path=%s mode=%s", path, mode)
         os.close(fd)
@@ -69,6 +77,8 @@ def open_file(path: str, *, mode: str, sparse: bool) -> FileBackend:
         sparse=sparse,
         block_size=block_size,
         device_size=device_size,
+        locks=locks,
+        ranges=ranges,
     )
 
 
@@ -97,6 +107,8 @@ class FileBackend:
         sparse: bool,
         block_size: int,
         device_size: int | None,
+        locks: SectorLocks,
+        ranges: RangeLock,
     ) -> None:
         self._fd = fd
         self._path = path
@@ -104,7 +116,11 @@ class FileBackend:
         self._sparse = sparse
         self._block_size = block_size
         self._device_size = device_size
-        self._io = AlignedIO(fd, block_size=block_size, regular_file=device_size is None)
+        self._locks = locks
+        self._ranges = ranges
+        self._io = AlignedIO(
+            fd, block_size=block_size, regular_file=device_size is None, ranges=ranges
+        )
         self._zeros: memoryview | None = None
         self._unsupported: set[str] = set()
         self._used: set[str] = set()
@@ -123,6 +139,10 @@ class FileBackend:
     @property
     def block_size(self) -> int:
         return self._block_size
+
+    def fileno(self) -> int:
+        """The open descriptor, for checks on what was actually opened."""
+        return self._checked_fd()
 
     @property
     def direct(self) -> bool:
@@ -191,13 +211,13 @@ class FileBackend:
         if self._device_size is not None:
             return iter([ZeroExtent(start, end - start, zero=False, hole=False)])
         with self._errors("extents", start, length):
-            runs = list(_file_runs(self._checked_fd(), start, end))
-        return iter(merge_extents(runs))
+            return iter(file_runs(_seeker(self._checked_fd(), end), start, end))
 
     def close(self) -> None:
         if self._fd != -1:
             fd, self._fd = self._fd, -1
             self._zeros = None
+            self._locks.detach(self._ranges)
             os.close(fd)
 
     # Zeroing.
@@ -245,7 +265,8 @@ class FileBackend:
         if method in self._unsupported:
             return False
         try:
-            func(self._checked_fd(), offset, length)
+            with self._ranges.shared(offset, offset + length):
+                func(self._checked_fd(), offset, length)
         except OSError as e:
             if e.errno not in directio.UNSUPPORTED_ERRNOS:
                 raise
@@ -268,9 +289,12 @@ class FileBackend:
             done += n
 
     def _grow(self, end: int) -> None:
+        # Between the look and the truncate nobody may grow the file past
+        # end, or the truncate would cut that off: hold everything after end.
         fd = self._checked_fd()
-        if os.fstat(fd).st_size < end:
-            os.ftruncate(fd, end)
+        with self._ranges.exclusive(end, END):
+            if os.fstat(fd).st_size < end:
+                os.ftruncate(fd, end)
 
     def _log_method(self, method: str) -> None:
         if method not in self._used:
@@ -303,31 +327,62 @@ class FileBackend:
                 length,
                 e,
             )
+            if e.errno in NO_SPACE_ERRNOS:
+                raise StorageFull(reason=f"{op} failed: {_strerror(e)}") from e
             raise BackendError(reason=f"{op} failed: {_strerror(e)}") from e
 
 
-def _file_runs(fd: int, start: int, end: int) -> Iterator[ZeroExtent]:
-    """Data and hole runs of [start, end) from SEEK_DATA/SEEK_HOLE (lseek(2))."""
-    pos = start
+# How often file_runs looks again at a position that a racing writer keeps
+# turning from data into hole and back before it calls the rest data.
+SEEK_RETRIES = 8
+
+Seek = Callable[[int, int], int]
+
+
+def file_runs(seek: Seek, start: int, end: int) -> list[ZeroExtent]:
+    """Data and hole runs of [start, end): contiguous, covering it exactly,
+    of positive lengths, merged.
+
+    seek(pos, whence) is lseek(2) with SEEK_DATA or SEEK_HOLE, answering end
+    when nothing follows pos. Other connections write and punch holes
+    between two seeks, so one may contradict the one before: SEEK_DATA
+    finds data at pos, then a punch, and SEEK_HOLE finds a hole at the same
+    pos. A run is reported only once something was found after its start;
+    a position that makes no progress is looked at again, and past
+    SEEK_RETRIES the rest is reported as data, which is always safe: a
+    client reads it instead of skipping it.
+    """
+    runs: list[ZeroExtent] = []
+    pos, stalls = start, 0
     while pos < end:
-        data = min(_seek(fd, pos, os.SEEK_DATA, default=end), end)
+        data = min(max(seek(pos, os.SEEK_DATA), pos), end)
         if data > pos:
-            yield ZeroExtent(pos, data - pos, zero=True, hole=True)
+            runs.append(ZeroExtent(pos, data - pos, zero=True, hole=True))
             pos = data
-        if pos < end:
-            hole = min(_seek(fd, pos, os.SEEK_HOLE, default=end), end)
-            yield ZeroExtent(pos, hole - pos, zero=False, hole=False)
-            pos = hole
+            continue
+        hole = min(max(seek(pos, os.SEEK_HOLE), pos), end)
+        if hole > pos:
+            runs.append(ZeroExtent(pos, hole - pos, zero=False, hole=False))
+            pos, stalls = hole, 0
+            continue
+        stalls += 1
+        if stalls > SEEK_RETRIES:
+            runs.append(ZeroExtent(pos, end - pos, zero=False, hole=False))
+            break
+    return merge_extents(runs)
 
 
-def _seek(fd: int, pos: int, whence: int, *, default: int) -> int:
-    # ENXIO: no data (or hole) after pos, e.g. the file shrank under us.
-    try:
-        return os.lseek(fd, pos, whence)
-    except OSError as e:
-        if e.errno != errno.ENXIO:
-            raise
-        return default
+def _seeker(fd: int, end: int) -> Seek:
+    def seek(pos: int, whence: int) -> int:
+        # ENXIO: no data (or hole) after pos, e.g. the file shrank under us.
+        try:
+            return os.lseek(fd, pos, whence)
+        except OSError as e:
+            if e.errno != errno.ENXIO:
+                raise
+            return end
+
+    return seek
 
 
 def merge_extents(extents: list[ZeroExtent]) -> list[ZeroExtent]:

@@ -30,7 +30,7 @@ from typing import Any
 
 import nbd
 
-from vdsm_imageio.backends import DirtyExtent, ZeroExtent, directio
+from vdsm_imageio.backends import NO_SPACE_ERRNOS, DirtyExtent, ZeroExtent, directio
 from vdsm_imageio.backends.nbdstatus import (
     ALLOCATION,
     BITMAP_PREFIX,
@@ -43,7 +43,7 @@ from vdsm_imageio.backends.nbdstatus import (
     zero_extent,
 )
 from vdsm_imageio.backends.nbdwire import WireReader
-from vdsm_imageio.errors import BackendError, StorageReadOnly, UnsupportedContext
+from vdsm_imageio.errors import BackendError, StorageFull, StorageReadOnly, UnsupportedContext
 
 log = logging.getLogger(__name__)
 
@@ -347,6 +347,8 @@ class NbdBackend:
                 length,
                 e,
             )
+            if e.errnum in NO_SPACE_ERRNOS:
+                raise StorageFull(reason=f"{op} failed: {_strerror(e)}") from e
             raise BackendError(reason=f"{op} failed: {_strerror(e)}") from e
 
 

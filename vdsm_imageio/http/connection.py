@@ -26,6 +26,7 @@ from .. import zerocopy
 from ..backends import Backend, ParallelReads
 from ..errors import BackendError, ImageioError, PeerClosed, ServiceBusy
 from ..tickets import Ticket
+from . import cors
 from . import errors as http_errors
 from .message import Body, Request, read_head
 from .reader import SocketReader
@@ -51,6 +52,7 @@ REASONS = {
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
+    507: "Insufficient Storage",
 }
 # Unread body bytes we read and drop to keep a connection after an error.
 MAX_DRAIN = 64 * 1024
@@ -74,7 +76,6 @@ class Connection:
         self._linger = False
         self._head_sent = False
         self._aborted = False
-        self._origin: str | None = None
         self.request: Request | None = None
         self.body: Body | None = None
         # When the first request head is due (monotonic), if the lobby
@@ -215,7 +216,6 @@ class Connection:
             if req is None:
                 return False
             self.request = req
-            self._origin = req.header("Origin")
             self._close = not req.keep_alive
             self.body = Body(self._rfile, req, self._peer_error, self._send_continue)
             self.server.router.dispatch(self, req)
@@ -355,20 +355,7 @@ class Connection:
         self._close = True
 
     def _cors_headers(self) -> dict[str, str]:
-        if not self._origin:
-            return {}
-        # Browser uploads from the engine UI (another origin) need these;
-        # a ticket id in the URL is the only credential, no cookies.
-        out = {
-            "Access-Control-Allow-Origin": "*",
-            "Access-Control-Expose-Headers": "Content-Range, Content-Length, Allow",
-        }
-        req = self.request
-        if req is not None and req.header("Access-Control-Request-Method"):
-            out["Access-Control-Allow-Methods"] = "OPTIONS, GET, PUT, PATCH"
-            out["Access-Control-Allow-Headers"] = "*"
-            out["Access-Control-Max-Age"] = "86400"
-        return out
+        return cors.headers(self.request)
 
     # Errors and logs.
 

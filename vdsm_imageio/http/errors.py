@@ -26,6 +26,14 @@ STATUS: tuple[tuple[type[e.ImageioError], int], ...] = (
     (e.HeadersTooLarge, 431),
     (e.TooManyConnections, 503),
     (e.ServiceBusy, 503),
+    # RFC 4918 section 11.5, in the IANA registry for any method: the server
+    # cannot store what the request needs. Neither a bug ("see the log")
+    # nor the client's fault; retrying after space is freed succeeds.
+    (e.StorageFull, 507),
+    # The storage shrank under a read: a fault of the server's side that
+    # the client can neither fix nor retry into success, like any other
+    # storage failure. Mostly logged only: the head went out before.
+    (e.ImageEnded, 500),
     (e.BackendError, 500),
     # The HTTP ticket API (http.tickets) on the control side.
     (e.InvalidTicket, 400),
@@ -39,8 +47,9 @@ STATUS: tuple[tuple[type[e.ImageioError], int], ...] = (
 
 # A client that was refused access must reconnect to try again (and cannot
 # keep probing ticket ids on one connection); an oversized request was not
-# read, so the stream is no longer in sync.
-CLOSES_CONNECTION = frozenset({403, 413, 431, 500})
+# read, so the stream is no longer in sync. A storage failure usually cuts
+# a body off half-way: closing is the only state both sides agree on.
+CLOSES_CONNECTION = frozenset({403, 413, 431, 500, 507})
 
 
 @dataclass(frozen=True)

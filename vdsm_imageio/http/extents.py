@@ -52,10 +52,12 @@ class Extents:
         with ticket.operation(start, 0):
             extents = list(backend.extents(context, start, length))
             # A file shorter than the ticket reads as zeros past its end.
-            covered = min(backend.size, start + length)
+            # Where the extents stop, not the size now: a writer may have
+            # grown or cut the file since they were found.
+            covered = extents[-1].start + extents[-1].length if extents else start
             end = start + length
             if context == "zero" and covered < end:
-                _append_hole(extents, max(start, covered), end)
+                _append_hole(extents, covered, end)
         conn.reply_json([e.to_json() for e in extents])
 
 

@@ -18,10 +18,12 @@ from ..backends import Backend, Spliceable, SpliceReader, SpliceReaders
 from ..errors import (
     BackendError,
     BadRequest,
+    ImageEnded,
     LengthRequired,
     RangeNotSatisfiable,
 )
 from ..tickets import Operation, Registry, Ticket
+from . import cors
 from .message import Request, read_json
 from .ranges import ByteRange, parse_content_range, parse_range
 
@@ -47,6 +49,16 @@ class Images:
     # OPTIONS
 
     def options(self, conn: Connection, req: Request, ticket_id: str) -> None:
+        if cors.is_preflight(req):
+            # No credentials come with a preflight: the real request that
+            # follows is authorized (see vdsm_imageio.http.cors).
+            log.debug(
+                "PREFLIGHT peer=%s method=%s",
+                conn.peer,
+                req.header("Access-Control-Request-Method"),
+            )
+            conn.reply(200)
+            return
         options: dict[str, Any] = {}
         if self._unix_socket:
             options["unix_socket"] = self._unix_socket
@@ -120,7 +132,7 @@ class Images:
         if lanes > 1 and r.length > 2 * pool.size:
             readers = conn.readers(ticket, lanes)
             if len(readers) > 1 and pipeline.run_lanes(
-                pool, [_read_exactly(b) for b in readers], send, r.start, r.length
+                pool, [_read_exactly(b, r.end) for b in readers], send, r.start, r.length
             ):
                 return
         offset = r.start
@@ -132,7 +144,7 @@ class Images:
                 return 0
             n = backend.readinto(offset, buf[:want])
             if n == 0:
-                raise BadRequest(field="image", reason="image ended before the range")
+                raise ImageEnded(offset=offset, end=r.end)
             offset += n
             return n
 
@@ -304,10 +316,11 @@ def _put_range(req: Request) -> tuple[int, int | None]:
     return r.start, r.length
 
 
-def _read_exactly(backend: Backend) -> pipeline.ReadAt:
+def _read_exactly(backend: Backend, end: int) -> pipeline.ReadAt:
     def read(offset: int, buf: memoryview) -> None:
-        if backend.readinto(offset, buf) != len(buf):
-            raise BadRequest(field="image", reason="image ended before the range")
+        n = backend.readinto(offset, buf)
+        if n != len(buf):
+            raise ImageEnded(offset=offset + n, end=end)
 
     return read
 

@@ -1,0 +1,55 @@
+"""The daemon's TLS port, probed with the real openssl s_client.
+
+tests/unit/test_tls.py covers every suite on the contexts; this checks the
+listener the daemon builds from its configuration uses them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from conftest import Daemon
+
+WAIT = 30.0
+
+
+def s_client(daemon: Daemon, *options: str) -> tuple[str, str] | None:
+    """(version, suite) of a handshake, or None when it failed."""
+    argv = ["openssl", "s_client", "-connect", f"127.0.0.1:{daemon.port}", "-brief"]
+    argv += ["-CAfile", str(daemon.ca), "-verify_return_error"]
+    out = subprocess.run(
+        [*argv, *options],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    if out.returncode != 0:
+        return None
+    lines = (out.stdout + out.stderr).splitlines()
+    fields = dict(line.split(": ", 1) for line in lines if ": " in line)
+    return fields["Protocol version"], fields["Ciphersuite"]
+
+
+@pytest.mark.parametrize(
+    "suite", ["ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384", "ECDHE-ECDSA-AES128-SHA256"]
+)
+def test_daemon_refuses_cbc_suites_on_tls12(daemon: Daemon, suite: str) -> None:
+    assert s_client(daemon, "-tls1_2", "-cipher", f"{suite}:@SECLEVEL=0") is None
+
+
+@pytest.mark.parametrize(
+    "suite", ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"]
+)
+def test_daemon_accepts_ecdhe_aead_suites_on_tls12(daemon: Daemon, suite: str) -> None:
+    assert s_client(daemon, "-tls1_2", "-cipher", suite) == ("TLSv1.2", suite)
+
+
+def test_daemon_speaks_tls13(daemon: Daemon) -> None:
+    got = s_client(daemon, "-tls1_3")
+    assert got is not None
+    assert got[0] == "TLSv1.3"
