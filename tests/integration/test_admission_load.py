@@ -194,7 +194,7 @@ def measure(daemon: Daemon, sources: list[str], attempts: int = 1) -> dict[str, 
                     # Let the churn reach its steady state first.
                     time.sleep(RECONNECT_AFTER / 2)
                 for name, run in (("upload", upload), ("download", download)):
-                    evicted = daemon.log().count("EVICTED")
+                    evicted = daemon.evicted()
                     for _ in range(attempts):
                         try:
                             seconds = run(daemon, ticket_id, size)
@@ -206,7 +206,7 @@ def measure(daemon: Daemon, sources: list[str], attempts: int = 1) -> dict[str, 
                     else:
                         failed.append(f"{phase} {name}")
                     if phase == "crowd":
-                        evictions.append(daemon.log().count("EVICTED") - evicted)
+                        evictions.append(daemon.evicted() - evicted)
                         busy += seconds
                 if phase == "crowd":
                     crowd.off()
@@ -223,7 +223,7 @@ def measure(daemon: Daemon, sources: list[str], attempts: int = 1) -> dict[str, 
         "refused": refused,
         "failed": failed,
         "crowd": counts,
-        "evicted": daemon.log().count("EVICTED"),
+        "evicted": daemon.evicted(),
         "evicted_per_s_under_transfer": round(sum(evictions) / busy) if busy else 0,
         "runs_mib_s": {f"{p} {n}": [round(v) for v in speeds] for (p, n), speeds in runs.items()},
     }

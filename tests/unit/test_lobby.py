@@ -1,8 +1,11 @@
 """The lobby's pure helpers: where a request head ends, how peers are named."""
 
+import logging
+
 import pytest
 
-from vdsm_imageio.http.lobby import _blank_line, peer_name
+from vdsm_imageio.http.admission import BUDGET, PER_PEER, Eviction
+from vdsm_imageio.http.lobby import EvictionLog, _blank_line, peer_name
 from vdsm_imageio.http.server import Listener
 
 
@@ -35,3 +38,67 @@ def test_peer_names():
     assert peer_name(("127.0.0.2", 4000), listener) == "127.0.0.2:4000"
     assert peer_name(("::1", 4000, 0, 0), listener) == "[::1]:4000"
     assert peer_name("", listener) == "unix"
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def eviction(reason=BUDGET):
+    return Eviction("conn", "127.0.0.2", reason, 64, 1.5)
+
+
+def evicted_lines(caplog):
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("EVICTED")]
+
+
+def test_evictions_are_logged_one_by_one_up_to_the_burst(caplog):
+    caplog.set_level(logging.INFO)
+    evictions = EvictionLog(burst=3, clock=FakeClock())
+    for _ in range(3):
+        evictions.evicted("127.0.0.2:5000", eviction())
+    assert (
+        evicted_lines(caplog)
+        == [
+            "EVICTED peer=127.0.0.2:5000 reason=max_unauthenticated limit=64 "
+            "group=127.0.0.2 age=1.5s"
+        ]
+        * 3
+    )
+    assert evictions.due() is None
+
+
+def test_evictions_past_the_burst_are_counted_and_summed_up_once_a_window(caplog):
+    caplog.set_level(logging.INFO)
+    clock = FakeClock()
+    evictions = EvictionLog(burst=2, window=1.0, clock=clock)
+    for reason in (BUDGET, BUDGET, BUDGET, PER_PEER, BUDGET):
+        evictions.evicted("127.0.0.2:5000", eviction(reason))
+    assert len(evicted_lines(caplog)) == 2
+    assert evictions.due() == 101.0
+    evictions.flush()
+    assert len(evicted_lines(caplog)) == 2
+    clock.now = 101.0
+    evictions.flush()
+    assert evicted_lines(caplog)[2:] == [
+        "EVICTED count=3 max_unauthenticated=2 max_unauthenticated_per_peer=1 "
+        "window=1s (past 2 a second, counted, not listed)"
+    ]
+    # A new window logs one by one again.
+    evictions.evicted("127.0.0.2:5000", eviction())
+    assert evicted_lines(caplog)[3].startswith("EVICTED peer=")
+    assert evictions.due() is None
+
+
+def test_a_forced_flush_writes_the_counts_at_once(caplog):
+    caplog.set_level(logging.INFO)
+    evictions = EvictionLog(burst=0, clock=FakeClock())
+    evictions.evicted("127.0.0.2:5000", eviction())
+    evictions.flush(force=True)
+    assert evicted_lines(caplog) == [
+        "EVICTED count=1 max_unauthenticated=1 window=0s (past 0 a second, counted, not listed)"
+    ]

@@ -152,6 +152,9 @@ class Admission(Generic[K]):
 
 def peer_group(host: str) -> str:
     """The group a peer address is capped in: the address, an IPv6 /64."""
+    if ":" not in host:
+        # IPv4 as the kernel formats it, or a name: the group is itself.
+        return host
     try:
         addr = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:

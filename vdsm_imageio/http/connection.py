@@ -18,7 +18,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
@@ -64,23 +64,38 @@ LINGER_BYTES = 16 * 1024**2
 
 
 class Connection:
-    def __init__(self, sock: socket.socket, peer: str, server: Server) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        peer: str,
+        server: Server,
+        *,
+        admission: Hashable | None = None,
+        head: bytes = b"",
+        head_due: float | None = None,
+    ) -> None:
+        """A connection; head is what the lobby read, the first head is due at head_due.
+
+        admission is the name the server's admission policy knows the
+        connection by (the lobby admitted it before it became a Connection).
+        """
         self.sock = sock
         self.peer = peer
         self.server = server
+        self.admission: Hashable = self if admission is None else admission
         self.ticket: Ticket | None = None
         self._backend: Backend | None = None
         self._readers: list[Backend] = []
         self._rfile = SocketReader(sock)
+        self._rfile.prime(head)
         self._close = False
         self._linger = False
         self._head_sent = False
         self._aborted = False
         self.request: Request | None = None
         self.body: Body | None = None
-        # When the first request head is due (monotonic), if the lobby
-        # started its clock at accept.
-        self._head_due: float | None = None
+        # The lobby starts the clock of the first head at accept (monotonic).
+        self._head_due = head_due
 
     # Ownership.
 
@@ -91,11 +106,6 @@ class Connection:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-
-    def prime(self, head: bytes, due: float) -> None:
-        """Start with what the lobby read; the first head is due at monotonic time due."""
-        self._rfile.prime(head)
-        self._head_due = due
 
     def bind(self, ticket: Ticket, kind: str | None) -> None:
         """Use ticket, which authorized the current request, on this connection.

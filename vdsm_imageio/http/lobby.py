@@ -26,7 +26,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
@@ -50,16 +50,91 @@ ACCEPT_PAUSE = 0.1
 ACCEPT_BATCH = 16
 
 
-class _Guest:
-    __slots__ = ("conn", "events", "handshaking", "head", "listener", "since")
+class EvictionLog:
+    """EVICTED lines: one per eviction up to a burst a second, then counts.
 
-    def __init__(self, conn: Connection, listener: Listener, since: float) -> None:
-        self.conn = conn
+    A crowd churning hundreds of sockets a second would otherwise write
+    hundreds of lines a second: log rotation would soon drop everything
+    else, and formatting them would take the interpreter from the
+    transfers. Past the burst, evictions are counted by reason and one
+    summary line a second reports them.
+    """
+
+    def __init__(
+        self, burst: int = 20, window: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._burst = burst
+        self._window = window
+        self._clock = clock
+        self._start = clock()
+        self._logged = 0
+        self._counted: dict[str, int] = {}
+
+    def evicted(self, peer: str, eviction: Eviction[Hashable]) -> None:
+        self.flush()
+        if self._logged < self._burst:
+            self._logged += 1
+            log.info(
+                "EVICTED peer=%s reason=%s limit=%d group=%s age=%.1fs",
+                peer,
+                eviction.reason,
+                eviction.limit,
+                eviction.peer,
+                eviction.age,
+            )
+        else:
+            self._counted[eviction.reason] = self._counted.get(eviction.reason, 0) + 1
+
+    def due(self) -> float | None:
+        """When flush has a summary to write, if it has one."""
+        return self._start + self._window if self._counted else None
+
+    def flush(self, *, force: bool = False) -> None:
+        """Write the summary of a window that has ended (or any, forced); start a new one."""
+        now = self._clock()
+        if now < self._start + self._window and not force:
+            return
+        if self._counted:
+            log.info(
+                "EVICTED count=%d %s window=%.0fs (past %d a second, counted, not listed)",
+                sum(self._counted.values()),
+                " ".join(f"{k}={v}" for k, v in sorted(self._counted.items())),
+                now - self._start,
+                self._burst,
+            )
+        self._start = now
+        self._logged = 0
+        self._counted = {}
+
+
+class _Guest:
+    """A socket in the lobby; also its name in the admission policy for life."""
+
+    __slots__ = (
+        "conn",
+        "events",
+        "handshaking",
+        "head",
+        "listener",
+        "peer",
+        "since",
+        "sock",
+        "wrapped",
+    )
+
+    def __init__(self, sock: socket.socket, peer: str, listener: Listener, since: float) -> None:
+        self.sock = sock
+        self.peer = peer
         self.listener = listener
         self.since = since
-        self.handshaking = listener.context is not None
+        # TLS starts with the client's first byte: a socket that never sends
+        # one costs no TLS state.
+        self.wrapped = listener.context is None
+        self.handshaking = not self.wrapped
         self.head = bytearray()
         self.events = selectors.EVENT_READ
+        # Set when the head has arrived and a worker owns the connection.
+        self.conn: Connection | None = None
 
 
 class Lobby:
@@ -74,12 +149,13 @@ class Lobby:
         self._head_limit = min(BUFFER_SIZE, cfg.http.max_header_bytes + 1)
         self._listeners: list[Listener] = []
         self._paused: dict[Listener, float] = {}
-        # Both in accept order, so each dict's first entry is due first.
-        self._guests: dict[Connection, _Guest] = {}
-        self._handshaking: dict[Connection, _Guest] = {}
+        # Both in accept order, so each one's first guest is due first.
+        self._guests: dict[_Guest, None] = {}
+        self._handshaking: dict[_Guest, None] = {}
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._stopping = False
+        self._evictions = EvictionLog(clock=clock)
         self._thread = threading.Thread(target=self._run, name="lobby", daemon=True)
 
     def add_listener(self, listener: Listener) -> None:
@@ -114,7 +190,7 @@ class Lobby:
                             self._wake_r.recv(64)
                     elif isinstance(key.data, _Guest):
                         # Closed earlier in this round: its event is stale.
-                        if key.data.conn in self._guests:
+                        if key.data in self._guests:
                             self._step(key.data)
                     else:
                         ready.append(key.data)
@@ -125,6 +201,7 @@ class Lobby:
                 now = self._clock()
                 self._expire(now)
                 self._resume(now)
+                self._evictions.flush()
         finally:
             self._close_all()
 
@@ -132,6 +209,8 @@ class Lobby:
         due = [g.since + self._handshake_timeout for g in _first(self._handshaking)]
         due += [g.since + self._header_timeout for g in _first(self._guests)]
         due += self._paused.values()
+        if (summary := self._evictions.due()) is not None:
+            due.append(summary)
         if not due:
             return None
         return max(0.0, min(due) - self._clock())
@@ -176,16 +255,13 @@ class Lobby:
             group = _group(sock, addr)
             if listener.context is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock = listener.context.wrap_socket(
-                    sock, server_side=True, do_handshake_on_connect=False
-                )
         except OSError as e:
             log.info("CLOSED peer=%s reason=%s", peer, e.strerror or e)
             sock.close()
             return
-        conn = Connection(sock, peer, self._server)
+        guest = _Guest(sock, peer, listener, self._clock())
         if listener.trusted:
-            if not self._server.admit_trusted(conn):
+            if not self._server.admit_trusted(guest):
                 log.warning(
                     "REFUSED peer=%s reason=max_connections %d reached",
                     peer,
@@ -194,54 +270,63 @@ class Lobby:
                 sock.close()
                 return
         else:
-            evicted = self._server.admit(conn, group)
+            evicted = self._server.admit(guest, group)
             if evicted is not None:
                 self._evict(evicted)
-        guest = _Guest(conn, listener, self._clock())
-        self._guests[conn] = guest
+        self._guests[guest] = None
         if guest.handshaking:
-            self._handshaking[conn] = guest
+            self._handshaking[guest] = None
         self._selector.register(sock, guest.events, guest)
 
-    def _evict(self, eviction: Eviction[Connection]) -> None:
-        conn = eviction.conn
-        log.info(
-            "EVICTED peer=%s reason=%s limit=%d group=%s age=%.1fs",
-            conn.peer,
-            eviction.reason,
-            eviction.limit,
-            eviction.peer,
-            eviction.age,
-        )
-        guest = self._guests.get(conn)
-        if guest is not None:
+    def _evict(self, eviction: Eviction[Hashable]) -> None:
+        guest = eviction.conn
+        assert isinstance(guest, _Guest)
+        self._evictions.evicted(guest.peer, eviction)
+        if guest.conn is None:
             self._close(guest)
         else:
             # Its request head arrived: a worker owns it now.
-            conn.abort()
+            guest.conn.abort()
 
     # Guests.
 
     def _step(self, guest: _Guest) -> None:
-        conn = guest.conn
         try:
             if guest.handshaking:
-                wait = tls.handshake_step(conn.sock)  # type: ignore[arg-type]
+                if not guest.wrapped:
+                    context = guest.listener.context
+                    assert context is not None
+                    guest.sock = self._rewrap(guest, context)
+                wait = tls.handshake_step(guest.sock)  # type: ignore[arg-type]
                 if wait:
                     self._wait(guest, wait)
                     return
                 guest.handshaking = False
-                del self._handshaking[conn]
+                del self._handshaking[guest]
             self._read_head(guest)
         except tls.HandshakeFailed as e:
-            log.info("CLOSED peer=%s reason=%s", conn.peer, e)
+            log.info("CLOSED peer=%s reason=%s", guest.peer, e)
             self._close(guest)
         except Exception:
-            log.exception("LOBBY failed peer=%s", conn.peer)
+            log.exception("LOBBY failed peer=%s", guest.peer)
             self._close(guest)
 
+    def _rewrap(self, guest: _Guest, context: ssl.SSLContext) -> ssl.SSLSocket:
+        """The guest's socket as TLS, registered in its place."""
+        self._selector.unregister(guest.sock)
+        guest.wrapped = True
+        try:
+            sock = context.wrap_socket(guest.sock, server_side=True, do_handshake_on_connect=False)
+        except OSError as e:
+            raise tls.HandshakeFailed(peer=guest.peer, reason=e.strerror or str(e)) from None
+        finally:
+            guest.events = 0
+        guest.events = selectors.EVENT_READ
+        self._selector.register(sock, guest.events, guest)
+        return sock
+
     def _read_head(self, guest: _Guest) -> None:
-        sock = guest.conn.sock
+        sock = guest.sock
         head = guest.head
         while True:
             try:
@@ -253,7 +338,7 @@ class Lobby:
                 self._wait(guest, selectors.EVENT_WRITE)
                 return
             except OSError as e:
-                log.info("CLOSED peer=%s reason=%s", guest.conn.peer, e.strerror or e)
+                log.info("CLOSED peer=%s reason=%s", guest.peer, e.strerror or e)
                 self._close(guest)
                 return
             if not data:
@@ -269,43 +354,51 @@ class Lobby:
     def _wait(self, guest: _Guest, events: int) -> None:
         if guest.events != events:
             guest.events = events
-            self._selector.modify(guest.conn.sock, events, guest)
+            self._selector.modify(guest.sock, events, guest)
 
     def _hand_off(self, guest: _Guest) -> None:
         self._forget(guest)
-        conn = guest.conn
-        conn.prime(bytes(guest.head), guest.since + self._header_timeout)
-        self._server.serve(conn, guest.listener)
+        guest.conn = Connection(
+            guest.sock,
+            guest.peer,
+            self._server,
+            admission=guest,
+            head=bytes(guest.head),
+            head_due=guest.since + self._header_timeout,
+        )
+        guest.head = bytearray()
+        self._server.serve(guest.conn, guest.listener)
 
     def _expire(self, now: float) -> None:
         late: list[tuple[_Guest, str]] = []
-        for guest in self._handshaking.values():
+        for guest in self._handshaking:
             if guest.since + self._handshake_timeout > now:
                 break
             late.append((guest, "TLS handshake"))
-        for guest in self._guests.values():
+        for guest in self._guests:
             if guest.since + self._header_timeout > now:
                 break
             if not guest.handshaking:
                 late.append((guest, "request head"))
         for guest, what in late:
-            log.info("TIMEOUT peer=%s reason=%s not complete in time", guest.conn.peer, what)
+            log.info("TIMEOUT peer=%s reason=%s not complete in time", guest.peer, what)
             self._close(guest)
 
     def _forget(self, guest: _Guest) -> None:
-        conn = guest.conn
-        del self._guests[conn]
-        self._handshaking.pop(conn, None)
-        with suppress(KeyError, ValueError):
-            self._selector.unregister(conn.sock)
+        del self._guests[guest]
+        self._handshaking.pop(guest, None)
+        if guest.events:
+            self._selector.unregister(guest.sock)
+            guest.events = 0
 
     def _close(self, guest: _Guest) -> None:
         self._forget(guest)
-        guest.conn.sock.close()
-        self._server.release(guest.conn)
+        guest.sock.close()
+        self._server.release(guest)
 
     def _close_all(self) -> None:
-        for guest in list(self._guests.values()):
+        self._evictions.flush(force=True)
+        for guest in list(self._guests):
             self._close(guest)
         for listener in self._listeners:
             with suppress(OSError):
@@ -339,5 +432,5 @@ def _blank_line(head: bytearray, start: int) -> bool:
     return head.find(b"\n\r\n", start) >= 0 or head.find(b"\n\n", start) >= 0
 
 
-def _first(guests: dict[Connection, _Guest]) -> list[_Guest]:
-    return [next(iter(guests.values()))] if guests else []
+def _first(guests: dict[_Guest, None]) -> list[_Guest]:
+    return [next(iter(guests))] if guests else []

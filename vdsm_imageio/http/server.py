@@ -22,7 +22,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from contextlib import suppress
 
 from ..backends import Backend
@@ -145,7 +145,7 @@ class Server:
         # Two buffers at least: one request can always double-buffer.
         count = max(2, config.http.buffer_pool_bytes // config.http.buffer_size)
         self.pool = BufferPool(config.http.buffer_size, count)
-        self._admission: Admission[Connection] = Admission(
+        self._admission: Admission[Hashable] = Admission(
             max_authorized=config.http.max_connections,
             max_unauthenticated=config.http.max_unauthenticated,
             max_per_peer=config.http.max_unauthenticated_per_peer,
@@ -184,22 +184,22 @@ class Server:
     # Admission (vdsm_imageio.http.admission); the lobby admits and
     # releases, a connection's worker authorizes and releases.
 
-    def admit(self, conn: Connection, group: str) -> Eviction[Connection] | None:
+    def admit(self, key: Hashable, group: str) -> Eviction[Hashable] | None:
         with self._lock:
-            return self._admission.admit(conn, group)
+            return self._admission.admit(key, group)
 
-    def admit_trusted(self, conn: Connection) -> bool:
+    def admit_trusted(self, key: Hashable) -> bool:
         with self._lock:
-            return self._admission.admit_trusted(conn)
+            return self._admission.admit_trusted(key)
 
     def authorize(self, conn: Connection) -> bool:
-        """Whether conn, whose request proved a live ticket, may stay authorized."""
+        """Whether conn, whose request named a live ticket, may be authorized."""
         with self._lock:
-            return self._admission.authorize(conn)
+            return self._admission.authorize(conn.admission)
 
-    def release(self, conn: Connection) -> None:
+    def release(self, key: Hashable) -> None:
         with self._lock:
-            self._admission.release(conn)
+            self._admission.release(key)
 
     # Workers.
 
@@ -225,5 +225,5 @@ class Server:
         finally:
             with self._lock:
                 self._conns.discard(conn)
-                self._admission.release(conn)
+                self._admission.release(conn.admission)
                 self._workers.discard(threading.current_thread())
