@@ -4,9 +4,10 @@ A crowd of 900 sockets (500 idle TCP connections, 200 dripping a byte a
 second, 200 that complete TLS and never send a head; hostile.py, in its
 own process, reconnecting whatever the daemon closes) hammers the TLS
 port while a real upload and a real download run over TLS. Each transfer
-is measured alone first and then in the crowd, same size, same daemon:
-the loaded speed must be at least 80% of the unloaded one, and the client
-must never see its connection refused or reset.
+is measured alone first and then in the crowd, same size, same daemon, in
+five rounds: the median of the rounds' loaded-to-alone speed ratios must
+be at least 80%, and the client must never see its connection refused or
+reset. On main this test fails at once: every loaded transfer is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import queue
 import random
 import resource
 import ssl
+import statistics
 import subprocess
 import sys
 import threading
@@ -30,7 +32,7 @@ import pytest
 if TYPE_CHECKING:
     from conftest import Daemon
 
-# Calibration and four rounds of four transfers, with the crowd ramping up.
+# Calibration and five rounds of four transfers, with the crowd ramping up.
 pytestmark = pytest.mark.timeout(300)
 
 MiB = 1024**2
@@ -40,7 +42,7 @@ OTHER_SOURCES = [f"127.0.0.{i}" for i in range(2, 10)]
 # Wanted: a transfer of about 1-2 s alone on this machine.
 TARGET_SECONDS = 1.5
 MIN_SIZE, MAX_SIZE = 64 * MiB, 1024 * MiB
-ROUNDS = 4  # of alone-then-crowd; the best run of each counts, against noise from neighbours
+ROUNDS = 5  # of alone-then-crowd; the median ratio counts, against noise from neighbours
 MIN_RATIO = 0.8
 IO_TIMEOUT = 30.0
 # The daemon closes what it evicts; the crowd reconnects after about this
@@ -151,6 +153,9 @@ def download(daemon: Daemon, ticket_id: str, size: int) -> float:
 REFUSALS = (ConnectionError, ssl.SSLError, http.client.HTTPException, TimeoutError)
 
 
+TRANSFERS = (("upload", upload), ("download", download))
+
+
 def size_for(daemon: Daemon) -> int:
     """A size that takes about TARGET_SECONDS to upload here, alone."""
     ticket_id, _ = daemon.add_ticket(size=MIN_SIZE)
@@ -169,63 +174,61 @@ def enough_descriptors() -> None:
 
 
 def measure(daemon: Daemon, sources: list[str], attempts: int = 1) -> dict[str, Any]:
-    """Alone and in the crowd, in turns; the best run of each transfer and phase.
+    """Each transfer alone and then in the crowd, ROUNDS times, as ratios.
 
-    Neighbours on a shared machine come and go: taking turns gives both
-    phases the same chances, and the best of several runs is the speed the
-    transfer can reach, which is what the crowd must not take away. A
-    transfer refused or reset is tried again up to attempts times in all;
-    "failed" lists those that never got through.
+    Neighbours on a shared machine come and go: a round runs both phases
+    within seconds of each other, so its ratio (loaded speed over speed
+    alone) compares like with like, and the median ratio of the rounds is
+    what one lucky or unlucky round cannot move. A transfer refused or
+    reset is tried again, up to attempts times in all; "failed" lists those
+    that never got through.
     """
     size = size_for(daemon)
     ticket_id, _ = daemon.add_ticket(size=size)
-    runs: dict[tuple[str, str], list[float]] = {}
+    speeds: dict[str, list[tuple[float, float]]] = {"upload": [], "download": []}
     refused: list[str] = []
     failed: list[str] = []
     # Sockets the daemon evicted while a loaded transfer ran, and for how long.
-    evictions: list[int] = []
+    evicted = 0
     busy = 0.0
     crowd = Crowd(daemon, sources)
     try:
         for _ in range(ROUNDS):
-            for phase in ("alone", "crowd"):
-                if phase == "crowd":
-                    crowd.on()
-                    # Let the churn reach its steady state first.
-                    time.sleep(RECONNECT_AFTER / 2)
-                for name, run in (("upload", upload), ("download", download)):
-                    evicted = daemon.evicted()
-                    for _ in range(attempts):
-                        try:
-                            seconds = run(daemon, ticket_id, size)
-                        except REFUSALS as e:
-                            refused.append(f"{phase} {name}: {type(e).__name__}: {e}")
-                            continue
-                        runs.setdefault((phase, name), []).append(size / seconds / MiB)
-                        break
-                    else:
-                        failed.append(f"{phase} {name}")
-                    if phase == "crowd":
-                        evictions.append(daemon.evicted() - evicted)
-                        busy += seconds
-                if phase == "crowd":
-                    crowd.off()
+            alone = {name: size / run(daemon, ticket_id, size) / MiB for name, run in TRANSFERS}
+            crowd.on()
+            # Let the churn reach its steady state first.
+            time.sleep(RECONNECT_AFTER / 2)
+            for name, run in TRANSFERS:
+                before = daemon.evicted()
+                for _ in range(attempts):
+                    try:
+                        seconds = run(daemon, ticket_id, size)
+                    except REFUSALS as e:
+                        refused.append(f"{name}: {type(e).__name__}: {e}")
+                        continue
+                    speeds[name].append((alone[name], size / seconds / MiB))
+                    evicted += daemon.evicted() - before
+                    busy += seconds
+                    break
+                else:
+                    failed.append(name)
+            crowd.off()
     finally:
         counts = crowd.close()
-    best = {f"{phase} {name}": max(speeds) for (phase, name), speeds in runs.items()}
     return {
         "size_mib": size // MiB,
-        "best_mib_s": {k: round(v) for k, v in best.items()},
         "ratio": {
-            name: round(best.get(f"crowd {name}", 0.0) / best[f"alone {name}"], 2)
-            for name in ("upload", "download")
+            name: round(statistics.median(c / a for a, c in pairs), 2) if pairs else 0.0
+            for name, pairs in speeds.items()
         },
         "refused": refused,
         "failed": failed,
         "crowd": counts,
         "evicted": daemon.evicted(),
-        "evicted_per_s_under_transfer": round(sum(evictions) / busy) if busy else 0,
-        "runs_mib_s": {f"{p} {n}": [round(v) for v in speeds] for (p, n), speeds in runs.items()},
+        "evicted_per_s_under_transfer": round(evicted / busy) if busy else 0,
+        "alone_and_loaded_mib_s": {
+            name: [(round(a), round(c)) for a, c in pairs] for name, pairs in speeds.items()
+        },
     }
 
 
