@@ -4,10 +4,10 @@ Usage: python hostile.py PORT [--idle N] [--drip N] [--silent N]
        [--source ADDR ...] [--reconnect-after SECONDS] [--duration SECONDS]
 
 Commands on stdin, one a line: ``on`` opens the whole crowd and keeps it
-up, opening a new socket when the server closes one (after about
---reconnect-after seconds, jittered, so the churn stays bounded and
-steady); ``off`` closes every socket and stops. Each connection comes from
-one of the source addresses in turn:
+up, opening a new socket when the server closes one (after
+--reconnect-after seconds on average, spread evenly from at once to twice
+that, so the churn is bounded and steady); ``off`` closes every socket and
+stops. Each connection comes from one of the source addresses in turn:
 
 - idle: TCP connects and never sends a byte (TLS handshake pending);
 - drip: half send a TLS ClientHello one byte per second (handshake
@@ -98,7 +98,9 @@ class Crowd:
         slot.settled = True
         self.drop(slot)
         if self.active:
-            delay = self.reconnect_after * random.uniform(0.5, 1.5)
+            # Spread from at once to twice the mean: the churn is steady
+            # from the first evictions on, not a wave a mean later.
+            delay = self.reconnect_after * random.uniform(0.0, 2.0)
             self.at(time.monotonic() + delay, "connect", slot)
 
     def drop(self, slot: Slot) -> None:
