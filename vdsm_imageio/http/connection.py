@@ -70,7 +70,7 @@ class Connection:
         peer: str,
         server: Server,
         *,
-        admission: Hashable | None = None,
+        admission: Hashable,
         head: bytes = b"",
         head_due: float | None = None,
     ) -> None:
@@ -82,7 +82,7 @@ class Connection:
         self.sock = sock
         self.peer = peer
         self.server = server
-        self.admission: Hashable = self if admission is None else admission
+        self.admission = admission
         self.ticket: Ticket | None = None
         self._backend: Backend | None = None
         self._readers: list[Backend] = []

@@ -8,7 +8,11 @@ advances TLS handshakes and reads request heads one non-blocking call at a
 time, and hands a connection whose head has arrived to the server, which
 gives it a worker thread. A crowd of silent or dripping sockets costs a
 file descriptor each for as long as the policy keeps them, never a thread,
-and no socket makes another wait.
+and no socket makes another wait. TLS state is made only when the client
+sends its first byte, the Connection only when its head has arrived: a
+socket the policy evicts soon costs little. A guest is the connection's
+name in the admission policy for its whole life, also once a worker owns
+it.
 
 Deadlines are kept here and counted from accept: the TLS handshake within
 ``[tls] handshake_timeout`` and the first request head within ``[http]
@@ -312,15 +316,14 @@ class Lobby:
             self._close(guest)
 
     def _rewrap(self, guest: _Guest, context: ssl.SSLContext) -> ssl.SSLSocket:
-        """The guest's socket as TLS, registered in its place."""
+        """The guest's socket as TLS, registered in its place (no I/O)."""
         self._selector.unregister(guest.sock)
+        guest.events = 0
         guest.wrapped = True
         try:
             sock = context.wrap_socket(guest.sock, server_side=True, do_handshake_on_connect=False)
         except OSError as e:
             raise tls.HandshakeFailed(peer=guest.peer, reason=e.strerror or str(e)) from None
-        finally:
-            guest.events = 0
         guest.events = selectors.EVENT_READ
         self._selector.register(sock, guest.events, guest)
         return sock
