@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv python3-pip python3-sanlock python3-libnbd python3-pyudev \
 	qemu-utils curl util-linux e2fsprogs openssl \
 	gcc python3-dev
-PIP_PACKAGES := pytest pytest-timeout mypy ruff py-spy
+PIP_PACKAGES := pytest pytest-timeout hypothesis mypy ruff py-spy
 # Browser lane: tests/browser drives Debian's Chromium headless through
 # Playwright (its Python package only: the browser is the system's, never
 # `playwright install`); certutil trusts the daemon's CA in the NSS database.
@@ -58,8 +58,10 @@ test: deps lint typecheck
 test-vm: deps
 	$(PY) tests/vm/runner.py -ra
 
-# Side by side with ovirt-imageio 2.5.1 from PyPI (its own venv under .cache);
-# BENCH_SIZE, BENCH_RUNS, BENCH_CASES override. Results in bench/results/.
+# Side by side with ovirt-imageio 2.5.1 from PyPI (its own venv under .cache),
+# on the disk and fast (RAM-backed ext4, needs root) storage profiles;
+# BENCH_PROFILES, BENCH_SIZE, BENCH_RUNS, BENCH_CASES override. One JSON per
+# profile in bench/results/ (bench/README.md).
 bench: deps
 	$(PY) -m bench.run
 

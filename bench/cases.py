@@ -4,7 +4,9 @@ A case prepares tickets (outside the measured window), runs once against
 one daemon and returns its metrics; the harness alternates daemons, drops
 the page cache and reads the daemon's CPU time around ``run``. ``moved``
 is the image bytes one run transfers, for CPU seconds per GiB (0: the case
-moves no meaningful volume).
+moves no meaningful volume). ``sides`` names the daemons a case runs
+against: ours and the reference, and for the nbd download also ours
+without the hand-written NBD reader.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import clients, procs
-from .daemons import Daemon
+from .daemons import LIBNBD_ONLY, Daemon
 from .images import Images, Scratch
 
 MiB = 1024**2
@@ -69,6 +71,7 @@ class Case:
     drop_cache = True
     transport: str | None = None
     runs: int | None = None
+    sides: tuple[str, ...] = ("ours", "theirs")
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -106,6 +109,9 @@ class Transfer(Case):
         self.metrics = (Metric(name, "MiB/s"),)
         if (direction, transport, tool, source) == ("download", "unix", "curl", "file"):
             self.metrics += (Metric("page cache after download", "%", False),)
+        if self.id == NBDWIRE_CASE:
+            # The only download nbdwire serves (it splices into the unix socket).
+            self.sides = ("ours", "theirs", LIBNBD_ONLY)
         self.moved = ctx.images.size
 
     def unsupported(self, d: Daemon) -> str | None:
@@ -196,6 +202,37 @@ class SparseDownload(Case):
             d, tickets[0], "unix", self.ctx.scratch.path("sparse.raw")
         )
         self.ctx.scratch.discard("sparse.raw")
+        return {self.metrics[0].name: self.rate(seconds)}
+
+
+class Checksum(Case):
+    """GET /images/<ticket>/checksum of a whole image over the unix socket.
+
+    Both daemons must agree on the digest: a run whose checksum differs
+    from the other daemon's fails instead of reporting a rate.
+    """
+
+    transport = None  # no data crosses the socket; the CPU target is for transfers
+
+    def __init__(self, ctx: Context, *, image: str) -> None:
+        super().__init__(ctx)
+        self.image = image
+        self.id = f"checksum-{image}"
+        self.metrics = (Metric(f"checksum {image} image unix (image size/s)", "MiB/s"),)
+        self.moved = ctx.images.size
+        self.digests: dict[str, str] = {}
+
+    def _path(self) -> Path:
+        return self.ctx.images.full if self.image == "full" else self.ctx.images.sparse
+
+    def prepare(self, d: Daemon) -> list[str]:
+        return [self.ctx.add(d, self._path().as_uri(), self.ctx.images.size, ["read"])]
+
+    def run(self, d: Daemon, tickets: list[str]) -> dict[str, float]:
+        seconds, digest = clients.checksum(d, tickets[0])
+        self.digests.setdefault(d.name, digest)
+        if len(set(self.digests.values())) > 1:
+            raise clients.ClientError(f"the daemons disagree: {self.digests}")
         return {self.metrics[0].name: self.rate(seconds)}
 
 
@@ -312,6 +349,10 @@ def transfer_id(direction: str, transport: str, tool: str, source: str) -> str:
     return f"{prefix}{direction}-{transport}-{tool}"
 
 
+# The case that measures nbdwire against libnbd alone (DESIGN section 3).
+NBDWIRE_CASE = transfer_id("download", "unix", "curl", "nbd")
+
+
 # (direction, transport, tool, source) of the whole-image transfer cases.
 TRANSFERS = [
     *(
@@ -333,8 +374,16 @@ OTHERS: list[type[Case]] = [
 ]
 
 
+# The images of the checksum cases (bench.images).
+CHECKSUMS = ["full", "sparse"]
+
+
 def case_ids() -> list[str]:
-    return [transfer_id(*t) for t in TRANSFERS] + [c.id for c in OTHERS]
+    return (
+        [transfer_id(*t) for t in TRANSFERS]
+        + [c.id for c in OTHERS]
+        + [f"checksum-{image}" for image in CHECKSUMS]
+    )
 
 
 def all_cases(ctx: Context) -> list[Case]:
@@ -342,4 +391,5 @@ def all_cases(ctx: Context) -> list[Case]:
         Transfer(ctx, direction=d, transport=t, tool=tool, source=src)
         for d, t, tool, src in TRANSFERS
     ]
-    return cases + [c(ctx) for c in OTHERS]
+    cases += [c(ctx) for c in OTHERS]
+    return cases + [Checksum(ctx, image=image) for image in CHECKSUMS]

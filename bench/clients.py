@@ -229,3 +229,23 @@ def random_reads(
         reader.close()
         sock.close()
     return done / (time.monotonic() - started)
+
+
+def checksum(daemon: Daemon, ticket_id: str) -> tuple[float, str]:
+    """Seconds of one GET /images/<ticket>/checksum (defaults: blake2b, 4 MiB
+    blocks) over the unix socket, and the digest."""
+    conn = daemon.unix(timeout=CURL_TIMEOUT)
+    started = time.monotonic()
+    try:
+        conn.request("GET", f"/images/{ticket_id}/checksum")
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    seconds = time.monotonic() - started
+    if resp.status != 200:
+        raise ClientError(f"checksum: status {resp.status}: {body[:200]!r}")
+    reply = json.loads(body)
+    if (reply.get("algorithm"), reply.get("block_size")) != ("blake2b", 4 * 1024**2):
+        raise ClientError(f"checksum: unexpected defaults {reply}")
+    return seconds, str(reply["checksum"])

@@ -1,12 +1,19 @@
-"""The two daemons under test, started with equivalent configuration.
+"""The daemons under test, each with its shipped defaults.
 
 Both serve TLS on 127.0.0.1 with the same certificates (ours generates
 them in its --local directory on first start; the reference reads them
 from there), plain HTTP on an abstract unix socket (learned from
-``OPTIONS /images/*``), file I/O with the same buffer size, and a control
-channel on a unix socket: JSON-RPC lines for ours, ovirt-imageio's HTTP
-ticket API for the reference. A daemon is ready when ``OPTIONS /images/*``
-over TLS answers, which is also what the startup case measures.
+``OPTIONS /images/*``), and a control channel on a unix socket: JSON-RPC
+lines for ours, ovirt-imageio's HTTP ticket API for the reference. The
+configuration written for them says only where things are; the I/O
+settings (buffer sizes, parallel reads) are each daemon's own defaults,
+as users run them, unless a tuned buffer size is asked for. A daemon is
+ready when ``OPTIONS /images/*`` over TLS answers, which is also what the
+startup case measures.
+
+A third daemon, ours with ``[http] nbd_splice = false`` (LIBNBD_ONLY),
+runs only the nbd download case: the same download with and without the
+hand-written NBD reader.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Any
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 IO_TIMEOUT = 60.0
+LIBNBD_ONLY = "ours-libnbd"
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -57,7 +65,7 @@ class Daemon:
     name = ""
     label = ""
 
-    def __init__(self, workdir: Path, *, buffer_size: int, ca: Path | None = None) -> None:
+    def __init__(self, workdir: Path, *, buffer_size: int | None, ca: Path | None = None) -> None:
         self.dir = workdir
         self.buffer_size = buffer_size
         self.ca = ca or workdir / "pki" / "ca.pem"
@@ -149,6 +157,10 @@ class Daemon:
 
     # Subclass hooks.
 
+    def settings(self) -> dict[str, Any]:
+        """The I/O settings in effect (from the daemon's --show-config)."""
+        raise NotImplementedError
+
     def _spawn(self) -> subprocess.Popen[bytes]:
         raise NotImplementedError
 
@@ -169,9 +181,21 @@ class Ours(Daemon):
     name = "ours"
     label = "vdsm-imageio"
 
-    def __init__(self, workdir: Path, *, buffer_size: int, program: Path, url_root: Path) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        buffer_size: int | None,
+        program: Path,
+        url_root: Path,
+        nbd_splice: bool = True,
+    ) -> None:
         super().__init__(workdir, buffer_size=buffer_size)
         self.program = program
+        self.nbd_splice = nbd_splice
+        if not nbd_splice:
+            self.name = LIBNBD_ONLY
+            self.label = "vdsm-imageio, libnbd reads only (nbd_splice = false)"
         # The bench's images and upload targets live outside the daemon's
         # --local directory, which alone is allowed by default.
         self.url_root = url_root
@@ -182,9 +206,7 @@ class Ours(Daemon):
     def _spawn(self) -> subprocess.Popen[bytes]:
         conf = self.dir / "conf.d"
         conf.mkdir(parents=True, exist_ok=True)
-        (conf / "50-bench.conf").write_text(
-            f"[http]\nbuffer_size = {self.buffer_size}\n[storage]\nurl_roots = {self.url_root}\n"
-        )
+        (conf / "50-bench.conf").write_text(self._conf())
         log = open(self.dir / "daemon.log", "wb")
         with log:
             return subprocess.Popen(
@@ -193,6 +215,21 @@ class Ours(Daemon):
                 stdout=log,
                 stderr=log,
             )
+
+    def _conf(self) -> str:
+        http = []
+        if self.buffer_size is not None:
+            http.append(f"buffer_size = {self.buffer_size}")
+        if not self.nbd_splice:
+            http.append("nbd_splice = false")
+        text = f"[storage]\nurl_roots = {self.url_root}\n"
+        return text + ("[http]\n" + "\n".join(http) + "\n" if http else "")
+
+    def settings(self) -> dict[str, Any]:
+        cfg = _show_config([str(self.program), "serve", "--local", str(self.dir), "--show-config"])
+        http = cfg["http"]
+        keys = ("buffer_size", "buffer_pool_bytes", "parallel_reads", "nbd_splice")
+        return {f"http.{k}": http[k] for k in keys if k in http}
 
     def _connect_control(self) -> None:
         # The data listeners may answer a moment before the control socket.
@@ -237,7 +274,7 @@ class Theirs(Daemon):
     name = "theirs"
     label = "ovirt-imageio 2.5.1"
 
-    def __init__(self, workdir: Path, *, buffer_size: int, program: Path, pki: Path) -> None:
+    def __init__(self, workdir: Path, *, buffer_size: int | None, program: Path, pki: Path) -> None:
         super().__init__(workdir, buffer_size=buffer_size, ca=pki / "ca.pem")
         self.program = program
         self.pki = pki
@@ -273,9 +310,7 @@ socket =
 transport = unix
 socket = {self.dir / "control.sock"}
 
-[backend_file]
-buffer_size = {self.buffer_size}
-
+{self._tuned()}
 [logger_root]
 level = INFO
 
@@ -292,6 +327,19 @@ args = ({str(log_file)!r},)
                 stdout=err,
                 stderr=err,
             )
+
+    def _tuned(self) -> str:
+        if self.buffer_size is None:
+            return ""
+        return f"[backend_file]\nbuffer_size = {self.buffer_size}\n"
+
+    def settings(self) -> dict[str, Any]:
+        cfg = _show_config([str(self.program), "--conf-dir", str(self.dir), "--show-config"])
+        return {
+            f"{section}.buffer_size": cfg[section]["buffer_size"]
+            for section in ("backend_file", "backend_nbd")
+            if "buffer_size" in cfg.get(section, {})
+        }
 
     def _connect_control(self) -> None:
         self._control = UnixHTTPConnection(str(self.dir / "control.sock"))
@@ -318,3 +366,8 @@ args = ({str(log_file)!r},)
 
 class ControlError(Exception):
     pass
+
+
+def _show_config(cmd: list[str]) -> dict[str, Any]:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True)
+    return dict(json.loads(out.stdout))

@@ -1,4 +1,5 @@
-"""The A B A B loop: every case runs alternately against both daemons.
+"""The A B A B loop: every case runs alternately against its daemons
+(both, or A B C for a case with a third side).
 
 Before each run the page cache is dropped (for cases that read or write
 images) and the daemon's CPU time is read before and after ``run`` only,
@@ -84,6 +85,7 @@ def measure(
     case: Case, daemons: list[Daemon], runs: int, cache: procs.PageCache, files: list[Path]
 ) -> CaseResult:
     started = time.monotonic()
+    daemons = [d for d in daemons if d.name in case.sides]
     sides = {d.name: Side() for d in daemons}
     for d in daemons:
         reason = case.unsupported(d)

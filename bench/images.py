@@ -1,4 +1,5 @@
-"""The test images, created once per size and reused by later runs.
+"""The test images, created once per size on disk and reused by later
+runs (the fast profile gets copies on its own file system, holes kept).
 
 - full: every byte written with incompressible data (AES-CTR keystream
   under a random key: as random as os.urandom, several times faster);
@@ -55,6 +56,25 @@ def ensure(cache: Path, size: int) -> Images:
         tmp.rename(qcow2)
     data = sum(min(run, size - start) for start in range(0, size, period))
     return Images(full=full, sparse=sparse, qcow2=qcow2, size=size, sparse_data=data)
+
+
+def copy(images: Images, dest: Path) -> Images:
+    """The same images under dest (another profile's storage), holes kept."""
+    dest.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for src in (images.full, images.sparse, images.qcow2):
+        dst = dest / src.name
+        subprocess.run(["cp", "--sparse=always", str(src), str(dst)], check=True)
+        fd = os.open(dst, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        paths.append(dst)
+    full, sparse, qcow2 = paths
+    return Images(
+        full=full, sparse=sparse, qcow2=qcow2, size=images.size, sparse_data=images.sparse_data
+    )
 
 
 def sparse_layout(size: int) -> tuple[int, int]:

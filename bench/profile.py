@@ -29,11 +29,10 @@ from .cases import Context, Transfer
 from .clients import ImageioClient
 from .daemons import Daemon, Ours, Theirs
 from .nbdserver import QemuNbd
-from .run import REF_VENV, REPO
+from .session import REF_VENV, REPO
 
 log = logging.getLogger("bench.profile")
 PY_SPY = REPO / ".venv" / "bin" / "py-spy"
-BUFFER_SIZE = 8 * 1024**2
 # Frames of the request handlers and their helper threads, in both daemons.
 DATA_PATH = ("images.py", "pipeline.py", "zerocopy.py", "ops.py")
 DEFAULT_CASES = "download-unix-curl,download-tls-curl,upload-unix-curl"
@@ -160,7 +159,7 @@ def main() -> int:
 def _start(which: str, base: Path) -> Daemon:
     ours = Ours(
         base / "daemons" / "ours",
-        buffer_size=BUFFER_SIZE,
+        buffer_size=None,
         program=REPO / ".venv" / "bin" / "vdsm-imageio",
         url_root=base,
     )
@@ -169,7 +168,7 @@ def _start(which: str, base: Path) -> Daemon:
         # Ours made the certificates on its first start (make bench).
         daemon = Theirs(
             base / "daemons" / "theirs",
-            buffer_size=BUFFER_SIZE,
+            buffer_size=None,
             program=REF_VENV / "bin" / "ovirt-imageio",
             pki=ours.dir / "pki",
         )

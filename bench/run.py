@@ -1,13 +1,20 @@
 """``make bench``: vdsm-imageio against ovirt-imageio 2.5.1, same machine,
-same run, same clients; one table on stdout, the same as JSON under
-bench/results/.
+same run, same clients, on each storage profile (``bench.profiles``: the
+virtual disk, and a RAM-backed ext4 where storage is not the bottleneck).
+A table per profile on stdout, then every row on both profiles side by
+side; one JSON per profile under bench/results/ (schema in
+bench/README.md).
 
-    python -m bench.run [--size 4G] [--runs 3] [--cases ID,...] [--list]
+    python -m bench.run [--profiles disk,fast] [--size 2G] [--runs 3]
+                        [--cases ID,...] [--list]
 
-Every option has an environment twin (BENCH_SIZE, BENCH_RUNS, BENCH_CASES,
-BENCH_DIR, BENCH_RESULTS, BENCH_BUFFER_SIZE, BENCH_RANDOM_READS,
-BENCH_RANDOM_SECONDS, BENCH_LATENCY_COUNT) so the smoke test can run the
-harness with tiny images. Progress goes to stderr.
+Every option has an environment twin (BENCH_PROFILES, BENCH_SIZE,
+BENCH_RUNS, BENCH_CASES, BENCH_DIR, BENCH_SHM, BENCH_RESULTS, BENCH_BUFFER_SIZE,
+BENCH_RANDOM_READS, BENCH_RANDOM_SECONDS, BENCH_LATENCY_COUNT) so the smoke
+test can run the harness with tiny images. Progress goes to stderr.
+
+The defaults fit ``make bench`` (both profiles) in 25 minutes on a
+2-core machine: 2 GiB images, 3 runs of each case on each daemon.
 """
 
 from __future__ import annotations
@@ -16,32 +23,22 @@ import argparse
 import datetime
 import logging
 import os
-import platform
-import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from . import images as imagesmod
-from . import physical, procs, report
-from .cases import Case, Context, all_cases, case_ids
-from .clients import ImageioClient
-from .daemons import Daemon, Ours, Theirs
-from .harness import CaseResult, measure
-from .nbdserver import QemuNbd
+from . import profiles, report, session
+from .cases import case_ids
+from .session import REF_VENV, REPO, ProfileRun
 
 log = logging.getLogger("bench")
 
-REPO = Path(__file__).resolve().parents[1]
-REF_VENV = REPO / ".cache" / "ovirt-imageio-venv"
-MiB = 1024**2
+BUDGET_SECONDS = 25 * 60
 
 
 def _env(name: str, default: str) -> str:
@@ -51,10 +48,16 @@ def _env(name: str, default: str) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     p.add_argument(
+        "--profiles",
+        type=_profiles,
+        default=_profiles(_env("BENCH_PROFILES", ",".join(profiles.PROFILES))),
+        help="storage profiles to run, in order (default disk,fast)",
+    )
+    p.add_argument(
         "--size",
         type=imagesmod.parse_size,
-        default=imagesmod.parse_size(_env("BENCH_SIZE", "4G")),
-        help="image size (default 4G)",
+        default=imagesmod.parse_size(_env("BENCH_SIZE", "2G")),
+        help="image size (default 2G)",
     )
     p.add_argument(
         "--runs",
@@ -71,7 +74,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--dir",
         type=Path,
         default=Path(_env("BENCH_DIR", str(REPO / ".cache/bench"))),
-        help="images and daemon directories (not on tmpfs: O_DIRECT)",
+        help="the disk profile's images and the daemons' directories (not tmpfs: O_DIRECT)",
+    )
+    p.add_argument(
+        "--shm",
+        type=Path,
+        default=Path(_env("BENCH_SHM", str(profiles.SHM))),
+        help="tmpfs for the fast profile's backing file (default /dev/shm)",
     )
     p.add_argument(
         "--results", type=Path, default=Path(_env("BENCH_RESULTS", str(REPO / "bench/results")))
@@ -79,29 +88,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--buffer-size",
         type=imagesmod.parse_size,
-        default=imagesmod.parse_size(_env("BENCH_BUFFER_SIZE", "8M")),
+        default=(
+            imagesmod.parse_size(os.environ["BENCH_BUFFER_SIZE"])
+            if os.environ.get("BENCH_BUFFER_SIZE")
+            else None
+        ),
+        help="TUNED run: this buffer size in both daemons (default: each daemon's own)",
     )
     p.add_argument("--random-reads", type=int, default=int(_env("BENCH_RANDOM_READS", "20000")))
-    p.add_argument(
-        "--random-seconds", type=float, default=float(_env("BENCH_RANDOM_SECONDS", "10"))
-    )
+    p.add_argument("--random-seconds", type=float, default=float(_env("BENCH_RANDOM_SECONDS", "5")))
     p.add_argument("--latency-count", type=int, default=int(_env("BENCH_LATENCY_COUNT", "200")))
     p.add_argument("--list", action="store_true", help="list case ids and exit")
     return p.parse_args(argv)
 
 
-def select(cases: list[Case], spec: str) -> list[Case]:
-    wanted = [s.strip() for s in spec.split(",") if s.strip()]
-    if not wanted:
-        return cases
-    unknown = [w for w in wanted if not any(c.id.startswith(w) for c in cases)]
-    if unknown:
-        raise SystemExit(f"unknown case ids: {', '.join(unknown)} (see --list)")
-    return [c for c in cases if any(c.id.startswith(w) for w in wanted)]
+def _profiles(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in profiles.PROFILES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"profiles are {', '.join(profiles.PROFILES)}; got {text!r}"
+        )
+    return names
 
 
-def _stop_on_sigterm(signo: int, frame: FrameType | None) -> None:
-    # Unwinds the ExitStack, so the daemons and qemu-nbd are stopped too.
+def _stop_on_signal(signo: int, frame: FrameType | None) -> None:
+    # Unwinds every ExitStack: daemons, qemu-nbd, the fast file system.
     raise SystemExit(128 + signo)
 
 
@@ -110,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print("\n".join(case_ids()))
         return 0
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    session.select(case_ids(), args.cases)
+    for signo in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signo, _stop_on_signal)
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
@@ -118,158 +132,79 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     started = time.monotonic()
-    load_before = os.getloadavg()[0]
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     subprocess.run(
         ["sh", str(REPO / "tests/compat/setup-ovirt-imageio.sh"), str(REF_VENV)], check=True
     )
     log.info("IMAGES size=%d dir=%s", args.size, args.dir)
     images = imagesmod.ensure(args.dir, args.size)
-    cache = procs.PageCache()
-    work = args.dir / "work"
-    work.mkdir(parents=True, exist_ok=True)
+    done: list[ProfileRun] = []
     with ExitStack() as stack:
-        ours = Ours(
-            args.dir / "daemons" / "ours",
-            buffer_size=args.buffer_size,
-            program=REPO / ".venv" / "bin" / "vdsm-imageio",
-            url_root=args.dir,
-        )
-        ours.start()
-        stack.callback(ours.stop)
-        theirs = Theirs(
-            args.dir / "daemons" / "theirs",
-            buffer_size=args.buffer_size,
-            program=REF_VENV / "bin" / "ovirt-imageio",
-            pki=ours.dir / "pki",
-        )
-        theirs.start()
-        stack.callback(theirs.stop)
         scratch = imagesmod.Scratch(images)
         stack.callback(scratch.close)
-        nbd_url = None
-        if shutil.which("qemu-nbd"):
-            nbd = QemuNbd(images.qcow2, work / "nbd.sock")
-            stack.callback(nbd.close)
-            nbd_url = nbd.url
-        ctx = Context(
-            images=images,
-            scratch=scratch,
-            client=ImageioClient(REF_VENV / "bin" / "python"),
-            workdir=work,
-            random_count=args.random_reads,
-            random_seconds=args.random_seconds,
-            latency_count=args.latency_count,
-            nbd_url=nbd_url,
-        )
-        cases = select(all_cases(ctx), args.cases)
-        daemons: list[Daemon] = [ours, theirs]
-        refs = physical_refs(args, images, ours.dir / "pki", work, cache, scratch.upload_source)
-        results: list[CaseResult] = []
-        for case in cases:
-            runs = case.runs or args.runs
-            result = measure(case, daemons, runs, cache, [images.full, images.sparse, images.qcow2])
-            log.info("DONE case=%s seconds=%.1f", case.id, result.seconds)
-            results.append(result)
-        notes = [
-            cache.describe(),
-            scratch.describe(),
-            f"buffer size {args.buffer_size // MiB} MiB in both daemons; TLS with the "
-            "same certificates; both on loopback; A B A B order, median of "
-            f"{args.runs} runs",
-            "CPU s/GiB: daemon utime+stime during the run per GiB of image "
-            "(sparse download: per GiB of image size, not of data sent)",
-            f"1-minute load average {load_before:.1f} at start, "
-            f"{os.getloadavg()[0]:.1f} at end ({os.cpu_count()} CPUs): "
-            "other work on the machine shifts absolute numbers; ratios hold better",
-        ]
-    meta = _meta(args, stamp, time.monotonic() - started, notes, ours, theirs)
-    found = report.targets(results, refs)
-    lines, footnotes = report.table(results)
-    print(
-        f"vdsm-imageio vs ovirt-imageio 2.5.1 -- image {imagesmod.size_tag(args.size)}, "
-        f"{args.runs} runs, {meta['host']['cpus']} CPUs, {meta['duration_s']:.0f} s"
-    )
-    print()
-    print("\n".join(lines))
-    for note in footnotes:
-        print(f"  * {note}")
-    print()
-    print("physical references (same run):")
-    for name, value in refs.items():
-        print(f"  {name:<40} {value:9.1f} MiB/s")
-    print()
-    print("targets (issue 5):")
-    print("\n".join(report.target_lines(found)))
-    print()
-    for note in notes:
-        print(f"note: {note}")
-    out = args.results / f"bench-{stamp}-{imagesmod.size_tag(args.size)}.json"
-    report.write_json(out, meta, refs, results, found)
-    print(f"results: {out}")
+        for name in args.profiles:
+            run = session.run_profile(args, name, images, scratch, stamp)
+            _print_profile(run)
+            done.append(run)
+    _print_summary(done, time.monotonic() - started)
     return 0
 
 
-def physical_refs(
-    args: argparse.Namespace,
-    images: imagesmod.Images,
-    pki: Path,
-    work: Path,
-    cache: procs.PageCache,
-    upload_source: Path,
-) -> dict[str, float]:
-    def median_of(fn: Callable[[], float], drop: bool = False) -> float:
-        values = []
-        for _ in range(args.runs):
-            if drop:
-                cache.drop([images.full])
-            values.append(fn())
-        return float(statistics.median(values))
-
-    log.info("PHYSICAL references")
-    size, buf = args.size, args.buffer_size
-    return {
-        "python unix socket loopback": median_of(lambda: physical.loopback("unix", size, buf, pki)),
-        "python TLS loopback": median_of(lambda: physical.loopback("tls", size, buf, pki)),
-        "dd O_DIRECT read": median_of(lambda: physical.dd_read(images.full, buf), drop=True),
-        "dd O_DIRECT write (fsync)": median_of(
-            lambda: physical.dd_write(work / "dd.raw", size, min(buf, size))
-        ),
-        "curl upload to a discarding unix server": median_of(
-            lambda: physical.curl_upload_sink(upload_source, buf), drop=True
-        ),
-    }
+def _print_profile(run: ProfileRun) -> None:
+    print(f"== profile {run.name}: {run.title}")
+    print()
+    if run.skipped:
+        print(f"profile {run.name} skipped: {run.skipped}")
+    else:
+        lines, footnotes = report.table(run.results)
+        print("\n".join(lines))
+        for note in footnotes:
+            print(f"  * {note}")
+        print()
+        print(f"physical references ({run.name}, same run):")
+        for name, value in run.refs.items():
+            print(f"  {name:<40} {value:9.1f} MiB/s")
+        print()
+        verdict = report.nbdwire(run.results)
+        if verdict:
+            print(verdict.line())
+            print()
+        print("targets (issues 5 and 11):")
+        print("\n".join(report.target_lines(run.targets)))
+        print()
+        for note in run.notes:
+            print(f"note: {note}")
+    print(f"elapsed ({run.name}): {run.seconds:.0f} s")
+    print(f"results: {run.path}")
+    print()
 
 
-def _meta(
-    args: argparse.Namespace,
-    stamp: str,
-    duration: float,
-    notes: list[str],
-    ours: Daemon,
-    theirs: Daemon,
-) -> dict[str, Any]:
-    return {
-        "stamp": stamp,
-        "duration_s": round(duration, 1),
-        "host": {
-            "cpus": os.cpu_count(),
-            "kernel": platform.release(),
-            "python": platform.python_version(),
-        },
-        "config": {
-            "size": args.size,
-            "runs": args.runs,
-            "buffer_size": args.buffer_size,
-            "random_reads": args.random_reads,
-            "random_seconds": args.random_seconds,
-            "latency_count": args.latency_count,
-            "cases": args.cases,
-        },
-        "daemons": {"ours": ours.label, "theirs": theirs.label},
-        "notes": notes,
-    }
+def _print_summary(done: list[ProfileRun], seconds: float) -> None:
+    ran = [(r.name, r.results) for r in done if not r.skipped]
+    if len(ran) > 1:
+        print("== every row on both profiles (ratio: ours/theirs; CPU: CPU s/GiB ours/theirs)")
+        print()
+        print("\n".join(report.profiles_table(ran)))
+        print()
+    for r in done:
+        verdict = report.nbdwire(r.results)
+        if verdict:
+            print(f"{r.name}: {verdict.line()}")
+    per_profile = ", ".join(
+        f"{r.name} {r.seconds:.0f} s" + (" (skipped)" if r.skipped else "") for r in done
+    )
+    print(
+        f"elapsed: {per_profile}; whole run {seconds:.0f} s (budget {BUDGET_SECONDS} s"
+        f"{', OVER' if seconds > BUDGET_SECONDS else ''})"
+    )
+    for r in done:
+        print(f"results ({r.name}): {r.path}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        # Everything was torn down on the way out (ExitStacks, finally).
+        print("bench: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -70,6 +70,7 @@ class Control:
 class Http:
     buffer_size: int = _opt(4 * 1024**2, "size of each I/O buffer; large buffers amortize syscalls", minimum=64 * 1024)
     buffer_pool_bytes: int = _opt(160 * 1024**2, "I/O buffer memory shared by all connections", minimum=64 * 1024)
+    nbd_splice: bool = _opt(True, "NBD downloads over the unix socket splice each read from NBD connections of our own (backends/nbdwire) instead of copying through libnbd; kept while the bench case nbd-download-unix-curl measures what the hand-written reader gains")
     parallel_reads: int = _opt(2, "reads in flight per download (zero-copy file downloads, NBD exports: one more NBD connection each); 1 reads one piece at a time", minimum=1)
     max_connections: int = _opt(256, "authorized connections (a request proved a live ticket) served at once, over every listener; unauthenticated ones never take these slots, so at most max_connections + max_unauthenticated sockets are open (256 + 64)", minimum=1)
     max_unauthenticated: int = _opt(64, "connections that have not proved a ticket yet (TLS handshake, request head, OPTIONS *); when full the oldest is closed to admit a new one, never the new one refused", minimum=1)

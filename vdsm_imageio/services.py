@@ -34,6 +34,7 @@ from .backends.sectorlock import SectorLocks
 from .config import Config, socket_address
 from .errors import BackendError, InvalidTicket, TicketNotFound
 from .hooks import Hooks, TicketHooks
+from .http.checksum import Checksum
 from .http.extents import Extents
 from .http.images import WRITE_FEATURES, Images
 from .http.router import Router, route
@@ -102,6 +103,7 @@ class Services:
             self.registry, unix_socket=self.unix_socket, max_json_body=config.http.max_json_body
         )
         extents = Extents(self.registry)
+        checksum = Checksum(self.registry)
         router = Router(
             [
                 route("images-options", r"/images/(\*)/?", options=images.options),
@@ -114,6 +116,12 @@ class Services:
                     patch=images.patch,
                 ),
                 route("extents", r"/images/([^/]+)/extents/?", get=extents.get),
+                route("checksum", r"/images/([^/]+)/checksum/?", get=checksum.get),
+                route(
+                    "checksum-algorithms",
+                    r"/images/([^/]+)/checksum/algorithms/?",
+                    get=checksum.algorithms,
+                ),
                 route("info", r"/info/?", get=self._info),
             ]
         )

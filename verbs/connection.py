@@ -7,8 +7,10 @@ Rules:
   lock, whole, so lines never interleave.
 - A peer that stops reading is dropped after ``SEND_TIMEOUT`` rather than
   blocking a notifier; an idle peer is fine.
-- A line longer than ``MAX_LINE`` gets -32600 and the connection closes, so
-  a broken client cannot eat memory.
+- A line longer than ``MAX_LINE`` gets one -32600 as soon as it passes the
+  limit; the rest of it is read and dropped up to its newline, and the
+  next line is served: the connection (and its subscriptions) survives a
+  broken request, and memory stays bounded by ``MAX_LINE`` + ``RECV_SIZE``.
 - Only the reader thread closes the socket, under the writer lock, so no
   notifier writes to a descriptor number the kernel has handed out again.
 - ``close()`` shuts the socket down without the writer lock (a send stuck
@@ -93,7 +95,7 @@ class Connection:
         try:
             for line in self._lines():
                 if line.strip():
-                    reply = protocol.respond(line, methods, self)
+                    reply = self._respond(line, methods)
                     if reply is not None and not self.send_line(reply):
                         break
         except OSError as e:
@@ -101,24 +103,40 @@ class Connection:
         finally:
             self._release()
 
+    def _respond(self, line: bytes, methods: protocol.Methods) -> str | None:
+        try:
+            return protocol.respond(line, methods, self)
+        except Exception:
+            # A bug in the wire code: one request fails, the connection and
+            # its subscriptions go on.
+            log.exception("FAILED connection=%d", self.ident)
+            return protocol.error_line(protocol.INTERNAL_ERROR, "Internal error, see the log")
+
     def _lines(self) -> Iterator[bytes]:
         buf = bytearray()
         scanned = 0
+        skipping = False  # inside a refused line, until its newline
         while True:
             nl = buf.find(b"\n", scanned)
             if nl >= 0:
                 line = bytes(buf[:nl])
                 del buf[: nl + 1]
                 scanned = 0
-                if len(line) > MAX_LINE:
+                if skipping:
+                    skipping = False
+                elif len(line) > MAX_LINE:
                     self._refuse_long_line()
-                    return
-                yield line
+                else:
+                    yield line
                 continue
-            if len(buf) > MAX_LINE:
-                self._refuse_long_line()
-                return
-            scanned = len(buf)
+            if skipping or len(buf) > MAX_LINE:
+                if not skipping:
+                    self._refuse_long_line()
+                    skipping = True
+                buf.clear()
+                scanned = 0
+            else:
+                scanned = len(buf)
             try:
                 chunk = self._sock.recv(RECV_SIZE)
             except TimeoutError:

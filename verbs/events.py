@@ -27,6 +27,7 @@ from typing import Any
 
 from vdsm_imageio import monitor
 from vdsm_imageio.errors import InvalidParam
+from vdsm_imageio.ticketspec import show
 
 from . import params, protocol
 from .connection import Connection
@@ -173,7 +174,7 @@ class EventVerbs:
         for name in names:
             if name not in EVENTS:
                 raise InvalidParam(
-                    field="events", reason=(f"unknown event {name!r}; known: {', '.join(EVENTS)}")
+                    field="events", reason=f"unknown event {show(name)}; known: {', '.join(EVENTS)}"
                 )
         self._hub.subscribe(connection, frozenset(names))
         return True

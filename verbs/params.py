@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vdsm_imageio.errors import InvalidParam
+from vdsm_imageio.ticketspec import show
 
 
 def bind(
@@ -40,22 +41,23 @@ def bind(
 
 def string(name: str, value: object) -> str:
     if not isinstance(value, str) or not value:
-        raise InvalidParam(field=name, reason=f"must be a non-empty string, got {value!r}")
+        raise InvalidParam(field=name, reason=f"must be a non-empty string, got {show(value)}")
     return value
 
 
-def integer(name: str, value: object, *, minimum: int = 0) -> int:
+def integer(name: str, value: object, *, minimum: int = 0, maximum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidParam(field=name, reason=f"must be an integer, got {value!r}")
-    if value < minimum:
-        raise InvalidParam(field=name, reason=f"must be >= {minimum}, got {value}")
+        raise InvalidParam(field=name, reason=f"must be an integer, got {show(value)}")
+    # The value is not rendered: a 4,000-digit integer takes time to print.
+    if not minimum <= value <= maximum:
+        raise InvalidParam(field=name, reason=f"must be between {minimum} and {maximum}")
     return value
 
 
 def strings(name: str, value: object) -> list[str]:
     if not isinstance(value, list):
-        raise InvalidParam(field=name, reason=f"must be a list of strings, got {value!r}")
+        raise InvalidParam(field=name, reason=f"must be a list of strings, got {show(value)}")
     for item in value:
         if not isinstance(item, str):
-            raise InvalidParam(field=name, reason=f"must contain strings, got {item!r}")
+            raise InvalidParam(field=name, reason=f"must contain strings, got {show(item)}")
     return list(value)

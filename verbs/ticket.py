@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from vdsm_imageio.tickets import Registry
+from vdsm_imageio.ticketspec import MAX_TIMEOUT
 
 from . import params
 from .errors import Method, verb
@@ -27,7 +28,7 @@ class TicketVerbs:
 
     def extend(self, uuid: object, timeout: object) -> Json:
         ticket = self._registry.extend(
-            params.string("uuid", uuid), params.integer("timeout", timeout)
+            params.string("uuid", uuid), params.integer("timeout", timeout, maximum=MAX_TIMEOUT)
         )
         return ticket.status().to_json()
 

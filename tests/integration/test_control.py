@@ -3,7 +3,6 @@ real Registry, raw newline-delimited JSON and the ``call`` client."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -20,7 +19,7 @@ import pytest
 
 from vdsm_imageio import callclient
 from vdsm_imageio.tickets import Registry
-from verbs import create_control
+from verbs import create_control, protocol
 from verbs.errors import verb
 from verbs.server import MAX_LINE, Connection, ControlServer
 from verbs.service import ServiceInfo
@@ -274,14 +273,55 @@ def test_service_info(client: Client) -> None:
     assert client.result("Service.info") == INFO.to_json()
 
 
-def test_too_long_line_is_refused_and_connection_closed(client: Client) -> None:
-    data = b'{"jsonrpc": "2.0", "id": 1, "method": "' + b"x" * (MAX_LINE + 1)
-    # The server may close while we still send: that is the point.
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        client.sock.sendall(data)
+def test_too_long_line_is_refused_and_the_next_line_is_served(client: Client) -> None:
+    data = b'{"jsonrpc": "2.0", "id": 1, "method": "' + b"x" * (MAX_LINE + 1) + b'"}\n'
+    client.sock.sendall(data)
     reply = client.recv()
     assert reply["error"]["code"] == -32600
-    assert client.at_eof()
+    assert reply["id"] is None
+    # The rest of the refused line was dropped, not parsed as a request.
+    assert client.result("Ticket.list") == []
+
+
+def test_too_long_line_is_refused_before_its_end_arrives(client: Client) -> None:
+    # Several times the limit and no newline yet: the error comes anyway,
+    # and the server keeps reading (and dropping) what follows.
+    client.sock.sendall(b"[" * (3 * MAX_LINE))
+    assert client.recv()["error"]["code"] == -32600
+    client.sock.sendall(b"x" * MAX_LINE + b"\n")
+    assert client.result("Ticket.list") == []
+
+
+def test_line_at_the_limit_is_served(client: Client) -> None:
+    line = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "Ticket.status", "params": {}})
+    padded = line[:-1] + " " * (MAX_LINE - len(line)) + "}"
+    assert len(padded) == MAX_LINE
+    client.send(padded)
+    assert client.recv()["error"] == {
+        "code": -32602,
+        "message": "Invalid parameter 'uuid': is required",
+        "data": {"field": "uuid", "reason": "is required"},
+    }
+
+
+def test_bug_in_the_wire_code_fails_one_request_not_the_connection(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    respond = protocol.respond
+
+    def broken(line: bytes, methods: Any, context: Any) -> str | None:
+        if b"Ticket.status" in line:
+            raise KeyError("a bug")
+        return respond(line, methods, context)
+
+    monkeypatch.setattr(protocol, "respond", broken)
+    client.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "Ticket.status"}))
+    assert client.recv() == {
+        "jsonrpc": "2.0",
+        "error": {"code": -32603, "message": "Internal error, see the log"},
+        "id": None,
+    }
+    assert client.result("Ticket.list") == []
 
 
 def test_connections_are_independent(server: ControlServer) -> None:

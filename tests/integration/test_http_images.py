@@ -255,7 +255,7 @@ def test_options_of_writable_ticket(daemon: Daemon) -> None:
     status, headers, body = options(daemon, f"/images/{ticket_id}")
     assert status == 200
     assert set(headers["Allow"].split(",")) == {"OPTIONS", "GET", "PUT", "PATCH"}
-    assert set(body["features"]) == {"extents", "zero", "flush"}
+    assert set(body["features"]) == {"checksum", "extents", "zero", "flush"}
     assert body["unix_socket"] == daemon.unix_socket
     assert body["unix_socket"].startswith("\0")
     assert body["max_readers"] == 8
@@ -267,7 +267,7 @@ def test_options_of_read_only_ticket_drops_writes(daemon: Daemon) -> None:
     status, headers, body = options(daemon, f"/images/{ticket_id}")
     assert status == 200
     assert set(headers["Allow"].split(",")) == {"OPTIONS", "GET"}
-    assert set(body["features"]) == {"extents"}
+    assert set(body["features"]) == {"checksum", "extents"}
     assert body["max_writers"] == 0
 
 
@@ -275,7 +275,7 @@ def test_options_star_needs_no_ticket(daemon: Daemon) -> None:
     status, headers, body = options(daemon, "/images/*")
     assert status == 200
     assert "PUT" in headers["Allow"].split(",")
-    assert set(body["features"]) == {"extents", "zero", "flush"}
+    assert set(body["features"]) == {"checksum", "extents", "zero", "flush"}
     assert body["unix_socket"] == daemon.unix_socket
 
 

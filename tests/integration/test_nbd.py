@@ -330,3 +330,32 @@ def test_download_reads_with_parallel_nbd_connections(
         # connections of the daemon's own (nbdwire). Over TLS the backend
         # and parallel_reads - 1 libnbd readers.
         assert len(opened) == 1 + connections, opened
+
+
+@pytest.mark.parametrize("nbd_splice, opened_over_unix", [(True, 1), (False, 2)])
+def test_nbd_splice_switch_chooses_the_unix_download_reader(
+    make_daemon: Any, nbd_splice: bool, opened_over_unix: int
+) -> None:
+    # The bench measures nbdwire against libnbd alone with this switch: off,
+    # a unix download reads through libnbd (the backend and parallel_reads - 1
+    # readers, each logged as OPEN) instead of NBD connections of our own.
+    # Small buffers, so the download is long enough for the reader lanes.
+    daemon = make_daemon(
+        http={"buffer_size": 64 * KiB, "parallel_reads": 2, "nbd_splice": nbd_splice}
+    )
+    with contextlib.ExitStack() as stack:
+        volumes = Volumes(daemon, stack)
+        image = volumes.image("raw")
+        data = random.Random(12).randbytes(SIZE)
+        image.write_bytes(data)
+        server = volumes.serve(image, "raw", read_only=True)
+        ticket_id = volumes.ticket(server.url, ops=("read",))
+        conn = daemon.unix()
+        status, got = request(conn, "GET", f"/images/{ticket_id}")
+        conn.close()
+        assert status == 200
+        assert sha256(got) == sha256(data)
+        opened = [
+            line for line in daemon.log().splitlines() if f"OPEN url={server.url} mode=r" in line
+        ]
+        assert len(opened) == opened_over_unix, opened

@@ -3,7 +3,7 @@ import io
 import pytest
 
 from vdsm_imageio.errors import BadRequest, HeadersTooLarge, PeerClosed
-from vdsm_imageio.http.message import Body, read_head
+from vdsm_imageio.http.message import Body, read_head, read_json
 
 
 def head(data: bytes, limit: int = 4096):
@@ -119,3 +119,86 @@ def test_read_over_limit_is_rejected():
     body, _ = body_of(b"x" * 100, b"PUT /x HTTP/1.1\r\nContent-Length: 100\r\n\r\n")
     with pytest.raises(BadRequest):
         body.read(10)
+
+
+# Smuggling through a lenient head: each of these heads was accepted, with
+# a field lost or a value repaired, before the head parser became strict.
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # A line without a colon made every later field vanish.
+        b"PUT /x HTTP/1.1\r\nX-No-Colon\r\nContent-Length: 5\r\n\r\n",
+        b"PUT /x HTTP/1.1\r\nContent-Length : 5\r\n\r\n",
+        b"PUT /x HTTP/1.1\r\nContent-Length: 5\r\n folded\r\n\r\n",
+        b"PUT /x HTTP/1.1\r\nContent(Length: 5\r\n\r\n",
+        b"PUT /x HTTP/1.1\r\nContent-Length: \x0b5\r\n\r\n",
+        b"PUT /x HTTP/1.1\r\nContent-Length: \xa05\r\n\r\n",
+        b"PUT /x HTTP/1.1\r\nContent-Length: 5\x85\r\n\r\n",
+        "PUT /x HTTP/1.1\r\nContent-Length: \u00b2\r\n\r\n".encode(),
+        b"GET /x HTTP/1.1\r\nRange: bytes=0-1\r\nRange: bytes=5-6\r\n\r\n",
+        b"PUT /x HTTP/1.1\r\nContent-Range: bytes 0-1/*\r\nContent-Range: bytes 5-6/*\r\n\r\n",
+        b"GET /images/\xff HTTP/1.1\r\n\r\n",
+        b"GET /images/%ff HTTP/1.1\r\n\r\n",
+        b"GET /x HTTP/1.1\nHost: x\n\n",
+    ],
+)
+def test_lenient_head_is_now_refused(raw):
+    with pytest.raises(BadRequest):
+        head(raw)
+
+
+def test_head_ended_by_bare_lf_is_refused_without_waiting():
+    # The rest of the stream never comes: the refusal must not wait for it.
+    with pytest.raises(BadRequest):
+        head(b"GET /x HTTP/1.1\r\nHost: x\r\n\n")
+
+
+def test_chunk_data_must_end_with_crlf():
+    body, _ = body_of(
+        b"3\r\nabc\n0\r\n\r\n", b"PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    with pytest.raises(BadRequest):
+        body.readinto(memoryview(bytearray(64)))
+
+
+def test_malformed_trailer_is_400():
+    body, _ = body_of(
+        b"3\r\nabc\r\n0\r\nX-Bad : 1\r\n\r\n",
+        b"PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    with pytest.raises(BadRequest):
+        body.readinto(memoryview(bytearray(64)))
+
+
+def json_body(data: bytes):
+    body, _ = body_of(data, b"PATCH /x HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(data))
+    req = head(b"PATCH /x HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(data))
+    return read_json(req, body, 64 * 1024)
+
+
+@pytest.mark.parametrize("depth", [33, 2000, 30000])
+def test_deeply_nested_json_is_400_not_a_recursion_error(depth):
+    with pytest.raises(BadRequest) as e:
+        json_body(b"[" * depth + b"]" * depth)
+    assert e.value.fields["field"] == "JSON body"
+
+
+def test_nesting_inside_strings_does_not_count():
+    msg = json_body(b'{"op": "zero", "note": "' + b"[{" * 100 + b'\\"]"}')
+    assert msg["op"] == "zero"
+
+
+def test_json_nested_to_the_limit_is_parsed():
+    msg = json_body(b'{"a": ' + b"[" * 31 + b"]" * 31 + b"}")
+    assert isinstance(msg["a"], list)
+
+
+def test_malformed_chunked_json_body_is_400_not_413():
+    data = b"5\r\n{}   \r\nzz\r\n"
+    body, _ = body_of(data, b"PATCH /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    req = head(b"PATCH /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    with pytest.raises(BadRequest) as e:
+        read_json(req, body, 4096)
+    assert e.value.fields["field"] == "chunked body"

@@ -1,7 +1,7 @@
 import pytest
 
 from vdsm_imageio.errors import BadRequest, RangeNotSatisfiable
-from vdsm_imageio.http.ranges import ByteRange, parse_content_range, parse_range
+from vdsm_imageio.http.ranges import ByteRange, check_within, parse_content_range, parse_range
 
 
 @pytest.mark.parametrize(
@@ -85,3 +85,81 @@ def test_content_range_malformed_is_400(header):
 
 def test_content_range_header_of_206_reply():
     assert ByteRange(100, 200).content_range(1000) == "bytes 100-199/1000"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "bytes=\u0660-\u0663",  # Arabic-Indic digits match \d, not 1*DIGIT
+        "bytes=\u00b2-",
+        "bytes=0-\uff11",
+        "bytes=0-1 ",
+        "bytes =0-1",
+        "bytes= 0-1",
+        "bytes=0 -1",
+        "bytes=0-1\t",
+    ],
+)
+def test_range_of_non_ascii_digits_or_whitespace_is_400(header):
+    with pytest.raises(BadRequest) as e:
+        parse_range(header, 1000)
+    assert e.value.fields["field"] == "Range"
+
+
+def test_range_unit_is_case_insensitive():
+    assert parse_range("Bytes=0-9", 1000) == ByteRange(0, 10)
+    assert parse_content_range("BYTES 0-9/*") == (ByteRange(0, 10), None)
+
+
+@pytest.mark.parametrize(
+    "header, expected",
+    [
+        ("bytes=0-" + "9" * 5000, ByteRange(0, 1000)),
+        ("bytes=-" + "9" * 5000, ByteRange(0, 1000)),
+        ("bytes=" + "0" * 5000 + "5-" + "0" * 5000 + "9", ByteRange(5, 10)),
+    ],
+)
+def test_range_of_huge_numbers_is_parsed_without_converting_them(header, expected):
+    assert parse_range(header, 1000) == expected
+
+
+def test_range_starting_at_a_huge_offset_is_416():
+    with pytest.raises(RangeNotSatisfiable):
+        parse_range("bytes=" + "9" * 5000 + "-", 1000)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "bytes " + "9" * 5000 + "-" + "9" * 5000 + "/*",
+        f"bytes {2**64}-{2**64}/*",
+        f"bytes {2**63}-{2**63}/*",
+    ],
+)
+def test_content_range_at_a_huge_offset_is_past_any_image(header):
+    r, _ = parse_content_range(header)
+    with pytest.raises(RangeNotSatisfiable):
+        check_within(r.start, r.length, 2**64)
+
+
+def test_content_range_of_non_ascii_digits_is_400():
+    with pytest.raises(BadRequest):
+        parse_content_range("bytes \u0660-\u0663/*")
+
+
+@pytest.mark.parametrize(
+    "start, length, size",
+    [(0, 1000, 1000), (999, 1, 1000), (0, 0, 0), (2**63 - 2, 1, 2**63 - 1)],
+)
+def test_within_the_image(start, length, size):
+    check_within(start, length, size)
+
+
+@pytest.mark.parametrize(
+    "start, length, size",
+    [(0, 1001, 1000), (1000, 1, 1000), (2**63 - 1, 1, 2**64), (2**63, 0, 2**64)],
+)
+def test_past_the_image_or_any_file_is_416(start, length, size):
+    with pytest.raises(RangeNotSatisfiable) as e:
+        check_within(start, length, size)
+    assert e.value.fields["size"] == size

@@ -1,3 +1,6 @@
+import json
+from typing import Any
+
 import pytest
 
 from vdsm_imageio import ticketspec
@@ -124,3 +127,161 @@ def test_not_an_object():
     with pytest.raises(InvalidTicket) as e:
         parse(["uuid"])
     assert e.value.field == "ticket"
+
+
+# Every field with every wrong type and value: each is refused naming the
+# field, never with another exception.
+NAN, INF = float("nan"), float("inf")
+NOT_INTEGERS = [True, False, 1.5, 1.0, "1", "", [], [1], {}, {"n": 1}, NAN, INF, -INF]
+NOT_TEXT = [True, 0, 7, 1.5, "", [], ["a"], {}, {"a": "b"}, NAN]
+BAD_TEXT = ["\udc80", "a\ud800", "a\x00b", "a\nb", "a\rb", "\x1b[31m", "a\x7fb", "a\x85b"]
+NOT_BOOLEANS = [0, 1, "true", "", [], {}, 1.5, NAN]
+VOLUME = {"domain": "file", "sd_id": "sd", "img_id": "img", "vol_id": "vol"}
+
+WRONG = [
+    *[("size", v) for v in [*NOT_INTEGERS, -1, 2**63, 2**64, 10**4000, -(10**4000)]],
+    *[("timeout", v) for v in [*NOT_INTEGERS, -1, 2**31, 2**64, 10**4000]],
+    *[("inactivity_timeout", v) for v in [*NOT_INTEGERS, -1, 2**31, 10**4000]],
+    *[(f, v) for f in ("uuid", "transfer_id", "filename", "url") for v in NOT_TEXT + BAD_TEXT],
+    ("transfer_id", "two words"),
+    ("transfer_id", "tab\there"),
+    ("transfer_id", "nbsp\xa0here"),
+    *[("ops", v) for v in [[], "read", ["read", 1], [None], [["read"]], [{}], {"read": 1}, 1]],
+    *[(f, v) for f in ("sparse", "dirty") for v in NOT_BOOLEANS],
+    *[("volume", v) for v in ["file", 1, [VOLUME], True]],
+]
+
+URLS = [
+    "file:///a%00b",
+    "file:///a%0ab",
+    "file:///a%0D%0Ab",
+    "file:///%ff%fe",
+    "file://otherhost/etc/passwd",
+    "file:relative/path",
+    "http://[1.2.3.4:33",
+    "https://[1.2.3.4:33/images/x",
+    "https://[::1/images/x",
+    "https://host:99999/images/x",
+    "https://host:port/images/x",
+    "https:///images/x",
+    "nbd:tcp:host:10809",
+    "nbd:unix:relative.sock",
+    "ftp://host/x",
+    "x" * 5000,
+]
+
+WRONG_VOLUME = [
+    *[("domain", v) for v in [*NOT_TEXT, *BAD_TEXT, "nfs", "FILE"]],
+    *[
+        (f, v)
+        for f in ("sd_id", "img_id", "vol_id")
+        for v in [*NOT_TEXT, *BAD_TEXT, "../x", "a/b", "-a", "a b", "x" * 129]
+    ],
+    *[("format", v) for v in [None, 1, "", "qcow2", "RAW", [], {}]],
+    *[("nbd", v) for v in NOT_BOOLEANS],
+    *[("bitmap", v) for v in NOT_TEXT + BAD_TEXT],
+    *[("lease", v) for v in ["/dev/leases", 1, [], True]],
+]
+
+WRONG_LEASE = [
+    *[("path", v) for v in [*NOT_TEXT, *BAD_TEXT]],
+    *[("offset", v) for v in [*NOT_INTEGERS, -1, 2**63, 10**4000]],
+]
+
+
+def volume_ticket(**volume: Any) -> dict[str, Any]:
+    t = {k: v for k, v in ENGINE_TICKET.items() if k != "url"}
+    t["volume"] = {**VOLUME, **volume}
+    return t
+
+
+@pytest.mark.parametrize("field, value", WRONG)
+def test_wrong_value_of_every_field_is_refused_naming_it(field: str, value: Any) -> None:
+    with pytest.raises(InvalidTicket) as e:
+        parse({**ENGINE_TICKET, field: value})
+    assert e.value.field == field
+
+
+@pytest.mark.parametrize("url", URLS)
+def test_malformed_url_is_refused_naming_url(url: str) -> None:
+    with pytest.raises(InvalidTicket) as e:
+        parse({**ENGINE_TICKET, "url": url})
+    assert e.value.field == "url"
+
+
+@pytest.mark.parametrize("field, value", WRONG_VOLUME)
+def test_wrong_value_of_every_volume_field_is_refused_naming_it(field: str, value: Any) -> None:
+    with pytest.raises(InvalidTicket) as e:
+        parse(volume_ticket(**{field: value}))
+    assert e.value.field == f"volume.{field}"
+
+
+@pytest.mark.parametrize("field, value", WRONG_LEASE)
+def test_wrong_value_of_every_lease_field_is_refused_naming_it(field: str, value: Any) -> None:
+    lease = {"path": "/dev/sd/leases", "offset": 0, field: value}
+    with pytest.raises(InvalidTicket) as e:
+        parse(volume_ticket(lease=lease))
+    assert e.value.field == f"volume.lease.{field}"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"size": 0},
+        {"size": 2**63 - 1},
+        {"timeout": 0},
+        {"timeout": 2**31 - 1},
+        {"inactivity_timeout": 0},
+        {"inactivity_timeout": 2**31 - 1},
+        {"url": "file://localhost/var/tmp/disk%20one.raw"},
+        {"url": "nbd:unix:/run/vdsm/nbd/x.sock:exportname=sda"},
+        {"url": "https://[::1]:54322/images/x"},
+        {"filename": "disk \u00e9t\u00e9 \U0001f4be.raw"},
+        {"uuid": "\u00fcber uuid"},
+    ],
+)
+def test_values_at_the_edges_are_accepted(change: dict[str, Any]) -> None:
+    spec = parse({**ENGINE_TICKET, **change})
+    key, value = next(iter(change.items()))
+    assert getattr(spec, key) == value
+
+
+def test_lease_offset_at_the_edge_is_accepted() -> None:
+    spec = parse(volume_ticket(lease={"path": "/dev/sd/leases", "offset": 2**63 - 1}))
+    assert spec.volume is not None and spec.volume.lease is not None
+    assert spec.volume.lease.offset == 2**63 - 1
+
+
+def test_huge_integer_is_refused_without_rendering_it() -> None:
+    with pytest.raises(InvalidTicket) as e:
+        parse({**ENGINE_TICKET, "size": 10**4000})
+    assert e.value.fields["reason"] == "must be between 0 and 9223372036854775807"
+
+
+def test_deeply_nested_value_is_shown_short() -> None:
+    value: Any = []
+    for _ in range(5000):
+        value = [value]
+    with pytest.raises(InvalidTicket) as e:
+        parse({**ENGINE_TICKET, "size": value})
+    assert len(e.value.message) < 200
+
+
+def test_error_about_the_uuid_does_not_echo_it() -> None:
+    secret = "6e7fb4a2-3d57-4b6b\n-9c1e"
+    with pytest.raises(InvalidTicket) as e:
+        parse({**ENGINE_TICKET, "uuid": secret})
+    assert secret not in e.value.message
+    assert "6e7fb4a2" not in e.value.message
+
+
+def test_status_echoes_only_the_known_volume_keys() -> None:
+    lease = {"path": "/dev/sd/leases", "offset": 0, "extra": [[[]]]}
+    spec = parse(volume_ticket(engine_extra={"big": "x" * 1000}, lease=lease))
+    assert spec.raw_volume == {**VOLUME, "lease": {"path": "/dev/sd/leases", "offset": 0}}
+
+
+def test_json_form_parses_back_to_the_same_spec() -> None:
+    for ticket in (ENGINE_TICKET, volume_ticket(lease={"path": "/l", "offset": 5}, bitmap="b")):
+        spec = parse(ticket)
+        assert parse(json.loads(json.dumps(spec.to_json()))) == spec

@@ -304,7 +304,9 @@ class Connection:
     def _small_rest(self) -> bool:
         """Whether the unread body is known and small enough to drop."""
         if self.body is None:
-            return True
+            # The head was refused: where this request ends, and so where
+            # the next one starts, is unknown (RFC 9112 section 6.3).
+            return False
         if self.body.awaiting_continue:
             return False
         left = self.body.left

@@ -47,9 +47,12 @@ STATUS: tuple[tuple[type[e.ImageioError], int], ...] = (
 
 # A client that was refused access must reconnect to try again (and cannot
 # keep probing ticket ids on one connection); an oversized request was not
-# read, so the stream is no longer in sync. A storage failure usually cuts
-# a body off half-way: closing is the only state both sides agree on.
-CLOSES_CONNECTION = frozenset({403, 413, 431, 500, 507})
+# read, so the stream is no longer in sync; a request without length may
+# still send a body, which we cannot tell from the next request (RFC 9112
+# section 6.3). A refused head closes too (http.connection). A storage
+# failure usually cuts a body off half-way: closing is the only state both
+# sides agree on.
+CLOSES_CONNECTION = frozenset({403, 411, 413, 431, 500, 507})
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,14 @@ answer to part of the image, so a client of a huge sparse image can page.
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING
 
 from ..backends import DirtyExtent, ZeroExtent
 from ..errors import BadRequest, NotFound, RangeNotSatisfiable
 from ..tickets import Registry
 from .message import Request
+from .ranges import MAX_SIZE, check_within
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONTEXTS = ("zero", "dirty")
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 class Extents:
@@ -39,8 +42,9 @@ class Extents:
         size = ticket.spec.size
         start = _query_int(req, "start", 0)
         length = _query_int(req, "length", size - start if start < size else 0)
-        if start > size or (start == size and size > 0) or start + length > size:
+        if start > size or (start == size and size > 0):
             raise RangeNotSatisfiable(size=size)
+        check_within(start, length, size)
         backend = conn.backend(ticket)
         log.info(
             "EXTENTS transfer=%s context=%s start=%d length=%d",
@@ -74,8 +78,12 @@ def _query_int(req: Request, name: str, default: int) -> int:
     value = req.query.get(name)
     if value is None:
         return default
-    if not value.isdigit():
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses,
+    # and int() refuses more than 4300 digits; no image needs 20.
+    if not _DIGITS.fullmatch(value) or int(value) > MAX_SIZE:
+        shown = value if len(value) <= 24 else value[:24] + "..."
         raise BadRequest(
-            field=f"query parameter {name!r}", reason=f"expected an integer >= 0, got {value!r}"
+            field=f"query parameter {name!r}",
+            reason=f"expected an integer from 0 to {MAX_SIZE}, got {shown!r}",
         )
     return int(value)

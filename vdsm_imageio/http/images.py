@@ -25,15 +25,15 @@ from ..errors import (
 from ..tickets import Operation, Registry, Ticket
 from . import cors
 from .message import Request, read_json
-from .ranges import ByteRange, parse_content_range, parse_range
+from .ranges import ByteRange, check_within, parse_content_range, parse_range
 
 if TYPE_CHECKING:
     from .connection import Connection
 
 log = logging.getLogger(__name__)
 
-READ_FEATURES = ["extents"]
-WRITE_FEATURES = ["extents", "zero", "flush"]
+READ_FEATURES = ["checksum", "extents"]
+WRITE_FEATURES = ["checksum", "extents", "zero", "flush"]
 # Smaller downloads are not worth a pipe and a thread.
 SPLICE_MIN = 1024**2
 # Zero in steps so that cancel and progress apply to huge ranges too.
@@ -121,7 +121,7 @@ class Images:
                         lanes=lanes,
                     )
                     return
-            elif isinstance(backend, SpliceReaders):
+            elif isinstance(backend, SpliceReaders) and conn.server.config.http.nbd_splice:
                 if self._send_spliced(backend, lanes, ticket, op, r, sock):
                     return
 
@@ -202,8 +202,7 @@ class Images:
             conn.close_after_reply()
         start, length = _put_range(req)
         size = ticket.spec.size
-        if start + (length or 0) > size:
-            raise RangeNotSatisfiable(size=size)
+        check_within(start, length or 0, size)
         log.debug(
             "WRITE size=%s offset=%d flush=%s transfer=%s", length, start, flush, ticket.transfer_id
         )
@@ -283,8 +282,7 @@ class Images:
         flush = msg.get("flush", False)
         if not isinstance(flush, bool):
             raise BadRequest(field="flush", reason=f"expected true or false, got {flush!r}")
-        if offset + size > ticket.spec.size:
-            raise RangeNotSatisfiable(size=ticket.spec.size)
+        check_within(offset, size, ticket.spec.size)
         log.debug(
             "ZERO size=%d offset=%d flush=%s transfer=%s", size, offset, flush, ticket.transfer_id
         )

@@ -1,22 +1,18 @@
-"""Request heads and bodies of HTTP/1.1 (RFC 7230), read strictly.
+"""Reading requests off a connection: the head under a byte budget, then the body.
 
 The head is read line by line against a byte budget, so a header flood
-costs at most ``max_header_bytes`` before it is refused with 431; the
-header fields themselves are parsed by the standard library. Bodies are
-either ``Content-Length`` or ``chunked`` (section 3.3.3: both at once is an
-error, not a choice).
+costs at most ``max_header_bytes`` before it is refused with 431; its
+grammar is judged by the pure parser in ``head``. Bodies are either
+``Content-Length`` or ``chunked`` (framing lines judged by ``chunked``);
+reads never cross into the next request.
 """
 
 from __future__ import annotations
 
-import http.client
-import io
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import (
     BadRequest,
@@ -25,43 +21,18 @@ from ..errors import (
     PeerClosed,
     UnsupportedMediaType,
 )
+from . import chunked
+from .head import Request as Request
+from .head import parse_head
 
-_REQUEST_LINE = re.compile(rb"([A-Z]+) (\S+) HTTP/(1\.[01])\r?\n")
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:;[^\r\n]*)?\r?\n")
-# Leading empty lines before a request line may be ignored (section 3.5).
+# RFC 9112 section 2.2: empty lines before a request line may be ignored.
 _MAX_EMPTY_LINES = 4
-
-
-@dataclass
-class Request:
-    method: str
-    target: str
-    version: str
-    headers: http.client.HTTPMessage
-    path: str
-    query: dict[str, str]
-    content_length: int | None
-    chunked: bool
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name)
-
-    @property
-    def keep_alive(self) -> bool:
-        tokens = {t.strip().lower() for t in (self.header("Connection") or "").split(",")}
-        if self.version == "1.0":
-            return "keep-alive" in tokens
-        return "close" not in tokens
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
-
-    @property
-    def expects_continue(self) -> bool:
-        """RFC 7231 section 5.1.1: the client waits for 100 before the body."""
-        expect = (self.header("Expect") or "").strip().lower()
-        return self.version == "1.1" and expect == "100-continue" and self.has_body
+# Trailer fields are read and ignored, but not without end.
+_MAX_TRAILER_LINES = 64
+# Our JSON bodies are flat objects. Python's parser recurses once per level
+# and fails with RecursionError a thousand levels down; refuse long before.
+MAX_JSON_DEPTH = 32
+_JSON_NESTING = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 
 
 def read_head(rfile: Any, limit: int) -> Request | None:
@@ -74,26 +45,19 @@ def read_head(rfile: Any, limit: int) -> Request | None:
             return None
         line = got
         budget -= len(line)
-        if line not in (b"\r\n", b"\n"):
+        if line != b"\r\n":
             break
-    m = _REQUEST_LINE.fullmatch(line)
-    if m is None:
-        raise BadRequest(field="request line", reason="malformed")
-    lines = []
-    while True:
-        field_line = _readline(rfile, budget)
-        if field_line is None:
+    lines = [line]
+    # A bare LF ends the head here too, so that a malformed head is refused
+    # at once rather than waited on; the parser refuses the bare LF.
+    while line not in (b"\r\n", b"\n"):
+        got = _readline(rfile, budget)
+        if got is None:
             raise PeerClosed(reason="connection closed inside the request head")
-        budget -= len(field_line)
-        lines.append(field_line)
-        if field_line in (b"\r\n", b"\n"):
-            break
-    try:
-        headers = http.client.parse_headers(io.BytesIO(b"".join(lines)))
-    except http.client.HTTPException as e:
-        raise HeadersTooLarge(reason=f"Request header fields too large: {e}") from None
-    method, target, version = (g.decode("ascii") for g in m.groups())
-    return _request(method, target, version, headers)
+        line = got
+        budget -= len(line)
+        lines.append(line)
+    return parse_head(b"".join(lines))
 
 
 def _readline(rfile: Any, budget: int) -> bytes | None:
@@ -109,60 +73,8 @@ def _readline(rfile: Any, budget: int) -> bytes | None:
     return line
 
 
-def _request(method: str, target: str, version: str, headers: http.client.HTTPMessage) -> Request:
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not parts.path.startswith("/"):
-        raise BadRequest(field="request target", reason="expected an absolute path")
-    query: dict[str, str] = {}
-    try:
-        pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False)
-    except ValueError as e:
-        raise BadRequest(field="query", reason=str(e)) from None
-    for key, value in pairs:
-        if key in query:
-            raise BadRequest(field=f"query parameter {key!r}", reason="given twice")
-        query[key] = value
-    chunked = _chunked(headers)
-    length = _content_length(headers)
-    if chunked and length is not None:
-        raise BadRequest(
-            field="Content-Length", reason="not allowed with Transfer-Encoding: chunked"
-        )
-    return Request(
-        method=method,
-        target=target,
-        version=version,
-        headers=headers,
-        path=unquote(parts.path),
-        query=query,
-        content_length=length,
-        chunked=chunked,
-    )
-
-
-def _content_length(headers: http.client.HTTPMessage) -> int | None:
-    values = headers.get_all("Content-Length") or []
-    if not values:
-        return None
-    distinct = {v.strip() for value in values for v in value.split(",")}
-    if len(distinct) != 1:
-        raise BadRequest(field="Content-Length", reason="conflicting values")
-    value = distinct.pop()
-    if not value.isdigit() or len(value) > 19:
-        raise BadRequest(field="Content-Length", reason=f"invalid value {value!r}")
-    return int(value)
-
-
-def _chunked(headers: http.client.HTTPMessage) -> bool:
-    values = headers.get_all("Transfer-Encoding") or []
-    codings = [c.strip().lower() for v in values for c in v.split(",") if c.strip()]
-    if not codings:
-        return False
-    if codings != ["chunked"]:
-        raise BadRequest(
-            field="Transfer-Encoding", reason=f"unsupported coding {', '.join(codings)!r}"
-        )
-    return True
+class _TooLong(BadRequest):
+    """A body longer than the caller's limit (a malformed one is BadRequest)."""
 
 
 class Body:
@@ -217,7 +129,7 @@ class Body:
         data = bytearray(limit + 1)
         n = self.readinto(memoryview(data))
         if n > limit:
-            raise BadRequest(field="body", reason=f"longer than {limit} bytes")
+            raise _TooLong(field="body", reason=f"longer than {limit} bytes")
         return bytes(data[:n])
 
     def _read_some(self, buf: memoryview) -> int:
@@ -246,7 +158,7 @@ class Body:
 
     def _line(self) -> bytes:
         try:
-            line: bytes = self._rfile.readline(1024)
+            line: bytes = self._rfile.readline(chunked.MAX_LINE)
         except OSError as e:
             raise self._on_error(e) from e
         if not line:
@@ -254,21 +166,19 @@ class Body:
         return line
 
     def _next_chunk(self) -> None:
-        m = _CHUNK_SIZE.fullmatch(self._line())
-        if m is None:
-            raise BadRequest(field="chunked body", reason="malformed chunk size line")
-        self._chunk_left = int(m.group(1), 16)
+        self._chunk_left = chunked.parse_size_line(self._line())
         if self._chunk_left == 0:
-            # Trailer fields (section 4.1.2) are read and ignored, bounded.
-            for _ in range(64):
-                if self._line() in (b"\r\n", b"\n"):
+            for _ in range(_MAX_TRAILER_LINES):
+                line = self._line()
+                if line == b"\r\n":
                     self._done = True
                     return
+                chunked.check_trailer_line(line)
             raise BadRequest(field="chunked body", reason="too many trailer fields")
 
     def _expect_crlf(self) -> None:
-        if self._line() not in (b"\r\n", b"\n"):
-            raise BadRequest(field="chunked body", reason="chunk longer than its size")
+        if self._line() != b"\r\n":
+            raise BadRequest(field="chunked body", reason="chunk data does not end with CRLF")
 
 
 def read_json(req: Request, body: Body, limit: int) -> dict[str, Any]:
@@ -281,8 +191,10 @@ def read_json(req: Request, body: Body, limit: int) -> dict[str, Any]:
         raise PayloadTooLarge(length=req.content_length, limit=limit)
     try:
         data = body.read(limit)
-    except BadRequest:
+    except _TooLong:
         raise PayloadTooLarge(length="more than the limit of", limit=limit) from None
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise BadRequest(field="JSON body", reason=f"nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         msg = json.loads(data)
     except ValueError as e:
@@ -290,3 +202,16 @@ def read_json(req: Request, body: Body, limit: int) -> dict[str, Any]:
     if not isinstance(msg, dict):
         raise BadRequest(field="JSON body", reason="expected an object")
     return msg
+
+
+def _depth(data: bytes) -> int:
+    """The deepest nesting of arrays and objects, strings skipped."""
+    depth = deepest = 0
+    for m in _JSON_NESTING.finditer(data):
+        token = m.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return deepest

@@ -33,6 +33,7 @@ from ..errors import (
     TicketNotFound,
 )
 from ..tickets import Registry, Ticket
+from ..ticketspec import MAX_TIMEOUT, check_integer, show
 from .message import Request, read_json
 from .router import Router, route
 from .server import Listener, Server, unix_listener
@@ -82,10 +83,9 @@ class Tickets:
         msg = self._json(conn, req)
         unknown = sorted(set(msg) - {"timeout"})
         if unknown:
-            raise BadRequest(field=unknown[0], reason="cannot be changed; only timeout can")
-        timeout = msg.get("timeout")
-        if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
-            raise BadRequest(field="timeout", reason=f"expected an integer >= 0, got {timeout!r}")
+            raise BadRequest(field=show(unknown[0]), reason="cannot be changed; only timeout can")
+        # The same range as the ticket's own timeout (ticketspec).
+        timeout = check_integer("timeout", msg.get("timeout"), maximum=MAX_TIMEOUT)
         conn.reply_json(self._registry.extend(ticket_id, timeout).status().to_json())
 
     def delete(self, conn: Connection, req: Request, ticket_id: str) -> None:
