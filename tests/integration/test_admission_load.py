@@ -1,7 +1,7 @@
 """Hostile sockets must neither lock out nor slow down a ticket holder.
 
 A crowd of 900 sockets (500 idle TCP connections, 200 dripping a byte a
-second, 200 that complete TLS and never send a head; hostile.py, in its
+second, 200 that complete TLS and never send a head; crowd.py, in its
 own process, reconnecting whatever the daemon closes) hammers the TLS
 port while a real upload and a real download run over TLS. Each transfer
 is measured alone first and then in the crowd, same size, same daemon, in
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.timeout(300)
 
 MiB = 1024**2
-HOSTILE = Path(__file__).with_name("hostile.py")
+CROWD_SCRIPT = Path(__file__).with_name("crowd.py")
 CROWD = {"idle": 500, "drip": 200, "silent": 200}
 OTHER_SOURCES = [f"127.0.0.{i}" for i in range(2, 10)]
 # Wanted: a transfer of about 1-2 s alone on this machine.
@@ -55,10 +55,10 @@ BLOCK = random.Random(9).randbytes(4 * MiB)
 
 
 class Crowd:
-    """hostile.py against the daemon: on() and off() between measurements."""
+    """crowd.py against the daemon: on() and off() between measurements."""
 
     def __init__(self, daemon: Daemon, sources: list[str]) -> None:
-        argv = [sys.executable, str(HOSTILE), str(daemon.port)]
+        argv = [sys.executable, str(CROWD_SCRIPT), str(daemon.port)]
         argv += [f"--{kind}={n}" for kind, n in CROWD.items()]
         argv += [f"--source={s}" for s in sources]
         argv += [f"--reconnect-after={RECONNECT_AFTER}", "--duration=150"]

@@ -1,6 +1,6 @@
 """A crowd of hostile sockets against a TLS port, run as its own process.
 
-Usage: python hostile.py PORT [--idle N] [--drip N] [--silent N]
+Usage: python crowd.py PORT [--idle N] [--drip N] [--silent N]
        [--source ADDR ...] [--reconnect-after SECONDS] [--duration SECONDS]
 
 Commands on stdin, one a line: ``on`` opens the whole crowd and keeps it
