@@ -206,6 +206,10 @@ class Lobby:
                 self._expire(now)
                 self._resume(now)
                 self._evictions.flush()
+        except Exception:
+            # Guests' and newcomers' failures are caught where they happen;
+            # this is the loop itself failing: say so loudly.
+            log.exception("LOBBY stopped: no new connections are accepted")
         finally:
             self._close_all()
 
