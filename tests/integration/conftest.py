@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
+import re
 import shutil
 import signal
 import socket
@@ -168,6 +169,14 @@ class Daemon:
         with open(self.log_path, "rb") as f:
             f.seek(self._log_start)
             return f.read().decode(errors="replace")
+
+    def evicted(self) -> int:
+        """Connections the daemon evicted so far: EVICTED lines and summaries."""
+        total = 0
+        for line in self.log().splitlines():
+            if (m := re.search(r"EVICTED (peer=|count=(\d+))", line)) is not None:
+                total += int(m.group(2)) if m.group(2) else 1
+        return total
 
     # Control channel.
 

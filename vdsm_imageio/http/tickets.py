@@ -127,7 +127,7 @@ class TicketServer:
     def start(self) -> None:
         listener = unix_listener(self.path, self._mode)
         self._inode = os.stat(self.path).st_ino
-        self._server.add_listener(Listener(listener.sock, "tickets", None))
+        self._server.add_listener(Listener(listener.sock, "tickets", None, trusted=True))
         self._server.start()
         log.info("LISTEN tickets=%s mode=%o", self.path, self._mode)
 
