@@ -24,6 +24,7 @@ from ..errors import (
 )
 from ..tickets import Operation, Registry, Ticket
 from . import cors
+from .disposition import content_disposition
 from .message import Request, read_json
 from .ranges import ByteRange, check_within, parse_content_range, parse_range
 
@@ -92,10 +93,7 @@ class Images:
         else:
             r, status, headers = ByteRange(0, available), 200, {}
         headers["Content-Type"] = "application/octet-stream"
-        disposition = "attachment"
-        if ticket.spec.filename:
-            disposition += f'; filename="{_quoted(ticket.spec.filename)}"'
-        headers["Content-Disposition"] = disposition
+        headers["Content-Disposition"] = content_disposition(ticket.spec.filename)
         if close:
             conn.close_after_reply()
         log.debug("READ size=%d offset=%d transfer=%s", r.length, r.start, ticket.transfer_id)
@@ -341,7 +339,3 @@ def _json_int(msg: dict[str, Any], name: str, default: int | None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise BadRequest(field=name, reason=f"expected an integer >= 0, got {value!r}")
     return value
-
-
-def _quoted(name: str) -> str:
-    return name.replace("\\", "\\\\").replace('"', '\\"')
