@@ -41,7 +41,8 @@ from .http.router import Router, route
 from .http.server import Server, tcp_listener, unix_listener
 from .http.tickets import TicketServer
 from .monitor import PROGRESS, Monitor, MonitorThread
-from .tickets import Registry, Ticket
+from .registry import Registry
+from .tickets import Ticket
 from .ticketspec import TicketSpec
 from .urlroots import UrlRoots
 

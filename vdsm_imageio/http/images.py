@@ -22,7 +22,8 @@ from ..errors import (
     LengthRequired,
     RangeNotSatisfiable,
 )
-from ..tickets import Operation, Registry, Ticket
+from ..registry import Registry
+from ..tickets import Operation, Ticket
 from . import cors
 from .disposition import content_disposition
 from .message import Request, read_json
