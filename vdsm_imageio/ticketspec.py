@@ -36,7 +36,7 @@ from urllib.parse import unquote, urlsplit
 from .errors import InvalidTicket
 
 OPS = ("read", "write")
-URL_SCHEMES = ("file", "nbd", "https")
+URL_SCHEMES = ("file", "nbd", "nbd+unix", "https")
 VOLUME_DOMAINS = ("file", "block")
 VOLUME_FORMATS = ("raw", "cow")
 # sd_id, img_id and vol_id become path components and LVM names.
@@ -272,8 +272,12 @@ def _url(obj: dict[str, Any]) -> str | None:
         )
     if parts.scheme == "file":
         _file_path(parts.netloc, parts.path)
+    # The socket and export are parsed when the ticket is added
+    # (backends.nbd.parse_url), against [storage] url_roots.
     if parts.scheme == "nbd" and not value.startswith("nbd:unix:/"):
         raise InvalidTicket(field="url", reason="expected nbd:unix:/path[:exportname=NAME]")
+    if parts.scheme == "nbd+unix" and not value.startswith("nbd+unix://"):
+        raise InvalidTicket(field="url", reason="expected nbd+unix:///NAME?socket=/path")
     if parts.scheme == "https" and not parts.hostname:
         raise InvalidTicket(field="url", reason="https URL needs a host")
     return value
