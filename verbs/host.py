@@ -19,7 +19,7 @@ integers; ``Ticket.status`` keeps them integers in every state.
 from __future__ import annotations
 
 from vdsm_imageio.registry import Registry
-from vdsm_imageio.ticketspec import MAX_TIMEOUT
+from vdsm_imageio.ticketspec import MAX_TIMEOUT, check_integer
 
 from . import params, vdsm_errors
 from .errors import Method, verb
@@ -39,9 +39,10 @@ class HostVerbs:
 
     def extend_image_ticket(self, uuid: object, timeout: object) -> bool:
         """Set a new timeout, also on an expired ticket (after a pause)."""
-        self._registry.extend(
-            params.string("uuid", uuid), params.integer("timeout", timeout, maximum=MAX_TIMEOUT)
-        )
+        name = params.string("uuid", uuid)
+        # vdsm sends the timeout as it came in a PATCH body: the ticket
+        # API's check (and message) for it.
+        self._registry.extend(name, check_integer("timeout", timeout, maximum=MAX_TIMEOUT))
         return True
 
     def get_image_ticket(self, uuid: object) -> Json:

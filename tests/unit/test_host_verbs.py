@@ -192,7 +192,7 @@ def test_extend_with_bad_timeout_is_400(methods: dict[str, Any], timeout: object
     assert err["code"] == IMAGE_DAEMON_ERROR
     assert err["message"].startswith(
         "Image daemon request failed: "
-        "\"status=400, reason=Bad Request, error=Invalid parameter 'timeout'"
+        "\"status=400, reason=Bad Request, error=Invalid ticket field 'timeout'"
     )
 
 
