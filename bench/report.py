@@ -184,6 +184,9 @@ def targets(results: list[CaseResult], physical: dict[str, float]) -> list[Targe
         cid, m0 = r.case.id, r.case.metrics[0].name
         rat = ratio(r, m0, "ours", "theirs")
         ours = r.sides["ours"].median(m0)
+        if cid.startswith("client-"):
+            _client_targets(r, check)
+            continue
         if cid.startswith("download-unix") or cid == "nbd-download-unix-curl":
             check(f"{m0}: ours/theirs", ">= 1.5", rat, lambda v: v >= 1.5)
         elif cid.startswith("download-tls"):
@@ -248,6 +251,20 @@ def targets(results: list[CaseResult], physical: dict[str, float]) -> list[Targe
                     lambda v: v <= 1.0,
                 )
     return out
+
+
+def _client_targets(r: CaseResult, check: Callable[..., None]) -> None:
+    """Issue 14: >= 1.5x on full images, >= 2x on sparse, no more client CPU."""
+    m0 = r.case.metrics[0].name
+    want = 2.0 if "sparse" in r.case.id else 1.5
+    check(f"{m0}: ours/theirs", f">= {want:g}", ratio(r, m0, "ours", "theirs"), lambda v: v >= want)
+    co, ct = r.sides["ours"].cpu(), r.sides["theirs"].cpu()
+    check(
+        f"{m0}: client CPU/GiB ours/theirs",
+        "<= 1.0",
+        co / ct if co is not None and ct else None,
+        lambda v: v <= 1.0,
+    )
 
 
 def target_lines(found: list[Target]) -> list[str]:

@@ -31,8 +31,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 
+from . import clientbench, profiles, report, session
 from . import images as imagesmod
-from . import profiles, report, session
 from .cases import case_ids
 from .session import REF_VENV, REPO, ProfileRun
 
@@ -120,9 +120,9 @@ def _stop_on_signal(signo: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
-        print("\n".join(case_ids()))
+        print("\n".join(case_ids() + clientbench.case_ids()))
         return 0
-    session.select(case_ids(), args.cases)
+    session.select(case_ids() + clientbench.case_ids(), args.cases)
     for signo in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signo, _stop_on_signal)
     logging.basicConfig(

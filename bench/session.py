@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import clientbench, physical, procs, profiles, report
 from . import images as imagesmod
-from . import physical, procs, profiles, report
 from .cases import NBDWIRE_CASE, Context, all_cases, case_ids
 from .clients import ImageioClient
 from .daemons import Daemon, Ours, Theirs
@@ -128,7 +128,7 @@ def _measure(
     and effective settings."""
     work = storage.root / "work"
     work.mkdir(parents=True, exist_ok=True)
-    selected = set(select(case_ids(), args.cases))
+    selected = set(select(case_ids() + clientbench.case_ids(), args.cases))
     daemons = _start_daemons(args, storage.root, stack, libnbd=NBDWIRE_CASE in selected)
     nbd_url = None
     if shutil.which("qemu-nbd"):
@@ -151,6 +151,11 @@ def _measure(
     for case in (c for c in all_cases(ctx) if c.id in selected):
         result = measure(case, daemons, case.runs or args.runs, cache, files)
         log.info("DONE profile=%s case=%s seconds=%.1f", run.name, case.id, result.seconds)
+        run.results.append(result)
+    # Client against client, both on our daemon.
+    for client_case in (c for c in clientbench.all_cases(ctx) if c.id in selected):
+        result = clientbench.measure_clients(client_case, daemons[0], args.runs, cache)
+        log.info("DONE profile=%s case=%s seconds=%.1f", run.name, client_case.id, result.seconds)
         run.results.append(result)
     return {d.name: {"label": d.label, "settings": d.settings()} for d in daemons}
 
@@ -296,6 +301,8 @@ def _notes(
         f"{args.runs} runs",
         "CPU s/GiB: daemon utime+stime during the run per GiB of image "
         "(sparse download: per GiB of image size, not of data sent)",
+        "client-* rows: our client against ovirt-imageio's, both on our daemon, "
+        "whole process timed; their CPU s/GiB is the client's (and its qemu-nbd)",
         f"1-minute load average {load_start[0]:.1f} at start, "
         f"{os.getloadavg()[0]:.1f} at end ({os.cpu_count()} CPUs): "
         "other work on the machine shifts absolute numbers; ratios hold better",

@@ -1,4 +1,4 @@
-"""The ``vdsm-imageio`` command: serve, call."""
+"""The ``vdsm-imageio`` command: serve, call, upload, download, checksum."""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import callclient
 
         return callclient.main(args[1:])
+    if args and args[0] in ("upload", "download", "checksum"):
+        from .client import cli as client_cli
+
+        return client_cli.main(args[0], args[1:])
     parser = _parser()
     ns = parser.parse_args(args)
     if ns.command == "serve":
@@ -58,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
         help="print the effective configuration as JSON and exit",
     )
     sub.add_parser("call", help="call a control-channel verb (see call --help)")
+    sub.add_parser("upload", help="upload an image to a transfer URL (see upload --help)")
+    sub.add_parser("download", help="download a transfer URL's disk (see download --help)")
+    sub.add_parser("checksum", help="checksum of an image or a transfer URL's disk")
     return parser
 
 
