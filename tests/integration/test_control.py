@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from vdsm_imageio import callclient
-from vdsm_imageio.tickets import Registry
+from vdsm_imageio.registry import Registry
 from verbs import create_control, protocol
 from verbs.errors import verb
 from verbs.server import MAX_LINE, Connection, ControlServer

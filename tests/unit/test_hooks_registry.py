@@ -9,7 +9,7 @@ import pytest
 
 from vdsm_imageio.errors import HookFailed, TicketBusy, TicketNotFound
 from vdsm_imageio.hooks import Hooks, TicketHooks
-from vdsm_imageio.tickets import Registry
+from vdsm_imageio.registry import Registry
 from vdsm_imageio.ticketspec import TicketSpec
 
 

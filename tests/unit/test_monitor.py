@@ -12,7 +12,8 @@ import pytest
 
 from vdsm_imageio.errors import TicketNotFound
 from vdsm_imageio.monitor import Event, Monitor, MonitorThread
-from vdsm_imageio.tickets import Operation, Registry, Ticket
+from vdsm_imageio.registry import Registry
+from vdsm_imageio.tickets import Operation, Ticket
 
 
 class FakeClock:

@@ -1,7 +1,13 @@
 import pytest
 
 from vdsm_imageio.errors import BadRequest, RangeNotSatisfiable
-from vdsm_imageio.http.ranges import ByteRange, check_within, parse_content_range, parse_range
+from vdsm_imageio.http.ranges import (
+    ByteRange,
+    OpenRange,
+    check_within,
+    parse_content_range,
+    parse_range,
+)
 
 
 @pytest.mark.parametrize(
@@ -78,6 +84,30 @@ def test_content_range_with_unknown_length():
     ],
 )
 def test_content_range_malformed_is_400(header):
+    with pytest.raises(BadRequest) as e:
+        parse_content_range(header)
+    assert e.value.fields["field"] == "Content-Range"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("bytes 512-*/*", (OpenRange(512), None)),
+        ("bytes 0-*/*", (OpenRange(0), None)),
+        ("bytes 512-*/1024", (OpenRange(512), 1024)),
+        ("BYTES 7-*/*", (OpenRange(7), None)),
+    ],
+)
+def test_content_range_with_open_end_as_ovirt_imageio_takes_it(header, expected):
+    # ovirt-imageio's parser takes "first-*": the body goes at first.
+    assert parse_content_range(header) == expected
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["bytes *-*/*", "bytes -*/*", "bytes 5-*", "bytes 5-**/*", "bytes 1024-*/1024", "bytes 5-* /*"],
+)
+def test_content_range_with_malformed_open_end_is_400(header):
     with pytest.raises(BadRequest) as e:
         parse_content_range(header)
     assert e.value.fields["field"] == "Content-Range"

@@ -17,7 +17,7 @@ from storage.lvm import Lvm
 from storage.udev import DeviceWatcher
 from storage.volumes import Volumes
 from vdsm_imageio.errors import VolumeError, VolumeNotFound
-from vdsm_imageio.tickets import Registry
+from vdsm_imageio.registry import Registry
 
 SD, IMG, VOL = "sd-1", "img-1", "vol-1"
 

@@ -11,7 +11,7 @@ from vdsm_imageio.errors import (
     TicketNotFound,
     TooManyConnections,
 )
-from vdsm_imageio.tickets import Registry
+from vdsm_imageio.registry import Registry
 
 
 class FakeClock:
@@ -62,9 +62,10 @@ def test_new_ticket_status(registry):
         "uuid": "u1",
         "transfer_id": "tr1",
         "size": 1024,
-        "ops": ["read", "write"],
+        "ops": ["write"],
         "timeout": 10,
         "expires_in": 10,
+        "expires": 1010,
         "inactivity_timeout": 60,
         "idle_time": 0,
         "active": False,

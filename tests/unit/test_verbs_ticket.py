@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from vdsm_imageio.tickets import Registry
+from vdsm_imageio.registry import Registry
 from verbs.protocol import respond
 from verbs.service import ServiceInfo, service_methods
 from verbs.ticket import ticket_methods

@@ -23,7 +23,7 @@ from storage.lvm import Lvm
 from storage.udev import DeviceWatcher
 from storage.volumes import Volumes
 from vdsm_imageio.errors import ImageNotFound, LeaseBusy, VolumeError, VolumeNotFound
-from vdsm_imageio.tickets import Registry
+from vdsm_imageio.registry import Registry
 
 VolumeFactory = Callable[..., dict[str, Any]]
 EVENT_TIMEOUT = 30

@@ -354,7 +354,10 @@ class Connection:
         if body:
             all_headers.setdefault("Content-Type", content_type)
         self.send_head(status, all_headers, len(body))
-        if body:
+        # RFC 9110 section 9.3.2: a reply to HEAD has no content, whatever
+        # its status (HEAD is refused here, with 405); bytes after the head
+        # would be read as the start of the next reply.
+        if body and not (self.request is not None and self.request.method == "HEAD"):
             self.sendall(body)
 
     def reply_json(
