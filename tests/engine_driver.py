@@ -9,8 +9,9 @@ against a daemon's control socket: it adds the ticket, polls
 own clock, as the engine does, not from the daemon's ``expires_in``),
 treats ``idle_time > inactivity_timeout`` with ``active`` false as a pause,
 resumes when the user asks (extending the ticket, which may have expired
-meanwhile), and finalizes with ``Host.remove_image_ticket``, retrying on
-TicketBusy (102). It records the phases it went through.
+meanwhile), and finalizes with ``Host.remove_image_ticket``, retrying while
+the daemon answers busy (vdsm's ImageDaemonError 482 with status 409). It
+records the phases it went through.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ import uuid as uuidlib
 from collections.abc import Callable
 from typing import Any
 
-TICKET_BUSY = 102
+# vdsm's ImageDaemonError, which carries the daemon's status: 409 for a
+# ticket whose requests did not stop yet (the engine retries the removal).
+IMAGE_DAEMON_ERROR = 482
+BUSY_STATUS = "status=409,"
 IO_TIMEOUT = 10.0
 
 
@@ -48,6 +52,7 @@ class RpcError(Exception):
     def __init__(self, error: dict[str, Any]) -> None:
         super().__init__(f"error {error.get('code')}: {error.get('message')}")
         self.code = error.get("code")
+        self.message = str(error.get("message"))
 
 
 class Vdsm:
@@ -188,7 +193,7 @@ class EngineDriver:
                 assert self._vdsm.call("Host.remove_image_ticket", uuid=self.ticket["uuid"]) is True
                 return
             except RpcError as e:
-                if e.code != TICKET_BUSY:
+                if e.code != IMAGE_DAEMON_ERROR or BUSY_STATUS not in e.message:
                     raise
                 self.busy_retries += 1
                 time.sleep(self._poll)

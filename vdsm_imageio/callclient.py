@@ -60,7 +60,7 @@ VERBS = (
     Verb("Ticket.remove", ("uuid",), "cancel running requests, remove; true (also if unknown)"),
     Verb("Ticket.status", ("uuid",), "the ticket's status"),
     Verb("Ticket.list", (), "the status of every ticket"),
-    Verb("Host.add_image_ticket", ("ticket",), "vdsm's Ticket.add; true"),
+    Verb("Host.add_image_ticket", ("ticket",), "add or replace, as vdsm does; true"),
     Verb("Host.extend_image_ticket", ("uuid", "timeout"), "vdsm's Ticket.extend; true"),
     Verb("Host.get_image_ticket", ("uuid",), "vdsm's Ticket.status"),
     Verb("Host.remove_image_ticket", ("uuid",), "vdsm's Ticket.remove; true"),

@@ -53,6 +53,12 @@ class TicketConflict(ImageioError):
     template = "Ticket {uuid} exists with different content (field {field!r})"
 
 
+class TicketRemoving(TicketConflict):
+    """The ticket was canceled: its removal was agreed, maybe still under way."""
+
+    template = "Ticket {uuid} is being removed; add it again once the removal is done"
+
+
 class TicketBusy(ImageioError):
     template = (
         "Ticket {uuid} still has {running} running requests after "

@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ImageioError
-from .tickets import Clock, Registry, Status, Ticket
+from .registry import Registry
+from .tickets import Clock, Status, Ticket
 
 log = logging.getLogger(__name__)
 

@@ -28,11 +28,11 @@ from storage.volumes import Volumes
 from . import __version__, tls
 from .backends import Backend
 from .backends.file import open_file
-from .backends.nbd import open_nbd
+from .backends.nbd import is_nbd_url, open_nbd, unix_url
 from .backends.nbd import parse_url as parse_nbd_url
 from .backends.sectorlock import SectorLocks
 from .config import Config, socket_address
-from .errors import BackendError, InvalidTicket, TicketNotFound
+from .errors import BackendError, BadRequest, InvalidTicket, TicketNotFound
 from .hooks import Hooks, TicketHooks
 from .http.checksum import Checksum
 from .http.extents import Extents
@@ -41,7 +41,8 @@ from .http.router import Router, route
 from .http.server import Server, tcp_listener, unix_listener
 from .http.tickets import TicketServer
 from .monitor import PROGRESS, Monitor, MonitorThread
-from .tickets import Registry, Ticket
+from .registry import Registry
+from .tickets import Ticket
 from .ticketspec import TicketSpec
 from .urlroots import UrlRoots
 
@@ -123,6 +124,16 @@ class Services:
                     get=checksum.algorithms,
                 ),
                 route("info", r"/info/?", get=self._info),
+                # "/images/" and "/images//extents": a client that lost the
+                # ticket id is told so, not that nothing is there.
+                route(
+                    "images-no-ticket",
+                    r"/images//?(?:extents|checksum|checksum/algorithms)?/?",
+                    options=_no_ticket_id,
+                    get=_no_ticket_id,
+                    put=_no_ticket_id,
+                    patch=_no_ticket_id,
+                ),
             ]
         )
         # One table for the process: connections to one image share its locks.
@@ -254,12 +265,16 @@ class Services:
         conn.reply_json({"version": __version__})
 
 
+def _no_ticket_id(conn: Any, req: Any) -> None:
+    raise BadRequest(field="path", reason="the ticket id is missing (/images/<ticket>)")
+
+
 def resolve_url(spec: TicketSpec, roots: UrlRoots) -> str:
     """The URL a url ticket serves: its path resolved and confined to roots
     (vdsm_imageio.urlroots), checked to name something usable."""
     assert spec.url is not None
     parts = urlsplit(spec.url)
-    if parts.scheme == "nbd":
+    if is_nbd_url(spec.url):
         return _resolve_nbd(spec.url, roots)
     if parts.scheme != "file":
         raise InvalidTicket(
@@ -287,7 +302,7 @@ def _resolve_nbd(url: str, roots: UrlRoots) -> str:
         raise InvalidTicket(field="url", reason=f"cannot use {path}: {e.strerror}") from None
     if not stat.S_ISSOCK(st.st_mode):
         raise InvalidTicket(field="url", reason=f"{path} is not a unix socket")
-    return f"nbd:unix:{path}" + (f":exportname={export}" if export else "")
+    return unix_url(path, export, like=url)
 
 
 def open_backend(ticket: Ticket, roots: UrlRoots | None, *, locks: SectorLocks) -> Backend:
@@ -295,7 +310,7 @@ def open_backend(ticket: Ticket, roots: UrlRoots | None, *, locks: SectorLocks) 
     locks is the process's sector lock table (vdsm_imageio.backends.sectorlock)."""
     parts = urlsplit(ticket.url)
     mode = "rw" if ticket.spec.allows("write") else "r"
-    if parts.scheme == "nbd":
+    if is_nbd_url(ticket.url):
         if roots is not None:
             roots.check_unmoved(parse_nbd_url(ticket.url)[0])
         return open_nbd(ticket.url, mode=mode, sparse=ticket.spec.sparse, dirty=ticket.spec.dirty)

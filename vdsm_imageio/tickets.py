@@ -1,8 +1,9 @@
-"""Ticket lifecycle and the registry of live tickets.
+"""Ticket lifecycle: one ticket's state, requests and connections.
 
 Rules:
-- A ticket is *live* from ``add`` until ``remove`` succeeds; it is then
-  *canceled* while its running requests drain, and gone once they have.
+- A ticket is *live* from its addition until its removal is agreed; it is
+  then *canceled* while its running requests drain, and gone once they
+  have (``vdsm_imageio.registry`` owns the table of tickets).
 - Expiry slides: a ticket expires ``timeout`` seconds after its last
   activity (add, extend, the start or end of a request, an authorized
   request). While a request runs the ticket never expires. ``extend``
@@ -15,15 +16,10 @@ Rules:
 - ``transferred`` is the size of the union of the byte ranges that finished
   requests moved and that running requests have moved so far.
 - Canceling aborts every connection attached to the ticket, so a request
-  blocked on a slow peer stops at once instead of at its next chunk;
-  ``remove`` then waits up to ``remove_timeout`` for requests to end and
-  raises TicketBusy otherwise (the caller retries, as the engine does).
+  blocked on a slow peer stops at once instead of at its next chunk.
 - A connection is attached as a reader or a writer; the counts are bounded
   by ``max_readers`` and ``max_writers``. A reader that writes becomes a
   writer.
-- An injected guard (the ``before_*`` hooks) may veto ``add`` and the first
-  ``remove``: a vetoed add leaves no ticket, a vetoed remove leaves the
-  ticket live and not canceled.
 - Time comes from an injected monotonic clock.
 """
 
@@ -38,25 +34,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import ticketspec
-from .errors import (
-    Forbidden,
-    InvalidTicket,
-    TicketBusy,
-    TicketCanceled,
-    TicketConflict,
-    TicketNotFound,
-    TooManyConnections,
-)
+from .errors import Forbidden, TicketCanceled, TooManyConnections
 from .measure import RangeSet
 from .ticketspec import TicketSpec
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-Listener = Callable[[str, "Ticket"], None]
-# Called with "add" or "remove" before the registry changes; raising vetoes.
-Guard = Callable[[str, "Ticket"], None]
 
 
 # Connection kinds, weakest first: a connection only ever moves up.
@@ -83,7 +67,11 @@ class Status:
     size: int
     ops: list[str]
     timeout: int
+    # Seconds left, and the monotonic clock's second at which the ticket
+    # expires (ovirt-imageio's "expires"; also while active, as if the
+    # running requests ended now).
     expires_in: int
+    expires: int
     inactivity_timeout: int
     idle_time: int
     active: bool
@@ -248,6 +236,7 @@ class Ticket:
                 ranges.add(op.start, op.start + op.done)
             idle = 0 if active else int(now - self._used)
             left = self._timeout if active else math.floor(self._activity + self._timeout - now)
+            expires = math.floor(now if active else self._activity) + self._timeout
             spec = self.spec
             return Status(
                 uuid=spec.uuid,
@@ -256,6 +245,7 @@ class Ticket:
                 ops=list(spec.ops),
                 timeout=self._timeout,
                 expires_in=left,
+                expires=expires,
                 inactivity_timeout=spec.inactivity_timeout,
                 idle_time=idle,
                 active=active,
@@ -268,134 +258,3 @@ class Ticket:
                 url=spec.url,
                 volume=spec.raw_volume,
             )
-
-
-class Registry:
-    """The live tickets, keyed by their secret uuid."""
-
-    def __init__(
-        self,
-        *,
-        clock: Clock,
-        remove_timeout: float,
-        default_inactivity_timeout: int,
-        resolve_url: Callable[[TicketSpec], str] | None = None,
-        release: Callable[[TicketSpec], None] | None = None,
-        guard: Guard | None = None,
-    ) -> None:
-        self._clock = clock
-        self._remove_timeout = remove_timeout
-        self._default_inactivity = default_inactivity_timeout
-        self._resolve_url = resolve_url or _url_only
-        self._release = release or (lambda spec: None)
-        self._guard = guard or (lambda action, ticket: None)
-        self._lock = threading.Lock()
-        self._tickets: dict[str, Ticket] = {}
-        self._listeners: list[Listener] = []
-
-    def subscribe(self, listener: Listener) -> None:
-        self._listeners.append(listener)
-
-    def _emit(self, event: str, ticket: Ticket) -> None:
-        for listener in self._listeners:
-            try:
-                listener(event, ticket)
-            except Exception:
-                log.exception("LISTENER failed event=%s transfer=%s", event, ticket.transfer_id)
-
-    def parse(self, obj: object) -> TicketSpec:
-        return ticketspec.parse(obj, default_inactivity_timeout=self._default_inactivity)
-
-    def add(self, obj: object) -> Ticket:
-        spec = self.parse(obj)
-        with self._lock:
-            existing = self._tickets.get(spec.uuid)
-        if existing is not None:
-            diff = existing.spec.first_difference(spec)
-            if diff is not None or existing.canceled:
-                raise TicketConflict(uuid=spec.uuid, field=diff or "canceled")
-            return existing
-        # Vetoed before storage is prepared: a refused ticket costs nothing.
-        self._guard("add", Ticket(spec, self._clock, spec.url or ""))
-        url = self._resolve_url(spec)
-        ticket = Ticket(spec, self._clock, url)
-        with self._lock:
-            raced = self._tickets.setdefault(spec.uuid, ticket)
-        if raced is not ticket:
-            self._release(spec)
-            if raced.spec.first_difference(spec) is not None:
-                raise TicketConflict(uuid=spec.uuid, field="uuid")
-            return raced
-        log.info(
-            "ADD transfer=%s size=%d ops=%s timeout=%d url=%s",
-            spec.transfer_id,
-            spec.size,
-            ",".join(spec.ops),
-            spec.timeout,
-            _loggable(url),
-        )
-        self._emit("added", ticket)
-        return ticket
-
-    def get(self, uuid: str) -> Ticket:
-        with self._lock:
-            ticket = self._tickets.get(uuid)
-        if ticket is None:
-            raise TicketNotFound(uuid=uuid)
-        return ticket
-
-    def list(self) -> list[Ticket]:
-        with self._lock:
-            return list(self._tickets.values())
-
-    def extend(self, uuid: str, timeout: int) -> Ticket:
-        ticket = self.get(uuid)
-        ticket.extend(timeout)
-        log.info("EXTEND transfer=%s timeout=%d", ticket.transfer_id, timeout)
-        return ticket
-
-    def remove(self, uuid: str) -> None:
-        with self._lock:
-            ticket = self._tickets.get(uuid)
-        if ticket is None:
-            return
-        if not ticket.canceled:
-            # Once canceled, the removal was agreed: a retry is not vetoed.
-            self._guard("remove", ticket)
-            log.info("CANCEL transfer=%s running=%d", ticket.transfer_id, ticket.running())
-            ticket.cancel()
-            self._emit("canceled", ticket)
-        if not ticket.wait_idle(self._remove_timeout):
-            raise TicketBusy(uuid=uuid, running=ticket.running(), timeout=self._remove_timeout)
-        with self._lock:
-            if self._tickets.get(uuid) is not ticket:
-                return
-            del self._tickets[uuid]
-        try:
-            self._release(ticket.spec)
-        finally:
-            log.info("REMOVE transfer=%s", ticket.transfer_id)
-            self._emit("removed", ticket)
-
-    def authorize(self, uuid: str, op: str) -> Ticket:
-        with self._lock:
-            ticket = self._tickets.get(uuid)
-        if ticket is None:
-            raise Forbidden(reason="No such ticket")
-        ticket.authorize(op)
-        return ticket
-
-    def cancel_all(self) -> None:
-        for ticket in self.list():
-            ticket.cancel()
-
-
-def _url_only(spec: TicketSpec) -> str:
-    if spec.url is None:
-        raise InvalidTicket(field="volume", reason="volume tickets need the storage plane")
-    return spec.url
-
-
-def _loggable(url: str) -> str:
-    # An https URL of a proxied ticket ends with the remote ticket id.
-    return url.rsplit("/", 1)[0] + "/..." if url.startswith("https:") else url

@@ -4,7 +4,10 @@ Rules:
 - Every field is checked; an error names the field and the reason, never
   falls back to a default for a value that was sent.
 - Unknown keys are accepted and ignored: the engine sends extras.
-- ``write`` implies ``read``: a writer must be able to verify what it wrote.
+- ``ops`` is kept as sent (``["write"]`` reads back ``["write"]``, as
+  ovirt-imageio reports it), and two tickets differ when their lists do;
+  but ``write`` implies ``read`` when a request is authorized: a writer
+  must be able to verify what it wrote.
 - Exactly one of ``url`` and ``volume``.
 - ``bool`` is not an ``int`` here, although Python says it is.
 - Numbers have the range their users can hold: sizes and offsets fit the
@@ -33,7 +36,7 @@ from urllib.parse import unquote, urlsplit
 from .errors import InvalidTicket
 
 OPS = ("read", "write")
-URL_SCHEMES = ("file", "nbd", "https")
+URL_SCHEMES = ("file", "nbd", "nbd+unix", "https")
 VOLUME_DOMAINS = ("file", "block")
 VOLUME_FORMATS = ("raw", "cow")
 # sd_id, img_id and vol_id become path components and LVM names.
@@ -101,7 +104,7 @@ class TicketSpec:
     raw_volume: dict[str, Any] | None = field(default=None, compare=False)
 
     def allows(self, op: str) -> bool:
-        return op in self.ops
+        return op in self.ops or (op == "read" and "write" in self.ops)
 
     def to_json(self) -> dict[str, Any]:
         """The ticket object a client sends for this spec."""
@@ -248,10 +251,7 @@ def _ops(obj: dict[str, Any]) -> tuple[str, ...]:
     for op in value:
         if not isinstance(op, str) or op not in OPS:
             raise InvalidTicket(field="ops", reason=f"unknown operation {show(op)}")
-    ops = set(value)
-    if "write" in ops:
-        ops.add("read")
-    return tuple(op for op in OPS if op in ops)
+    return tuple(value)
 
 
 def _url(obj: dict[str, Any]) -> str | None:
@@ -272,8 +272,12 @@ def _url(obj: dict[str, Any]) -> str | None:
         )
     if parts.scheme == "file":
         _file_path(parts.netloc, parts.path)
+    # The socket and export are parsed when the ticket is added
+    # (backends.nbd.parse_url), against [storage] url_roots.
     if parts.scheme == "nbd" and not value.startswith("nbd:unix:/"):
         raise InvalidTicket(field="url", reason="expected nbd:unix:/path[:exportname=NAME]")
+    if parts.scheme == "nbd+unix" and not value.startswith("nbd+unix://"):
+        raise InvalidTicket(field="url", reason="expected nbd+unix:///NAME?socket=/path")
     if parts.scheme == "https" and not parts.hostname:
         raise InvalidTicket(field="url", reason="https URL needs a host")
     return value

@@ -2,10 +2,11 @@
 
 The HTTP server wraps each accepted socket with
 ``context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)``
-in the accept loop, which costs no I/O, and calls ``handshake`` in the
-connection's worker thread. A client that connects and stays silent then
-holds one worker until the deadline instead of stalling every new
-connection behind it in the accept loop.
+when it accepts it, which costs no I/O, and advances the handshake with
+``handshake_step`` whenever the socket is ready, never waiting in it: a
+client that connects and stays silent holds a file descriptor until the
+deadline, not a thread, and stalls no other connection. ``handshake`` is
+the blocking form, under one deadline.
 
 The floor is TLS 1.2, set on the context and asserted on the wire by the
 tests: OpenSSL's defaults differ between distributions and a floor that is
@@ -18,6 +19,7 @@ AEAD with forward secrecy and keep OpenSSL's defaults.
 from __future__ import annotations
 
 import logging
+import selectors
 import ssl
 
 from .errors import PeerClosed
@@ -128,6 +130,33 @@ def handshake(sock: ssl.SSLSocket, deadline_seconds: float) -> None:
         sock.version(),
         _cipher_name(sock),
     )
+
+
+def handshake_step(sock: ssl.SSLSocket) -> int:
+    """Advance the handshake of a non-blocking socket without waiting.
+
+    Returns 0 once the handshake is complete, else the ``selectors`` event
+    to wait for before the next step (the peer has not sent enough yet, or
+    our socket buffer is full). The caller keeps the deadline.
+    """
+    try:
+        sock.do_handshake()
+    except ssl.SSLWantReadError:
+        return selectors.EVENT_READ
+    except ssl.SSLWantWriteError:
+        return selectors.EVENT_WRITE
+    except ssl.SSLError as e:
+        raise HandshakeFailed(peer=_peer_name(sock), reason=e.reason or str(e)) from None
+    except OSError as e:
+        # ECONNRESET, EPIPE, ENOTCONN: the peer gave up or never connected.
+        raise HandshakeFailed(peer=_peer_name(sock), reason=e.strerror or str(e)) from None
+    log.debug(
+        "HANDSHAKE peer=%s version=%s cipher=%s",
+        _peer_name(sock),
+        sock.version(),
+        _cipher_name(sock),
+    )
+    return 0
 
 
 def _harden(ctx: ssl.SSLContext) -> None:

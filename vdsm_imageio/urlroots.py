@@ -3,10 +3,12 @@
 vdsm is trusted, but the service runs as root, so a ticket naming
 ``/etc/shadow`` must not turn into a way to read it. Rules:
 
-- A ``file://`` path or an ``nbd:unix:`` socket path is resolved when the
-  ticket is added: every symlink and ``..`` is followed (os.path.realpath),
-  and the result must lie under one of the roots (resolved the same way, so
-  a root that is itself a link works). The check comes before any stat, so
+- A ``file://`` path or the socket path of an NBD URL, in either form
+  (``nbd:unix:/path``, ``nbd+unix:///NAME?socket=/path``: both parsed by
+  ``backends.nbd.parse_url``), is resolved when the ticket is added: every
+  symlink and ``..`` is followed (os.path.realpath), and the result must
+  lie under one of the roots (resolved the same way, so a root that is
+  itself a link works). The check comes before any stat, so
   a refused ticket does not tell whether the path exists.
 - The ticket is served through the resolved path, never the given one: a
   symlink swapped after the add is not followed.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vdsm_imageio.tickets import Registry
+from vdsm_imageio.registry import Registry
 
 from .events import EventHub, event_methods
 from .host import host_methods

@@ -47,14 +47,18 @@ Method = Callable[..., Result]
 
 
 class RpcError:
-    """A JSON-RPC error object: code, message and optional data."""
+    """A JSON-RPC error object: code, message and optional data; unexpected
+    when it stands for a bug, whose traceback the log gets."""
 
-    __slots__ = ("code", "data", "message")
+    __slots__ = ("code", "data", "message", "unexpected")
 
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
+    def __init__(
+        self, code: int, message: str, data: Any = None, *, unexpected: bool = False
+    ) -> None:
         self.code = code
         self.message = message
         self.data = data
+        self.unexpected = unexpected
 
     def result(self) -> Result:
         if self.data is None:
@@ -73,11 +77,14 @@ def code_of(exc: BaseException) -> int | None:
 def translate(exc: Exception) -> RpcError:
     code = code_of(exc)
     if code is None or not isinstance(exc, errors.ImageioError):
-        return RpcError(INTERNAL_ERROR, "Internal error, see the log")
+        return RpcError(INTERNAL_ERROR, "Internal error, see the log", unexpected=True)
     if code == INVALID_PARAMS:
         data = {"field": exc.fields.get("field"), "reason": exc.fields.get("reason")}
         return RpcError(code, exc.message, data)
     return RpcError(code, exc.message, dict(exc.fields))
+
+
+Translate = Callable[[Exception], RpcError]
 
 
 def verb(
@@ -85,6 +92,7 @@ def verb(
     *,
     name: str | None = None,
     pass_connection: bool = False,
+    errors_of: Translate = translate,
 ) -> Method:
     """Make fn a jsonrpcserver method called with the connection as context.
 
@@ -92,25 +100,34 @@ def verb(
     missing or unknown param is -32602 naming it. With pass_connection,
     fn gets the connection as its first argument (Events.subscribe uses it
     to push notifications); it is not a param the client can send.
+    errors_of turns what fn raises into the error sent: this module's
+    table, or vdsm's for the verbs with vdsm's names (``verbs.vdsm_errors``).
     """
     signature = inspect.signature(fn)
     if pass_connection:
         params = list(signature.parameters.values())[1:]
         signature = signature.replace(parameters=params)
-    name = name or getattr(fn, "__qualname__", repr(fn))
+    label = name or str(getattr(fn, "__qualname__", repr(fn)))
 
     def method(connection: Any, *args: Any, **kwargs: Any) -> Result:
         try:
             bound = bind(signature, args, kwargs)
-            lead = (connection,) if pass_connection else ()
+        except Exception as e:
+            # Params that do not bind are a JSON-RPC matter in every namespace.
+            return _refused(label, e, translate(e))
+        lead = (connection,) if pass_connection else ()
+        try:
             return Success(fn(*lead, *bound.args, **bound.kwargs))
         except Exception as e:
-            error = translate(e)
-            if error.code == INTERNAL_ERROR:
-                log.exception("FAILED verb=%s", name)
-            else:
-                log.info("REFUSED verb=%s code=%d error=%s", name, error.code, type(e).__name__)
-            return error.result()
+            return _refused(label, e, errors_of(e))
 
-    method.__name__ = method.__qualname__ = f"verb({name})"
+    method.__name__ = method.__qualname__ = f"verb({label})"
     return method
+
+
+def _refused(name: str, exc: Exception, error: RpcError) -> Result:
+    if error.unexpected:
+        log.exception("FAILED verb=%s", name)
+    else:
+        log.info("REFUSED verb=%s code=%d error=%s", name, error.code, type(exc).__name__)
+    return error.result()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vdsm_imageio.tickets import Registry
+from vdsm_imageio.registry import Registry
 from vdsm_imageio.ticketspec import MAX_TIMEOUT
 
 from . import params

@@ -70,6 +70,9 @@ class Chromium:
             "XDG_CONFIG_HOME": str(home / ".config"),
             "XDG_CACHE_HOME": str(home / ".cache"),
             "TMPDIR": str(profile.parent),
+            # A desktop session's locale: in the C locale Chromium cannot
+            # name a file outside ASCII and saves "download" instead.
+            "LANG": "C.UTF-8",
         }
         self._log = open(self.log_path, "wb")  # owned until stop()
         self.proc = subprocess.Popen(

@@ -62,7 +62,9 @@ def test_a_byte_corrupted_on_the_server_fails_verification(daemon: Daemon, tmp_p
     write_runs(src, SIZE, [(0, SIZE)], seed=31)
     ticket_id, disk = daemon.add_ticket(size=SIZE)
     state = tmp_path / "state"
-    with Relay(daemon.port, rate=32 * MiB, hold_up_after=SIZE // 2) as relay:
+    # Slow enough that checkpoints (about two a second) journal the first
+    # ranges before the relay holds the upload half-way.
+    with Relay(daemon.port, rate=8 * MiB, hold_up_after=SIZE // 2) as relay:
         proc = start_client(
             "upload",
             src,

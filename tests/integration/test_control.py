@@ -20,7 +20,7 @@ import pytest
 from tests.support.clock import FakeClock
 from tests.support.tickets import valid_ticket
 from vdsm_imageio import callclient
-from vdsm_imageio.tickets import Registry
+from vdsm_imageio.registry import Registry
 from verbs import create_control, protocol
 from verbs.errors import verb
 from verbs.server import MAX_LINE, Connection, ControlServer

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 if TYPE_CHECKING:
     from tests.support.daemon import Daemon, MakeDaemon
 
@@ -154,7 +156,7 @@ def test_transfer_record_hook_writes_one_line_per_removed_ticket(make_daemon: Ma
     assert by_id[partial["transfer_id"]]["transferred"] == MiB // 4
     assert by_id[untouched["transfer_id"]]["transferred"] == 0
     for line in lines:
-        assert line["ops"] == ["read", "write"]
+        assert line["ops"] == ["write"]  # as the ticket gave them
         assert line["size"] == MiB
         assert 0 <= line["duration"] < 60
     text = record.read_text()
@@ -187,3 +189,59 @@ def test_after_transfer_idle_runs_when_an_upload_ends(make_daemon: MakeDaemon) -
     assert (event, transfer_id) == ("after_transfer_idle", ticket["transfer_id"])
     assert json.loads(status)["transferred"] == MiB
     assert json.loads(status)["active"] is False
+
+
+def test_replace_runs_the_remove_and_add_hooks(make_daemon: MakeDaemon) -> None:
+    daemon = make_daemon()
+    log = daemon.dir / "events.log"
+    for event in ("before_ticket_add", "after_ticket_add", "before_ticket_remove"):
+        install(daemon, event, "10-log", f'echo "$EVENT $TRANSFER_ID" >> {log}')
+    install(
+        daemon,
+        "after_ticket_remove",
+        "10-log",
+        f"echo \"$EVENT $TRANSFER_ID $(python3 -c 'import json,sys; "
+        f'print(json.load(sys.stdin)["interrupted"])\')" >> {log}',
+    )
+    ticket = new_ticket(daemon)
+    assert http_request(daemon, "PUT", ticket["uuid"], ticket)[0] == 200
+    wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == 2)
+    log.write_text("")
+    renewed = {**ticket, "timeout": 900, "transfer_id": "renewed"}
+    assert http_request(daemon, "PUT", ticket["uuid"], renewed)[0] == 200
+    wait_for(lambda: len(log.read_text().splitlines()) == 4)
+    # For a hook, a replacement is the old transfer removed and the new added.
+    lines = log.read_text().splitlines()
+    assert lines[:2] == [
+        "before_ticket_add renewed",
+        f"before_ticket_remove {ticket['transfer_id']}",
+    ]
+    assert sorted(lines[2:]) == sorted(
+        ["after_ticket_add renewed", f"after_ticket_remove {ticket['transfer_id']} False"]
+    )
+
+
+@pytest.mark.parametrize("event", ["before_ticket_add", "before_ticket_remove"])
+def test_vetoed_replace_keeps_the_old_ticket(make_daemon: MakeDaemon, event: str) -> None:
+    daemon = make_daemon()
+    ticket = new_ticket(daemon)
+    assert http_request(daemon, "PUT", ticket["uuid"], ticket)[0] == 200
+    install(daemon, event, "50-deny", 'echo "keep it" >&2; exit 1')
+    other = {**ticket, "size": MiB // 2, "transfer_id": "other"}
+    status, text = http_request(daemon, "PUT", ticket["uuid"], other)
+    assert status == 403
+    assert "50-deny" in text
+    kept = daemon.status(ticket["uuid"])
+    assert (kept["transfer_id"], kept["size"], kept["canceled"]) == (
+        ticket["transfer_id"],
+        MiB,
+        False,
+    )
+    upload(daemon, ticket["uuid"], b"x" * 4096)
+    # vdsm's verb answers what vdsm relays from that 403.
+    error = daemon.call("Host.add_image_ticket", ticket=other)["error"]
+    assert error["code"] == 482
+    assert error["message"].startswith(
+        "Image daemon request failed: "
+        f"\"status=403, reason=Forbidden, error=Hook '50-deny' vetoed {event}"
+    )

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import time
 from typing import TYPE_CHECKING
 
-from tests.integration.rawhttp import closed_by_server, read_reply, send, still_open
+from tests.integration.rawhttp import closed_by_server, read_reply, send
 
 if TYPE_CHECKING:
     from tests.support.daemon import Daemon, MakeDaemon
@@ -121,32 +120,6 @@ def test_options_advertise_configured_limits(make_daemon: MakeDaemon) -> None:
     body = json.loads(conn.getresponse().read())
     conn.close()
     assert (body["max_readers"], body["max_writers"]) == (3, 1)
-
-
-def test_connections_past_max_connections_are_closed_at_once(make_daemon: MakeDaemon) -> None:
-    daemon = make_daemon(http={"max_connections": 2})
-    ticket_id, _ = daemon.add_ticket(size=MiB)
-    held = [daemon.raw_unix(), daemon.raw_unix()]
-    for sock in held:
-        assert still_open(sock, ticket_id)
-    extra = daemon.raw_unix()
-    assert closed_by_server(extra, timeout=2)
-    extra.close()
-    for sock in held:
-        sock.close()
-    # Room again once the held connections are gone.
-    deadline = time.monotonic() + 5
-    while True:
-        sock = daemon.raw_unix()
-        try:
-            ok = still_open(sock, ticket_id)
-        except (OSError, http.client.HTTPException):
-            ok = False
-        sock.close()
-        if ok or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert ok
 
 
 def test_pipelined_requests_are_answered_in_order(daemon: Daemon) -> None:

@@ -12,6 +12,7 @@ on a 9p root needs minutes where loopback on the host needs seconds.
 from __future__ import annotations
 
 import http.client
+import re
 import shutil
 import signal
 import socket
@@ -119,6 +120,12 @@ class Daemon:
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log().splitlines()[-lines:])
+
+    def evicted(self) -> int:
+        """Connections the daemon evicted so far: EVICTED lines and summaries."""
+        lines = self.log().splitlines()
+        found = [m for line in lines if (m := re.search(r"EVICTED (peer=|count=(\d+))", line))]
+        return sum(int(m.group(2)) if m.group(2) else 1 for m in found)
 
     # Control channel.
 

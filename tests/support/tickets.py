@@ -1,4 +1,4 @@
-"""Tickets as vdsm sends them in Ticket.add."""
+"""Tickets as vdsm sends them in Ticket.add, and what a ticket holds."""
 
 from __future__ import annotations
 
@@ -25,3 +25,13 @@ def volume_of(spec: TicketSpec) -> Volume:
     """The volume of a ticket that names one."""
     assert spec.volume is not None, f"transfer {spec.transfer_id} has no volume"
     return spec.volume
+
+
+class FakeConn:
+    """A connection attached to a ticket: it records being aborted."""
+
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True

@@ -22,7 +22,7 @@ import pytest
 
 from vdsm_imageio import callclient
 from vdsm_imageio.callclient import Call, UsageError, parse_args
-from vdsm_imageio.tickets import Registry
+from vdsm_imageio.registry import Registry
 from verbs import create_control
 from verbs.events import EVENTS, EventVerbs
 from verbs.host import HostVerbs

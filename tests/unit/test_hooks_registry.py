@@ -11,7 +11,7 @@ from tests.support.clock import FakeClock
 from tests.support.tickets import valid_ticket
 from vdsm_imageio.errors import HookFailed, TicketBusy, TicketNotFound
 from vdsm_imageio.hooks import Hooks, Payload, TicketHooks
-from vdsm_imageio.tickets import Registry
+from vdsm_imageio.registry import Registry
 from vdsm_imageio.ticketspec import TicketSpec
 
 

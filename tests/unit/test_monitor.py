@@ -14,7 +14,8 @@ from tests.support.clock import FakeClock
 from tests.support.tickets import valid_ticket
 from vdsm_imageio.errors import TicketNotFound
 from vdsm_imageio.monitor import Event, Monitor, MonitorThread
-from vdsm_imageio.tickets import Operation, Registry, Ticket
+from vdsm_imageio.registry import Registry
+from vdsm_imageio.tickets import Operation, Ticket
 
 
 def spec(**kw: Any) -> dict[str, Any]:

@@ -3,7 +3,13 @@ from __future__ import annotations
 import pytest
 
 from vdsm_imageio.errors import BadRequest, RangeNotSatisfiable
-from vdsm_imageio.http.ranges import ByteRange, check_within, parse_content_range, parse_range
+from vdsm_imageio.http.ranges import (
+    ByteRange,
+    OpenRange,
+    check_within,
+    parse_content_range,
+    parse_range,
+)
 
 
 @pytest.mark.parametrize(
@@ -85,6 +91,32 @@ def test_content_range_malformed_is_400(header: str) -> None:
     assert e.value.fields["field"] == "Content-Range"
 
 
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("bytes 512-*/*", (OpenRange(512), None)),
+        ("bytes 0-*/*", (OpenRange(0), None)),
+        ("bytes 512-*/1024", (OpenRange(512), 1024)),
+        ("BYTES 7-*/*", (OpenRange(7), None)),
+    ],
+)
+def test_content_range_with_open_end_as_ovirt_imageio_takes_it(
+    header: str, expected: tuple[OpenRange, int | None]
+) -> None:
+    # ovirt-imageio's parser takes "first-*": the body goes at first.
+    assert parse_content_range(header) == expected
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["bytes *-*/*", "bytes -*/*", "bytes 5-*", "bytes 5-**/*", "bytes 1024-*/1024", "bytes 5-* /*"],
+)
+def test_content_range_with_malformed_open_end_is_400(header: str) -> None:
+    with pytest.raises(BadRequest) as e:
+        parse_content_range(header)
+    assert e.value.fields["field"] == "Content-Range"
+
+
 def test_content_range_header_of_206_reply() -> None:
     assert ByteRange(100, 200).content_range(1000) == "bytes 100-199/1000"
 
@@ -142,6 +174,7 @@ def test_range_starting_at_a_huge_offset_is_416() -> None:
 )
 def test_content_range_at_a_huge_offset_is_past_any_image(header: str) -> None:
     r, _ = parse_content_range(header)
+    assert isinstance(r, ByteRange)  # a closed range: it has a length
     with pytest.raises(RangeNotSatisfiable):
         check_within(r.start, r.length, 2**64)
 

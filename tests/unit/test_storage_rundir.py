@@ -50,8 +50,17 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def sleeper(procs: list[subprocess.Popen[bytes]], *argv: str) -> subprocess.Popen[bytes]:
-    p = subprocess.Popen(["sleep", "60", *argv])
+    args = ["sleep", "60", *argv]
+    p = subprocess.Popen(args)
     procs.append(p)
+    # Popen returns once exec closed its close-on-exec pipe, which the
+    # kernel does before it sets up the new argv: until then the process's
+    # cmdline may still read empty.
+    want = "\0".join(args).encode() + b"\0"
+    deadline = time.monotonic() + WAIT
+    while pidfiles.process_state(p.pid)[0] != want:
+        assert time.monotonic() < deadline, "sleep never showed its argv"
+        time.sleep(0.005)
     return p
 
 

@@ -19,7 +19,7 @@ from storage.volumes import Volumes
 from tests.support.procs import qemu_nbd_pids
 from tests.support.tickets import volume_of
 from vdsm_imageio.errors import VolumeError, VolumeNotFound
-from vdsm_imageio.tickets import Registry
+from vdsm_imageio.registry import Registry
 
 SD, IMG, VOL = "sd-1", "img-1", "vol-1"
 

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from tests.support.clock import FakeClock
-from tests.support.tickets import valid_ticket
+from tests.support.tickets import FakeConn, valid_ticket
 from vdsm_imageio.errors import (
     Forbidden,
     InvalidTicket,
@@ -16,15 +16,7 @@ from vdsm_imageio.errors import (
     TicketNotFound,
     TooManyConnections,
 )
-from vdsm_imageio.tickets import Registry
-
-
-class FakeConn:
-    def __init__(self) -> None:
-        self.aborted = False
-
-    def abort(self) -> None:
-        self.aborted = True
+from vdsm_imageio.registry import Registry
 
 
 def ticket(**kw: Any) -> dict[str, Any]:
@@ -47,9 +39,10 @@ def test_new_ticket_status(registry: Registry) -> None:
         "uuid": "u1",
         "transfer_id": "tr1",
         "size": 1024,
-        "ops": ["read", "write"],
+        "ops": ["write"],
         "timeout": 10,
         "expires_in": 10,
+        "expires": 1010,
         "inactivity_timeout": 60,
         "idle_time": 0,
         "active": False,

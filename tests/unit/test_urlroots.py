@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from vdsm_imageio import config
+from vdsm_imageio.backends.nbd import parse_url
 from vdsm_imageio.config import Config, ConfigError
 from vdsm_imageio.errors import Forbidden, InvalidTicket
 from vdsm_imageio.services import resolve_url
@@ -207,6 +208,39 @@ def test_nbd_socket_is_confined_and_keeps_its_export(root: Path, tmp_path: Path)
         with pytest.raises(InvalidTicket) as e:
             resolve_url(spec(f"nbd:unix:{outside}"), roots)
         assert e.value.field == "url"
+
+
+def test_standard_nbd_uri_is_confined_and_keeps_its_form(root: Path, tmp_path: Path) -> None:
+    (root / "my dir").mkdir()
+    inside = root / "my dir" / "nbd.sock"
+    outside = tmp_path / "nbd.sock"
+    (root / "alias.sock").symlink_to(inside)
+    with socket.socket(socket.AF_UNIX) as a, socket.socket(socket.AF_UNIX) as b:
+        a.bind(str(inside))
+        b.bind(str(outside))
+        roots = UrlRoots([str(root)])
+        url = f"nbd+unix:///sd%20a?socket={root}/alias.sock"
+        resolved = resolve_url(spec(url), roots)
+        assert resolved == f"nbd+unix:///sd%20a?socket={root}/my%20dir/nbd.sock"
+        assert parse_url(resolved) == (str(inside), "sd a")
+        for refused in (
+            f"nbd+unix:///sda?socket={outside}",
+            f"nbd+unix:///sda?socket={root}/../{outside.parent.name}/nbd.sock",
+            f"nbd+unix:///sda?socket={root}/%2e%2e/{outside.parent.name}/nbd.sock",
+        ):
+            with pytest.raises(InvalidTicket) as e:
+                resolve_url(spec(refused), roots)
+            assert e.value.field == "url"
+            assert "url_roots" in e.value.message
+
+
+@pytest.mark.parametrize(
+    "url", ["nbd+unix:///sda", "nbd+unix://host/sda?socket=/x", "nbd+unix:///a?socket=/x&tls=on"]
+)
+def test_malformed_nbd_uri_is_refused_naming_url(root: Path, url: str) -> None:
+    with pytest.raises(InvalidTicket) as e:
+        resolve_url(spec(url), UrlRoots([str(root)]))
+    assert e.value.field == "url"
 
 
 # Configuration.

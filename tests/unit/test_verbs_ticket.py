@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.clock import FakeClock
 from tests.support.tickets import valid_ticket
-from vdsm_imageio.tickets import Registry
+from vdsm_imageio.registry import Registry
 from verbs.protocol import respond
 from verbs.service import ServiceInfo, service_methods
 from verbs.ticket import ticket_methods

@@ -296,8 +296,10 @@ def test_nbd_block_volume_is_served_by_qemu_nbd_and_deactivated_after_it(
     vol = dict(make_volume(), nbd=True)
     t = ticket(vol, ("write",))
     daemon.result("Ticket.add", ticket=t)
-    sockets = list((daemon.run_dir / "nbd").iterdir())
-    assert len(sockets) == 1 and sockets[0].is_socket()
+    # One qemu-nbd: its socket, beside its pid file (storage.pidfiles).
+    sockets = [p for p in (daemon.run_dir / "nbd").iterdir() if p.is_socket()]
+    assert len(sockets) == 1
+    assert (daemon.run_dir / "nbd" / (sockets[0].stem + ".pid")).is_file()
     data = os.urandom(MiB)
     put(daemon, t["uuid"], data, offset=MiB)
     # qemu-nbd writes with cache=none and the PUT flushed: it is on the LV.
@@ -305,4 +307,5 @@ def test_nbd_block_volume_is_served_by_qemu_nbd_and_deactivated_after_it(
     daemon.result("Ticket.remove", uuid=t["uuid"])
     # Deactivation succeeded, so qemu-nbd had closed the LV before it.
     assert not sockets[0].exists()
+    assert not (daemon.run_dir / "nbd" / (sockets[0].stem + ".pid")).exists()
     assert_nothing_left(daemon, domain, vol)

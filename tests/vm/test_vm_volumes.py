@@ -33,7 +33,7 @@ from tests.vm.vmstorage import (
     spec,
 )
 from vdsm_imageio.errors import ImageNotFound, LeaseBusy, VolumeError, VolumeNotFound
-from vdsm_imageio.tickets import Registry
+from vdsm_imageio.registry import Registry
 
 VolumeFactory = Callable[..., dict[str, Any]]
 EVENT_TIMEOUT = 30

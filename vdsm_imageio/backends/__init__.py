@@ -83,6 +83,15 @@ class Spliceable(Protocol):
 
 
 @runtime_checkable
+class LimitedWriters(Protocol):
+    """A backend on which not every number of concurrent writers is safe."""
+
+    def max_writers(self) -> int | None:
+        """How many connections may write the image at once; None for as
+        many as the service allows."""
+
+
+@runtime_checkable
 class ParallelReads(Protocol):
     """A backend that reads faster with several reads in flight (NBD)."""
 

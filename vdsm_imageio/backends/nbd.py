@@ -27,6 +27,7 @@ import os
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
 import nbd
 
@@ -58,13 +59,66 @@ MAX_STATUS = 1024**3
 _UNSUPPORTED = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
+# qemu's form, and the NBD URI standard's (NetworkBlockDevice/nbd doc/uri.md).
+UNIX_PREFIX = "nbd:unix:"
+URI_PREFIX = "nbd+unix://"
+FORMS = "nbd:unix:/path[:exportname=NAME] or nbd+unix:///NAME?socket=/path"
+
+
+def is_nbd_url(url: str) -> bool:
+    return url.startswith((UNIX_PREFIX, URI_PREFIX))
+
+
 def parse_url(url: str) -> tuple[str, str]:
-    """Socket path and export name of nbd:unix:/path[:exportname=NAME]."""
-    prefix = "nbd:unix:"
-    if not url.startswith(prefix + "/"):
-        raise ValueError(f"expected nbd:unix:/path[:exportname=NAME], got {url!r}")
-    path, sep, name = url[len(prefix) :].partition(":exportname=")
-    return path, name if sep else ""
+    """Socket path and export name of an NBD URL over a unix socket: qemu's
+    ``nbd:unix:/path[:exportname=NAME]`` or the standard URI
+    ``nbd+unix:///NAME?socket=/path``; ValueError for anything else."""
+    if url.startswith(UNIX_PREFIX + "/"):
+        path, sep, name = url[len(UNIX_PREFIX) :].partition(":exportname=")
+        return path, name if sep else ""
+    if url.startswith(URI_PREFIX):
+        return _parse_uri(url)
+    raise ValueError(f"expected {FORMS}, got {url!r}")
+
+
+def _parse_uri(url: str) -> tuple[str, str]:
+    """The NBD URI standard, strictly: no host (the socket names the
+    server), the export name is the path after its first "/", and the
+    query holds exactly one ``socket``, an absolute path. Both are
+    percent-decoded as RFC 3986 says (``+`` is a plus, not a space)."""
+    parts = urlsplit(url)
+    if parts.netloc:
+        raise ValueError("an nbd+unix URL names no host: nbd+unix:///NAME?socket=/path")
+    if parts.fragment or "#" in url:
+        raise ValueError("an nbd+unix URL has no fragment")
+    sockets = []
+    for item in parts.query.split("&") if parts.query else []:
+        key, sep, value = item.partition("=")
+        if key != "socket" or not sep:
+            raise ValueError(f"unsupported nbd+unix query parameter {item!r}; expected socket=")
+        sockets.append(_decoded(value, "socket"))
+    if len(sockets) != 1 or not sockets[0].startswith("/"):
+        raise ValueError("an nbd+unix URL needs one socket=/absolute/path")
+    export = _decoded(parts.path.removeprefix("/"), "export name")
+    return sockets[0], export
+
+
+def _decoded(text: str, what: str) -> str:
+    try:
+        value = unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        raise ValueError(f"the {what} of the nbd+unix URL is not UTF-8") from None
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value):
+        raise ValueError(f"the {what} of the nbd+unix URL has a control character")
+    return value
+
+
+def unix_url(path: str, export: str, *, like: str) -> str:
+    """The URL of export on the socket at path, in the form of the URL like."""
+    if like.startswith(URI_PREFIX):
+        query = quote(path, safe="/")
+        return f"{URI_PREFIX}/{quote(export, safe='')}?socket={query}"
+    return f"{UNIX_PREFIX}{path}" + (f":exportname={export}" if export else "")
 
 
 def open_nbd(url: str, *, mode: str, sparse: bool, dirty: bool) -> NbdBackend:
@@ -186,6 +240,17 @@ class NbdBackend:
             return None
         path, export = parse_url(self._url)
         return WireReader(path, export)
+
+    def max_writers(self) -> int | None:
+        """One writer unless the server promises multi-conn consistency.
+
+        Without it (NBD protocol, NBD_FLAG_CAN_MULTI_CONN) a flush on one
+        connection need not cover writes made through another, so a client
+        that writes on several connections and flushes on one could lose
+        data that it saw acknowledged. qemu-nbd promises it when it allows
+        several clients (``--shared`` other than 1), as ours does.
+        """
+        return None if self._h.can_multi_conn() else 1
 
     def open_reader(self) -> NbdBackend | None:
         """One more connection to the export, read-only: qemu-nbd serves the

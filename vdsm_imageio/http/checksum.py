@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from .. import checksum, checksum_io
 from ..backends import Backend, DirtyExtent, ZeroExtent
 from ..errors import ImageEnded, UnsupportedContext
-from ..tickets import Registry
+from ..registry import Registry
 from .message import Request
 
 if TYPE_CHECKING:

@@ -18,13 +18,13 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
 from .. import zerocopy
 from ..backends import Backend, ParallelReads
-from ..errors import BackendError, ImageioError, PeerClosed
+from ..errors import BackendError, ImageioError, PeerClosed, ServiceBusy
 from ..tickets import Ticket
 from . import cors
 from . import errors as http_errors
@@ -64,20 +64,38 @@ LINGER_BYTES = 16 * 1024**2
 
 
 class Connection:
-    def __init__(self, sock: socket.socket, peer: str, server: Server) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        peer: str,
+        server: Server,
+        *,
+        admission: Hashable,
+        head: bytes = b"",
+        head_due: float | None = None,
+    ) -> None:
+        """A connection; head is what the lobby read, the first head is due at head_due.
+
+        admission is the name the server's admission policy knows the
+        connection by (the lobby admitted it before it became a Connection).
+        """
         self.sock = sock
         self.peer = peer
         self.server = server
+        self.admission = admission
         self.ticket: Ticket | None = None
         self._backend: Backend | None = None
         self._readers: list[Backend] = []
         self._rfile = SocketReader(sock)
+        self._rfile.prime(head)
         self._close = False
         self._linger = False
         self._head_sent = False
         self._aborted = False
         self.request: Request | None = None
         self.body: Body | None = None
+        # The lobby starts the clock of the first head at accept (monotonic).
+        self._head_due = head_due
 
     # Ownership.
 
@@ -90,13 +108,17 @@ class Connection:
             pass
 
     def bind(self, ticket: Ticket, kind: str | None) -> None:
-        """Use ticket on this connection.
+        """Use ticket, which authorized the current request, on this connection.
 
+        The connection becomes authorized (``vdsm_imageio.http.admission``),
+        or the request is 503 when the authorized slots are full.
         kind "read" or "write" takes a reader or writer slot (the limits are
         enforced); None attaches without a slot: OPTIONS and extents take
         none, because ovirt-imageio's client keeps its first connection, used
         for those, open beside max_readers data connections.
         """
+        if not self.server.authorize(self):
+            raise ServiceBusy(limit=self.server.config.http.max_connections)
         if self.ticket is not ticket:
             self._release_ticket()
         http = self.server.config.http
@@ -222,8 +244,12 @@ class Connection:
     def _arm(self) -> None:
         http = self.server.config.http
         if self.ticket is None:
-            self.sock.settimeout(http.header_timeout)
-            self.server.deadlines.arm(self, http.header_timeout)
+            timeout = http.header_timeout
+            if self._head_due is not None:
+                timeout = max(0.001, self._head_due - time.monotonic())
+                self._head_due = None
+            self.sock.settimeout(timeout)
+            self.server.deadlines.arm(self, timeout)
         else:
             idle = self.ticket.spec.inactivity_timeout
             self.sock.settimeout(idle or None)
@@ -328,7 +354,10 @@ class Connection:
         if body:
             all_headers.setdefault("Content-Type", content_type)
         self.send_head(status, all_headers, len(body))
-        if body:
+        # RFC 9110 section 9.3.2: a reply to HEAD has no content, whatever
+        # its status (HEAD is refused here, with 405); bytes after the head
+        # would be read as the start of the next reply.
+        if body and not (self.request is not None and self.request.method == "HEAD"):
             self.sendall(body)
 
     def reply_json(

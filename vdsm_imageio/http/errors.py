@@ -43,6 +43,16 @@ STATUS: tuple[tuple[type[e.ImageioError], int], ...] = (
     # A veto is a refusal by policy, not a state to wait out: 409 stays
     # "retry later" for a DELETE (TicketBusy).
     (e.HookFailed, 403),
+    # Preparing a volume ticket. A volume that is not there is a ticket
+    # naming nothing, like a url without a file (InvalidTicket); a lease
+    # held elsewhere is a conflict that may pass; a lockspace not joined
+    # is this host unable to serve the domain for now. A failed LVM or
+    # qemu-nbd run is ours to fix; its message goes to the caller, who is
+    # trusted on this control socket (JSON-RPC puts it in data).
+    (e.VolumeNotFound, 400),
+    (e.LeaseBusy, 409),
+    (e.LockspaceUnavailable, 503),
+    (e.VolumeError, 500),
 )
 
 # A client that was refused access must reconnect to try again (and cannot

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..backends import DirtyExtent, ZeroExtent
 from ..errors import BadRequest, NotFound, RangeNotSatisfiable
-from ..tickets import Registry
+from ..registry import Registry
 from .message import Request
 from .ranges import MAX_SIZE, check_within
 

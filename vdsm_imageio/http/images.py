@@ -14,7 +14,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from .. import pipeline, zerocopy
-from ..backends import Backend, Spliceable, SpliceReader, SpliceReaders
+from ..backends import Backend, LimitedWriters, Spliceable, SpliceReader, SpliceReaders
 from ..errors import (
     BackendError,
     BadRequest,
@@ -22,10 +22,13 @@ from ..errors import (
     LengthRequired,
     RangeNotSatisfiable,
 )
-from ..tickets import Operation, Registry, Ticket
+from ..registry import Registry
+from ..tickets import Operation, Ticket
+from ..ticketspec import OPS
 from . import cors
+from .disposition import content_disposition
 from .message import Request, read_json
-from .ranges import ByteRange, check_within, parse_content_range, parse_range
+from .ranges import ByteRange, OpenRange, check_within, parse_content_range, parse_range
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -67,14 +70,31 @@ class Images:
         else:
             ticket = self._registry.authorize(ticket_id, "read")
             conn.bind(ticket, None)
-            writable = ticket.spec.allows("write")
+            spec = ticket.spec
+            writable = spec.allows("write")
             allow = "OPTIONS,GET,PUT,PATCH" if writable else "OPTIONS,GET"
             options["features"] = WRITE_FEATURES if writable else READ_FEATURES
-            http = conn.server.config.http
-            options["max_readers"] = http.max_readers
-            options["max_writers"] = http.max_writers if writable else 0
+            options["max_readers"] = conn.server.config.http.max_readers
+            options["max_writers"] = self._max_writers(conn, ticket) if writable else 0
+            # What a client otherwise learns from a whole extents call: the
+            # size extents cover, and what this ticket lets it do.
+            options["size"] = spec.size
+            options["ops"] = [op for op in OPS if spec.allows(op)]
             log.info("OPTIONS transfer=%s", ticket.transfer_id)
         conn.reply_json(options, headers={"Allow": allow})
+
+    def _max_writers(self, conn: Connection, ticket: Ticket) -> int:
+        """As many writers as are safe on this ticket's storage: every one
+        the service allows on files (the sector lock makes partial-sector
+        writes safe across connections) and on NBD servers that promise
+        multi-conn consistency, one on others."""
+        limit = conn.server.config.http.max_writers
+        backend = conn.backend(ticket)
+        if isinstance(backend, LimitedWriters):
+            own = backend.max_writers()
+            if own is not None:
+                limit = min(limit, own)
+        return limit
 
     # GET
 
@@ -92,10 +112,7 @@ class Images:
         else:
             r, status, headers = ByteRange(0, available), 200, {}
         headers["Content-Type"] = "application/octet-stream"
-        disposition = "attachment"
-        if ticket.spec.filename:
-            disposition += f'; filename="{_quoted(ticket.spec.filename)}"'
-        headers["Content-Disposition"] = disposition
+        headers["Content-Disposition"] = content_disposition(ticket.spec.filename)
         if close:
             conn.close_after_reply()
         log.debug("READ size=%d offset=%d transfer=%s", r.length, r.start, ticket.transfer_id)
@@ -299,13 +316,19 @@ class Images:
 
 
 def _put_range(req: Request) -> tuple[int, int | None]:
-    """Start and length of a PUT (length None: a chunked body without range)."""
+    """Start and length of a PUT (length None: a chunked body without range
+    or with an open one)."""
     header = req.header("Content-Range")
     if not req.chunked and req.content_length is None:
         raise LengthRequired()
     if header is None:
         return 0, req.content_length
-    r, _ = parse_content_range(header)
+    r, total = parse_content_range(header)
+    if isinstance(r, OpenRange):
+        length = req.content_length
+        if total is not None and length is not None and r.start + length > total:
+            raise BadRequest(field="Content-Range", reason="body ends past the complete length")
+        return r.start, length
     if req.content_length is not None and req.content_length != r.length:
         raise BadRequest(
             field="Content-Range",
@@ -341,7 +364,3 @@ def _json_int(msg: dict[str, Any], name: str, default: int | None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise BadRequest(field=name, reason=f"expected an integer >= 0, got {value!r}")
     return value
-
-
-def _quoted(name: str) -> str:
-    return name.replace("\\", "\\\\").replace('"', '\\"')

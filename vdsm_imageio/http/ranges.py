@@ -3,7 +3,9 @@
 A lenient parser writes data to the wrong offset, so anything that is not
 exactly one well-formed byte range is rejected with the header named. Only
 single ranges are served: a multipart/byteranges reply would not help any
-client of this service.
+client of this service. One form outside the RFC is taken, because
+ovirt-imageio takes it: a PUT's ``bytes N-*/*`` (or ``N-*/SIZE``) puts the
+body, whatever its length, at N.
 
 Positions are ASCII digits of any length (section 14.1.1 sets no bound).
 No file offset reaches 2**63 (off_t), so every larger position means the
@@ -21,11 +23,19 @@ from ..errors import BadRequest, RangeNotSatisfiable
 
 # Section 14.1.2: byte-range-spec / suffix-range; units compare case-insensitively.
 _RANGE_RE = re.compile(r"bytes=(?:([0-9]+)-([0-9]*)|-([0-9]+))", re.ASCII | re.IGNORECASE)
-# Section 14.4: range-unit SP (incl-range "/" (complete-length / "*")).
-_CONTENT_RANGE_RE = re.compile(r"bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)", re.ASCII | re.IGNORECASE)
+# Section 14.4: range-unit SP (incl-range "/" (complete-length / "*")), and
+# ovirt-imageio's open end "first-*": from first to the end of the body.
+_CONTENT_RANGE_RE = re.compile(r"bytes ([0-9]+)-([0-9]+|\*)/([0-9]+|\*)", re.ASCII | re.IGNORECASE)
 # Largest size a file can have; one more is past every image.
 MAX_SIZE = 2**63 - 1
 BEYOND = MAX_SIZE + 1
+
+
+@dataclass(frozen=True)
+class OpenRange:
+    """From start to wherever the body ends (``bytes N-*/...``)."""
+
+    start: int
 
 
 @dataclass(frozen=True)
@@ -67,12 +77,17 @@ def parse_range(value: str, size: int) -> ByteRange:
     return ByteRange(start, end)
 
 
-def parse_content_range(value: str) -> tuple[ByteRange, int | None]:
+def parse_content_range(value: str) -> tuple[ByteRange | OpenRange, int | None]:
     """Content-Range of a PUT: the range and the complete length if given."""
     m = _CONTENT_RANGE_RE.fullmatch(value)
     if m is None:
         raise BadRequest(field="Content-Range", reason=f"malformed value {_shown(value)}")
     first, last, complete = m.groups()
+    if last == "*":
+        if complete != "*" and _exact(first) >= _exact(complete):
+            raise BadRequest(field="Content-Range", reason="range starts past the complete length")
+        total = None if complete == "*" else _position(complete, cap=BEYOND + 1)
+        return OpenRange(_position(first)), total
     if _exact(last) < _exact(first):
         raise BadRequest(field="Content-Range", reason="last byte is before first byte")
     if complete != "*" and _exact(last) >= _exact(complete):

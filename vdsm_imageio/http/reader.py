@@ -36,6 +36,14 @@ class SocketReader:
         self._end = 0
         self._plain = not isinstance(sock, ssl.SSLSocket)
 
+    def prime(self, data: bytes) -> None:
+        """Start with data already received (by the lobby), before the socket's."""
+        if self._pos != self._end or len(data) > len(self._buf):
+            raise ValueError("prime needs an empty reader and data that fits its buffer")
+        self._buf[: len(data)] = data
+        self._pos = 0
+        self._end = len(data)
+
     @property
     def buffered(self) -> int:
         return self._end - self._pos

@@ -1,13 +1,17 @@
-"""The data server: listeners, connection workers and their deadlines.
+"""The data server: listeners, admission, connection workers and deadlines.
 
-Theory of operation: each listener (TLS on TCP, plain HTTP on a unix
-socket) has an accept thread that does nothing but accept and hand the
-socket to a new worker thread; the TLS handshake runs in the worker under
-its own deadline, so a client that connects and stays silent delays nobody.
-The total number of connections is bounded; past the bound a new socket is
-closed at once. A single reaper thread enforces the header deadline of
-connections that have not been authorized yet: a per-recv socket timeout
-alone lets a client drip one byte at a time forever.
+Theory of operation: the lobby thread (``vdsm_imageio.http.lobby``)
+accepts on every listener (TLS on TCP, plain HTTP on a unix socket), runs
+TLS handshakes and reads request heads without blocking; a connection
+whose head has arrived gets a worker thread of its own, which serves it to
+the end. Which connections are kept is the admission policy's decision
+(``vdsm_imageio.http.admission``): connections that have not proved a
+ticket have a small budget and evict their oldest, authorized ones have
+``max_connections`` slots that nobody else takes, so sockets held open by
+anyone who can reach the port never lock a ticket holder out.
+A single reaper thread enforces the header deadline of a later request
+head on a connection that has not been authorized: a per-recv socket
+timeout alone lets a client drip one byte at a time forever.
 """
 
 from __future__ import annotations
@@ -18,22 +22,24 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from contextlib import suppress
 
-from .. import tls
 from ..backends import Backend
 from ..config import Config
-from ..errors import PeerClosed
 from ..pipeline import BufferPool
 from ..tickets import Ticket
+from .admission import Admission, Eviction
 from .connection import Connection
+from .lobby import Lobby
 from .router import Router
 
 log = logging.getLogger(__name__)
 
-# Errors of accept() that mean "out of a resource", not "listener closed".
-ACCEPT_CAPACITY_ERRNOS = frozenset({23, 24, 105, 12})  # ENFILE EMFILE ENOBUFS ENOMEM
+# A burst of connections waits in the kernel's queue while the lobby
+# accepts; a full queue drops a TCP client's SYN, which costs that client a
+# retransmit a second later (the kernel caps this at net.core.somaxconn).
+BACKLOG = 1024
 
 
 class Deadlines:
@@ -77,10 +83,24 @@ class Deadlines:
 
 
 class Listener:
-    def __init__(self, sock: socket.socket, name: str, context: ssl.SSLContext | None) -> None:
+    """A listening socket; trusted when the OS authenticated its peers.
+
+    The ticket API's socket is trusted: its file mode admits only vdsm, so
+    its connections are authorized from accept.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        name: str,
+        context: ssl.SSLContext | None,
+        *,
+        trusted: bool = False,
+    ) -> None:
         self.sock = sock
         self.name = name
         self.context = context
+        self.trusted = trusted
 
     @property
     def port(self) -> int:
@@ -90,11 +110,11 @@ class Listener:
 def tcp_listener(host: str, port: int, context: ssl.SSLContext) -> Listener:
     if host == "" and socket.has_dualstack_ipv6():
         sock = socket.create_server(
-            ("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=128
+            ("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=BACKLOG
         )
     else:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.create_server((host, port), family=family, backlog=128)
+        sock = socket.create_server((host, port), family=family, backlog=BACKLOG)
     return Listener(sock, "tls", context)
 
 
@@ -107,7 +127,7 @@ def unix_listener(address: str, mode: int = 0o660) -> Listener:
         sock.bind(address)
         if not address.startswith("\0"):
             os.chmod(address, mode)
-        sock.listen(128)
+        sock.listen(BACKLOG)
     except OSError:
         sock.close()
         raise
@@ -125,41 +145,32 @@ class Server:
         # Two buffers at least: one request can always double-buffer.
         count = max(2, config.http.buffer_pool_bytes // config.http.buffer_size)
         self.pool = BufferPool(config.http.buffer_size, count)
-        self._listeners: list[Listener] = []
-        self._threads: list[threading.Thread] = []
+        self._admission: Admission[Hashable] = Admission(
+            max_authorized=config.http.max_connections,
+            max_unauthenticated=config.http.max_unauthenticated,
+            max_per_peer=config.http.max_unauthenticated_per_peer,
+        )
+        self._lobby = Lobby(self)
         self._conns: set[Connection] = set()
         self._lock = threading.Lock()
         self._workers: set[threading.Thread] = set()
         self._stopping = False
 
     def add_listener(self, listener: Listener) -> None:
-        self._listeners.append(listener)
+        self._lobby.add_listener(listener)
 
     def start(self) -> None:
         self.deadlines.start()
-        for listener in self._listeners:
-            t = threading.Thread(
-                target=self._accept_loop,
-                args=(listener,),
-                name=f"accept-{listener.name}",
-                daemon=True,
-            )
-            t.start()
-            self._threads.append(t)
+        self._lobby.start()
 
     def connections(self) -> int:
         with self._lock:
-            return len(self._conns)
+            return self._admission.authorized + self._admission.unauthenticated
 
     def stop(self, timeout: float = 0.5) -> None:
         """Close listeners, abort every connection, wait for workers."""
         self._stopping = True
-        for listener in self._listeners:
-            with suppress(OSError):
-                listener.sock.shutdown(socket.SHUT_RDWR)
-            listener.sock.close()
-        for t in self._threads:
-            t.join(timeout)
+        self._lobby.stop()
         with self._lock:
             conns = list(self._conns)
             workers = list(self._workers)
@@ -170,78 +181,49 @@ class Server:
             w.join(max(0.0, deadline - time.monotonic()))
         self.deadlines.stop()
 
-    def _accept_loop(self, listener: Listener) -> None:
-        while not self._stopping:
-            try:
-                sock, addr = listener.sock.accept()
-            except OSError as e:
-                if self._stopping:
-                    return
-                if e.errno in ACCEPT_CAPACITY_ERRNOS:
-                    log.warning("ACCEPT failed listener=%s reason=%s", listener.name, e)
-                    time.sleep(0.1)
-                    continue
-                log.error("ACCEPT stopped listener=%s reason=%s", listener.name, e)
-                return
-            with self._lock:
-                full = len(self._workers) >= self.config.http.max_connections
-            if full:
-                log.warning(
-                    "REFUSED peer=%s reason=max_connections %d reached",
-                    _peer(addr, listener),
-                    self.config.http.max_connections,
-                )
-                sock.close()
-                continue
-            worker = threading.Thread(
-                target=self._serve,
-                args=(sock, addr, listener),
-                name=f"conn-{listener.name}",
-                daemon=True,
-            )
-            with self._lock:
-                self._workers.add(worker)
-            worker.start()
+    # Admission (vdsm_imageio.http.admission); the lobby admits and
+    # releases, a connection's worker authorizes and releases.
 
-    def _serve(self, sock: socket.socket, addr: object, listener: Listener) -> None:
-        peer = _peer(addr, listener)
+    def admit(self, key: Hashable, group: str) -> Eviction[Hashable] | None:
+        with self._lock:
+            return self._admission.admit(key, group)
+
+    def admit_trusted(self, key: Hashable) -> bool:
+        with self._lock:
+            return self._admission.admit_trusted(key)
+
+    def authorize(self, conn: Connection) -> bool:
+        """Whether conn, whose request named a live ticket, may be authorized."""
+        with self._lock:
+            return self._admission.authorize(conn.admission)
+
+    def release(self, key: Hashable) -> None:
+        with self._lock:
+            self._admission.release(key)
+
+    # Workers.
+
+    def serve(self, conn: Connection, listener: Listener) -> None:
+        """Run conn, whose request head has arrived, in a worker thread of its own."""
+        worker = threading.Thread(
+            target=self._serve, args=(conn,), name=f"conn-{listener.name}", daemon=True
+        )
+        with self._lock:
+            self._workers.add(worker)
+            self._conns.add(conn)
+        worker.start()
+
+    def _serve(self, conn: Connection) -> None:
         try:
-            if listener.context is not None:
-                sock = self._handshake(sock, peer, listener.context)
-            if listener.name == "tls":
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Connection(sock, peer, self)
-            with self._lock:
-                self._conns.add(conn)
-            try:
-                if self._stopping:
-                    return
+            if self._stopping:
+                conn.close()
+            else:
                 conn.run()
-            finally:
-                with self._lock:
-                    self._conns.discard(conn)
-        except PeerClosed as e:
-            log.info("CLOSED peer=%s reason=%s", peer, e)
-            sock.close()
         except Exception:
-            log.exception("WORKER failed peer=%s", peer)
-            sock.close()
+            log.exception("WORKER failed peer=%s", conn.peer)
+            conn.sock.close()
         finally:
             with self._lock:
+                self._conns.discard(conn)
+                self._admission.release(conn.admission)
                 self._workers.discard(threading.current_thread())
-
-    def _handshake(self, sock: socket.socket, peer: str, context: ssl.SSLContext) -> ssl.SSLSocket:
-        tls_sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        try:
-            tls.handshake(tls_sock, self.config.tls.handshake_timeout)
-        except BaseException:
-            tls_sock.close()
-            raise
-        return tls_sock
-
-
-def _peer(addr: object, listener: Listener) -> str:
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        host = addr[0]
-        return f"[{host}]:{addr[1]}" if ":" in str(host) else f"{host}:{addr[1]}"
-    return listener.name

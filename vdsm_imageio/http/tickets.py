@@ -4,9 +4,12 @@ An unmodified vdsm drives ovirt-imageio with one request per connection on
 a unix socket: ``PUT`` a ticket (JSON body, no Content-Type), ``GET`` its
 status, ``PATCH`` ``{"timeout": N}`` to extend it, ``DELETE`` to remove it
 (idempotent). These handlers map that onto the same registry the JSON-RPC
-verbs use; errors are domain errors, turned into statuses by the one table
-in ``http.errors`` (InvalidTicket 400, TicketNotFound 404, TicketConflict
-and TicketBusy 409, HookFailed 403).
+verbs use, with ovirt-imageio's semantics where they differ: a ``PUT`` of
+an existing uuid with other content replaces the ticket, ``DELETE
+/tickets/`` removes every ticket, and ``PUT`` and ``PATCH`` answer an empty
+200. Errors are domain errors, turned into statuses by the one table in
+``http.errors`` (InvalidTicket 400, TicketNotFound 404, TicketConflict and
+TicketBusy 409, HookFailed 403).
 
 The API serves its own listener (``[control] ticket_socket``) through its
 own router: the data listeners never route /tickets, so a data client
@@ -18,21 +21,14 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from ..backends import Backend
 from ..config import Config
-from ..errors import (
-    BackendError,
-    BadRequest,
-    InvalidTicket,
-    TicketBusy,
-    TicketConflict,
-    TicketNotFound,
-)
-from ..tickets import Registry, Ticket
+from ..errors import BackendError, BadRequest, InvalidTicket
+from ..registry import Registry
+from ..tickets import Ticket
 from ..ticketspec import MAX_TIMEOUT, check_integer, show
 from .message import Request, read_json
 from .router import Router, route
@@ -57,7 +53,7 @@ class Tickets:
             [
                 route(
                     "tickets",
-                    r"/tickets/([^/]+)/?",
+                    r"/tickets/([^/]*)/?",
                     get=self.get,
                     put=self.put,
                     patch=self.patch,
@@ -67,52 +63,50 @@ class Tickets:
         )
 
     def get(self, conn: Connection, req: Request, ticket_id: str) -> None:
+        _require(ticket_id)
         conn.reply_json(self._registry.get(ticket_id).status().to_json())
 
     def put(self, conn: Connection, req: Request, ticket_id: str) -> None:
+        _require(ticket_id)
         ticket = self._json(conn, req)
         # The URL names the resource; a body that names another is a mistake.
         given = ticket.setdefault("uuid", ticket_id)
         if given != ticket_id:
             raise InvalidTicket(field="uuid", reason="differs from the uuid in the URL")
-        with self._uuid_hidden(ticket_id):
-            added = self._registry.add(ticket)
-        conn.reply_json(added.status().to_json())
+        with self._registry.transfer_named(ticket_id):
+            self._registry.put(ticket)
+        # ovirt-imageio answers an empty 200; vdsm reads nothing of it.
+        conn.reply(200)
 
     def patch(self, conn: Connection, req: Request, ticket_id: str) -> None:
+        _require(ticket_id)
         msg = self._json(conn, req)
         unknown = sorted(set(msg) - {"timeout"})
         if unknown:
             raise BadRequest(field=show(unknown[0]), reason="cannot be changed; only timeout can")
         # The same range as the ticket's own timeout (ticketspec).
         timeout = check_integer("timeout", msg.get("timeout"), maximum=MAX_TIMEOUT)
-        conn.reply_json(self._registry.extend(ticket_id, timeout).status().to_json())
+        self._registry.extend(ticket_id, timeout)
+        conn.reply(200)
 
     def delete(self, conn: Connection, req: Request, ticket_id: str) -> None:
-        # RFC 7231 section 4.2.2: DELETE is idempotent; vdsm retries it.
-        with self._uuid_hidden(ticket_id):
-            self._registry.remove(ticket_id)
+        # RFC 9110 section 9.2.2: DELETE is idempotent; vdsm retries it.
+        if ticket_id:
+            with self._registry.transfer_named(ticket_id):
+                self._registry.remove(ticket_id)
+        else:
+            self._registry.remove_all()
         conn.reply(204)
-
-    @contextmanager
-    def _uuid_hidden(self, ticket_id: str) -> Iterator[None]:
-        """Name a live ticket by its transfer id in errors about it.
-
-        The connection logs error messages, and the uuid of a live ticket is
-        its secret; the caller knows which ticket it asked about.
-        """
-        try:
-            yield
-        except (TicketConflict, TicketBusy) as e:
-            try:
-                name = f"of transfer {self._registry.get(ticket_id).transfer_id}"
-            except TicketNotFound:
-                name = "(removed meanwhile)"
-            raise type(e)(**{**e.fields, "uuid": name}) from None
 
     def _json(self, conn: Connection, req: Request) -> dict[str, Any]:
         assert conn.body is not None
         return read_json(req, conn.body, self._max_body)
+
+
+def _require(ticket_id: str) -> None:
+    if not ticket_id:
+        # Only DELETE has a meaning for the whole collection.
+        raise BadRequest(field="path", reason="the ticket id is missing (/tickets/<uuid>)")
 
 
 class TicketServer:
@@ -127,7 +121,7 @@ class TicketServer:
     def start(self) -> None:
         listener = unix_listener(self.path, self._mode)
         self._inode = os.stat(self.path).st_ino
-        self._server.add_listener(Listener(listener.sock, "tickets", None))
+        self._server.add_listener(Listener(listener.sock, "tickets", None, trusted=True))
         self._server.start()
         log.info("LISTEN tickets=%s mode=%o", self.path, self._mode)
 

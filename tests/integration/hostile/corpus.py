@@ -162,7 +162,9 @@ def exchange(sock: socket.socket, raw: bytes) -> Reply:
         sock.sendall(raw)
     except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
         pass  # refused before it was all read: the reply is still there
-    resp = http.client.HTTPResponse(sock, method="GET")
+    # A reply to HEAD has no content whatever its Content-Length says.
+    method = "HEAD" if raw.startswith(b"HEAD ") else "GET"
+    resp = http.client.HTTPResponse(sock, method=method)
     try:
         resp.begin()
         return Reply(resp.status, resp.headers, resp.read())

@@ -34,6 +34,8 @@ NO_METHOD = -32601
 INVALID_PARAMS = -32602
 NOT_FOUND = 100
 CONFLICT = 101
+# vdsm's ImageDaemonError: what the Host verbs answer, as vdsm does.
+IMAGE_DAEMON_ERROR = 482
 OK = 0  # a result, not an error
 MAX_LINE = 1024**2
 MAX_BATCH = 100
@@ -49,6 +51,7 @@ class Case:
     # one outcome per member. None: no reply at all.
     expect: int | list[int] | None
     field: str | None = None  # data.field of a -32602
+    mentions: str | None = None  # in the error message (vdsm's errors have no data)
 
     def data(self, world: World) -> bytes:
         line = self.line(world) if callable(self.line) else self.line
@@ -314,7 +317,15 @@ def extend(method: str, timeout: Any) -> Any:
 
 EXTEND = [
     *[
-        Case(f"{method}-timeout-{name}", extend(method, value), INVALID_PARAMS, "timeout")
+        Case(
+            f"{method}-timeout-{name}",
+            extend(method, value),
+            *(
+                (INVALID_PARAMS, "timeout")
+                if method == "Ticket.extend"
+                else (IMAGE_DAEMON_ERROR, None, "status=400, reason=Bad Request")
+            ),
+        )
         for method in ("Ticket.extend", "Host.extend_image_ticket")
         for name, value in BAD_TIMEOUTS
     ],
@@ -424,14 +435,50 @@ TICKET_FIELDS = [
     Case(
         "host-add-size-2**64",
         lambda w: line(req("Host.add_image_ticket", {"ticket": w.new_ticket(size=2**64)})),
-        INVALID_PARAMS,
-        "size",
+        IMAGE_DAEMON_ERROR,
+        mentions="status=400, reason=Bad Request, error=Invalid ticket field 'size'",
     ),
     Case(
         "host-add-url-nul",
         lambda w: line(req("Host.add_image_ticket", {"ticket": w.new_ticket(url="file:///a%00b")})),
+        IMAGE_DAEMON_ERROR,
+        mentions="status=400, reason=Bad Request, error=Invalid ticket field 'url'",
+    ),
+    Case(
+        "host-add-existing-outside-roots",
+        lambda w: line(
+            req(
+                "Host.add_image_ticket",
+                {"ticket": w.new_ticket(uuid=w.writable, url="file:///etc/passwd")},
+            )
+        ),
+        IMAGE_DAEMON_ERROR,
+        mentions="status=400, reason=Bad Request, error=Invalid ticket field 'url'",
+    ),
+    Case(
+        "host-add-not-an-object",
+        line(req("Host.add_image_ticket", {"ticket": [1]})),
+        IMAGE_DAEMON_ERROR,
+        mentions="error=Invalid ticket field 'ticket'",
+    ),
+    Case(
+        "host-get-unknown",
+        line(req("Host.get_image_ticket", {"uuid": "no-such"})),
+        IMAGE_DAEMON_ERROR,
+        mentions="'status=404, reason=Not Found, error=No such ticket: no-such\\n'",
+    ),
+    Case(
+        "host-get-uuid-number",
+        line(req("Host.get_image_ticket", {"uuid": 7})),
+        IMAGE_DAEMON_ERROR,
+        mentions="status=400",
+    ),
+    Case("host-get-no-uuid", line(req("Host.get_image_ticket", {})), INVALID_PARAMS, "uuid"),
+    Case(
+        "host-remove-extra-param",
+        lambda w: line(req("Host.remove_image_ticket", {"uuid": w.writable, "force": True})),
         INVALID_PARAMS,
-        "url",
+        "force",
     ),
     Case(
         "add-existing-with-other-size",
@@ -498,6 +545,9 @@ def check_reply(case: Case, reply: Any) -> None:
         assert reply["id"] is None
     if case.field is not None:
         assert reply["error"]["data"]["field"] == case.field, reply
+    if case.mentions is not None:
+        assert case.mentions in reply["error"]["message"], reply
+        assert "data" not in reply["error"], reply
     if "error" in reply:
         # Short enough for a log line, whatever the request held.
         assert len(json.dumps(reply)) < 1000, reply

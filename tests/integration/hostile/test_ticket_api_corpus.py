@@ -181,16 +181,13 @@ PUT_BODIES = [
     ),
 ]
 
+# Other content replaces a live ticket (as ovirt-imageio does); content
+# that would be refused for a new ticket leaves the live one as it was.
 PUT_EXISTING = [
-    Case("existing-other-size", "PUT", RW, ticket(size=4096), 409, None),
-    Case(
-        "existing-other-url",
-        "PUT",
-        RW,
-        lambda w, u: json.dumps(w.new_ticket(uuid=u, url=w.readonly_image.as_uri())).encode(),
-        409,
-        None,
-    ),
+    Case("existing-negative-size", "PUT", RW, ticket(size=-1), 400, "size"),
+    Case("existing-ops-unknown", "PUT", RW, ticket(ops=["write", "x"]), 400, "ops"),
+    Case("existing-url-outside-roots", "PUT", RW, ticket(url="file:///etc/passwd"), 400, "url"),
+    Case("existing-url-missing", "PUT", RW, ticket(url="file:///nowhere/x.raw"), 400, "url"),
 ]
 
 PATCH = [
@@ -220,7 +217,9 @@ OTHERS = [
     Case("get-unknown", "GET", NEW, None, 404, None),
     # A control character in the target is a malformed head: refused, closed.
     Case("get-nul", "GET", "%00", None, 400, "request target", open=False),
-    Case("get-no-uuid", "GET", "", None, 404, None),
+    Case("get-no-uuid", "GET", "", None, 400, "ticket id"),
+    Case("put-no-uuid", "PUT", "", ticket(), 400, "ticket id"),
+    Case("patch-no-uuid", "PATCH", "", b'{"timeout": 30}', 400, "ticket id"),
     Case("delete-unknown", "DELETE", NEW, None, 204, None),
     Case("post", "POST", NEW, None, 405, None),
 ]
