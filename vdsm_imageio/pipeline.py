@@ -26,6 +26,7 @@ import mmap
 import queue
 import threading
 from collections.abc import Callable
+from typing import Literal
 
 Produce = Callable[[memoryview], int]
 Consume = Callable[[memoryview], None]
@@ -85,7 +86,7 @@ def run(
     produce: Produce,
     consume: Consume,
     *,
-    threaded_side: str,
+    threaded_side: Literal["produce", "consume"],
     single: bool = False,
 ) -> None:
     """Move data until produce returns 0.

@@ -20,6 +20,7 @@ from .. import checksum, checksum_io
 from ..backends import Backend, DirtyExtent, ZeroExtent
 from ..errors import ImageEnded, UnsupportedContext
 from ..registry import Registry
+from ..tickets import Kind
 from .message import Request
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ class Checksum:
         algorithm = checksum.parse_algorithm(req.query.get("algorithm"), self._algorithms)
         block_size = checksum.parse_block_size(req.query.get("block_size"))
         ticket = self._registry.authorize(ticket_id, "read")
-        conn.bind(ticket, "read")
+        conn.bind(ticket, Kind.READ)
         backend = conn.backend(ticket)
         size = min(ticket.spec.size, backend.size)
         lanes = conn.server.config.http.parallel_reads

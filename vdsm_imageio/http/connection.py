@@ -18,14 +18,14 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
 from .. import zerocopy
 from ..backends import Backend, ParallelReads
 from ..errors import BackendError, ImageioError, PeerClosed, ServiceBusy
-from ..tickets import Ticket
+from ..tickets import Kind, Ticket
 from . import cors
 from . import errors as http_errors
 from .message import Body, Request, read_head
@@ -107,26 +107,20 @@ class Connection:
         except OSError:
             pass
 
-    def bind(self, ticket: Ticket, kind: str | None) -> None:
+    def bind(self, ticket: Ticket, kind: Kind) -> None:
         """Use ticket, which authorized the current request, on this connection.
 
         The connection becomes authorized (``vdsm_imageio.http.admission``),
-        or the request is 503 when the authorized slots are full.
-        kind "read" or "write" takes a reader or writer slot (the limits are
-        enforced); None attaches without a slot: OPTIONS and extents take
-        none, because ovirt-imageio's client keeps its first connection, used
-        for those, open beside max_readers data connections.
+        or the request is 503 when the authorized slots are full. A reader
+        or writer takes a slot of the ticket (the limits are enforced).
         """
         if not self.server.authorize(self):
             raise ServiceBusy(limit=self.server.config.http.max_connections)
         if self.ticket is not ticket:
             self._release_ticket()
         http = self.server.config.http
-        if kind is None:
-            ticket.attach(self, "peek", 0)
-        else:
-            limit = http.max_writers if kind == "write" else http.max_readers
-            ticket.attach(self, kind, limit)
+        limit = http.max_writers if kind is Kind.WRITE else http.max_readers
+        ticket.attach(self, kind, limit)
         self.ticket = ticket
         ticket.touch()
         # From now on the ticket's inactivity timeout bounds every wait.
@@ -392,6 +386,3 @@ class Connection:
             return "-"
         # Never log the path: it holds the ticket id, which is the secret.
         return f"{req.method}:{self.server.router.route_name(req.path)}"
-
-
-Opener = Callable[[Ticket], Backend]

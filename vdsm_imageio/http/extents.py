@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from ..backends import DirtyExtent, ZeroExtent
 from ..errors import BadRequest, NotFound, RangeNotSatisfiable
 from ..registry import Registry
+from ..tickets import Kind
 from .message import Request
 from .ranges import MAX_SIZE, check_within
 
@@ -36,7 +37,7 @@ class Extents:
         if context not in CONTEXTS:
             raise BadRequest(field="context", reason=f"expected zero or dirty, got {context!r}")
         ticket = self._registry.authorize(ticket_id, "read")
-        conn.bind(ticket, None)
+        conn.bind(ticket, Kind.PEEK)
         if context == "dirty" and not ticket.spec.dirty:
             raise NotFound(reason="The ticket does not support dirty extents")
         size = ticket.spec.size

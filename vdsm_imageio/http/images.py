@@ -23,7 +23,7 @@ from ..errors import (
     RangeNotSatisfiable,
 )
 from ..registry import Registry
-from ..tickets import Operation, Ticket
+from ..tickets import Kind, Operation, Ticket
 from ..ticketspec import OPS
 from . import cors
 from .disposition import content_disposition
@@ -69,7 +69,7 @@ class Images:
             allow, options["features"] = "OPTIONS,GET,PUT,PATCH", WRITE_FEATURES
         else:
             ticket = self._registry.authorize(ticket_id, "read")
-            conn.bind(ticket, None)
+            conn.bind(ticket, Kind.PEEK)
             spec = ticket.spec
             writable = spec.allows("write")
             allow = "OPTIONS,GET,PUT,PATCH" if writable else "OPTIONS,GET"
@@ -101,7 +101,7 @@ class Images:
     def get(self, conn: Connection, req: Request, ticket_id: str) -> None:
         close = _flag(req, "close", default=False)
         ticket = self._registry.authorize(ticket_id, "read")
-        conn.bind(ticket, "read")
+        conn.bind(ticket, Kind.READ)
         backend = conn.backend(ticket)
         available = min(ticket.spec.size, backend.size)
         header = req.header("Range")
@@ -214,7 +214,7 @@ class Images:
         flush = _flag(req, "flush", default=True)
         close = _flag(req, "close", default=False)
         ticket = self._registry.authorize(ticket_id, "write")
-        conn.bind(ticket, "write")
+        conn.bind(ticket, Kind.WRITE)
         if close:
             conn.close_after_reply()
         start, length = _put_range(req)
@@ -276,7 +276,7 @@ class Images:
 
     def patch(self, conn: Connection, req: Request, ticket_id: str) -> None:
         ticket = self._registry.authorize(ticket_id, "write")
-        conn.bind(ticket, "write")
+        conn.bind(ticket, Kind.WRITE)
         msg = self._json_body(conn, req)
         op = msg.get("op")
         if op == "zero":

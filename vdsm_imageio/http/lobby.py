@@ -22,7 +22,6 @@ kept in accept order, so the overdue ones are always at the front.
 
 from __future__ import annotations
 
-import errno
 import logging
 import selectors
 import socket
@@ -35,6 +34,7 @@ from contextlib import suppress
 from typing import TYPE_CHECKING
 
 from .. import tls
+from ..sockets import ACCEPT_CAPACITY_ERRNOS
 from .admission import Eviction, peer_group
 from .connection import Connection
 from .reader import BUFFER_SIZE
@@ -44,8 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Errors of accept() that mean "out of a resource", not "listener closed".
-ACCEPT_CAPACITY_ERRNOS = frozenset({errno.ENFILE, errno.EMFILE, errno.ENOBUFS, errno.ENOMEM})
 # Retry accepting this long after running out of file descriptors; the
 # kernel queues the connections meanwhile.
 ACCEPT_PAUSE = 0.1
