@@ -33,7 +33,7 @@ from typing import IO
 
 import nbd
 
-from vdsm_imageio.backends import directio
+from vdsm_imageio import directio
 from vdsm_imageio.errors import VolumeError
 
 from . import pidfiles, spawn

@@ -25,10 +25,11 @@ import stat
 from collections.abc import Callable, Iterator
 from types import TracebackType
 
-from vdsm_imageio.backends import NO_SPACE_ERRNOS, DirtyExtent, ZeroExtent, directio
+from vdsm_imageio import directio
+from vdsm_imageio.backends import NO_SPACE_ERRNOS, DirtyExtent, ZeroExtent
 from vdsm_imageio.backends.aligned import SCRATCH_SIZE, AlignedIO
-from vdsm_imageio.backends.directio import round_down, round_up
 from vdsm_imageio.backends.sectorlock import END, RangeLock, SectorLocks
+from vdsm_imageio.directio import round_down, round_up
 from vdsm_imageio.errors import BackendError, StorageFull, StorageReadOnly, UnsupportedContext
 
 log = logging.getLogger(__name__)

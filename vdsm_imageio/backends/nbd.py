@@ -31,7 +31,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 import nbd
 
-from vdsm_imageio.backends import NO_SPACE_ERRNOS, DirtyExtent, ZeroExtent, directio
+from vdsm_imageio import directio
+from vdsm_imageio.backends import NO_SPACE_ERRNOS, DirtyExtent, ZeroExtent
 from vdsm_imageio.backends.nbdstatus import (
     ALLOCATION,
     BITMAP_PREFIX,
