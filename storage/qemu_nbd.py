@@ -28,7 +28,6 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 
 import nbd
@@ -96,12 +95,7 @@ class QemuNbd:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        t: type[BaseException] | None,
-        v: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     @property

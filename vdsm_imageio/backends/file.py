@@ -23,7 +23,6 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Iterator
-from types import TracebackType
 
 from vdsm_imageio import directio
 from vdsm_imageio.backends import NO_SPACE_ERRNOS, DirtyExtent, ZeroExtent
@@ -129,12 +128,7 @@ class FileBackend:
     def __enter__(self) -> FileBackend:
         return self
 
-    def __exit__(
-        self,
-        t: type[BaseException] | None,
-        v: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     @property

@@ -25,7 +25,6 @@ import errno
 import logging
 import os
 from collections.abc import Iterator
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -215,12 +214,7 @@ class NbdBackend:
     def __enter__(self) -> NbdBackend:
         return self
 
-    def __exit__(
-        self,
-        t: type[BaseException] | None,
-        v: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     @property
