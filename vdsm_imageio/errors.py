@@ -315,35 +315,33 @@ class HookFailed(ImageioError):
 # VolumeNotFound (200) says which level of the volume's address is missing.
 
 
-class DomainNotFound(VolumeNotFound):
+class _LevelNotFound(VolumeNotFound):
+    """A level of the volume's address is missing; reason says how it was seen."""
+
+    def __init__(
+        self, message: str, *, sd_id: str, img_id: str | None, vol_id: str | None, reason: str
+    ) -> None:
+        ImageioError.__init__(
+            self, message, sd_id=sd_id, img_id=img_id, vol_id=vol_id, reason=reason
+        )
+        self.reason = reason
+
+
+class DomainNotFound(_LevelNotFound):
     def __init__(
         self, *, sd_id: str, reason: str, img_id: str | None = None, vol_id: str | None = None
     ) -> None:
-        ImageioError.__init__(
-            self,
-            f"Storage domain {sd_id} not found: {reason}",
-            sd_id=sd_id,
-            img_id=img_id,
-            vol_id=vol_id,
-            reason=reason,
-        )
-        self.reason = reason
+        message = f"Storage domain {sd_id} not found: {reason}"
+        super().__init__(message, sd_id=sd_id, img_id=img_id, vol_id=vol_id, reason=reason)
 
     def at(self, *, sd_id: str, img_id: str, vol_id: str) -> DomainNotFound:
         return DomainNotFound(sd_id=sd_id, img_id=img_id, vol_id=vol_id, reason=self.reason)
 
 
-class ImageNotFound(VolumeNotFound):
+class ImageNotFound(_LevelNotFound):
     def __init__(self, *, sd_id: str, img_id: str, reason: str, vol_id: str | None = None) -> None:
-        ImageioError.__init__(
-            self,
-            f"Image {img_id} not found in storage domain {sd_id}: {reason}",
-            sd_id=sd_id,
-            img_id=img_id,
-            vol_id=vol_id,
-            reason=reason,
-        )
-        self.reason = reason
+        message = f"Image {img_id} not found in storage domain {sd_id}: {reason}"
+        super().__init__(message, sd_id=sd_id, img_id=img_id, vol_id=vol_id, reason=reason)
 
     def at(self, *, sd_id: str, img_id: str, vol_id: str) -> ImageNotFound:
         return ImageNotFound(sd_id=sd_id, img_id=img_id, vol_id=vol_id, reason=self.reason)

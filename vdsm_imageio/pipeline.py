@@ -53,6 +53,12 @@ class BufferPool:
         self._pooled: set[int] = set()
         self._lock = threading.Lock()
 
+    @classmethod
+    def sized(cls, size: int, total: int) -> BufferPool:
+        """A pool of buffers of size bytes taking about total bytes."""
+        # Two buffers at least: one request can always double-buffer.
+        return cls(size, max(2, total // size))
+
     def acquire(self) -> memoryview:
         """A pooled buffer, or a small private one if all are in use."""
         buf = self.try_acquire()

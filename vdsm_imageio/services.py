@@ -31,12 +31,15 @@ from .config import Config, socket_address
 from .errors import BadRequest, TicketNotFound
 from .hooks import Hooks, TicketHooks
 from .http.checksum import Checksum
+from .http.exchange import Exchange
 from .http.extents import Extents
 from .http.images import WRITE_FEATURES, Images
+from .http.listeners import tcp_listener, unix_listener
 from .http.router import Router, route
-from .http.server import Server, tcp_listener, unix_listener
+from .http.server import Server
 from .http.tickets import TicketServer
 from .monitor import PROGRESS, Monitor, MonitorThread
+from .pipeline import BufferPool
 from .registry import Registry
 from .ticketspec import TicketSpec
 from .urlroots import UrlRoots
@@ -95,11 +98,11 @@ class Services:
         self.registry.subscribe(self.ticket_hooks.listener)
         unix = socket_address(config.local.socket) if config.local.enable else None
         self.unix_socket = unix or None
-        images = Images(
-            self.registry, unix_socket=self.unix_socket, max_json_body=config.http.max_json_body
-        )
+        # Every connection's I/O buffers come from here (vdsm_imageio.pipeline).
+        pool = BufferPool.sized(config.http.buffer_size, config.http.buffer_pool_bytes)
+        images = Images(self.registry, http=config.http, pool=pool, unix_socket=self.unix_socket)
         extents = Extents(self.registry)
-        checksum = Checksum(self.registry)
+        checksum = Checksum(self.registry, http=config.http, pool=pool)
         router = Router(
             [
                 route("images-options", r"/images/(\*)/?", options=images.options),
@@ -255,11 +258,11 @@ class Services:
             "connections": self.server.connections(),
         }
 
-    def _info(self, conn: Any, req: Any) -> None:
-        conn.reply_json({"version": __version__})
+    def _info(self, ex: Exchange) -> None:
+        ex.response.reply_json({"version": __version__})
 
 
-def _no_ticket_id(conn: Any, req: Any) -> None:
+def _no_ticket_id(ex: Exchange) -> None:
     raise BadRequest(field="path", reason="the ticket id is missing (/images/<ticket>)")
 
 

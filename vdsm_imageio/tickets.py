@@ -33,7 +33,8 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 from .errors import Forbidden, TicketCanceled, TooManyConnections
 from .measure import RangeSet
@@ -42,6 +43,8 @@ from .ticketspec import TicketSpec
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 
 class Kind(enum.Enum):
@@ -67,6 +70,21 @@ class Operation:
     start: int
     length: int
     done: int = 0
+
+
+class Runnable(Protocol[T_co]):
+    """A request's work on the ticket's storage (``vdsm_imageio.ops``)."""
+
+    @property
+    def start(self) -> int:
+        """Offset of the first byte it moves."""
+
+    @property
+    def length(self) -> int:
+        """Bytes it moves at most."""
+
+    def run(self, progress: Callable[[int], None]) -> T_co:
+        """Do the work, calling progress with the bytes moved since the last call."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +165,12 @@ class Ticket:
                 self._completed.add(op.start, op.start + op.done)
                 self._activity = self._used = self._clock()
                 self._cond.notify_all()
+
+    def run(self, work: Runnable[T]) -> T:
+        """Run work as a request of this ticket: its bytes count in
+        transferred, and a cancel stops it at its next piece."""
+        with self.operation(work.start, work.length) as op:
+            return work.run(partial(self.progress, op))
 
     def progress(self, op: Operation, n: int) -> None:
         """Account n more bytes of op; stop the request if canceled."""
