@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.support.clock import FakeClock
+from tests.support.errors import detail
 from tests.support.tickets import valid_ticket
 from vdsm_imageio.errors import HookFailed, TicketBusy, TicketNotFound
 from vdsm_imageio.hooks import Hooks, Payload, TicketHooks
@@ -57,7 +58,7 @@ def test_vetoed_add_leaves_no_ticket_and_prepares_no_storage(tmp_path: Path) -> 
     registry = wired(Hooks(str(tmp_path), timeout=10), FakeClock(), resolve_url=resolve)
     with pytest.raises(HookFailed) as e:
         registry.add(ticket())
-    assert "not on this host" in e.value.fields["stderr"]
+    assert "not on this host" in detail(e.value, "stderr", str)
     assert prepared == []
     with pytest.raises(TicketNotFound):
         registry.get("u1")

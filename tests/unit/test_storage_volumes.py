@@ -16,6 +16,7 @@ from storage.leases import Leases
 from storage.lvm import Lvm
 from storage.udev import DeviceWatcher
 from storage.volumes import Volumes
+from tests.support.errors import detail
 from tests.support.procs import qemu_nbd_pids
 from tests.support.tickets import volume_of
 from vdsm_imageio.errors import VolumeError, VolumeNotFound
@@ -124,7 +125,7 @@ def test_lease_failure_fails_add_and_leaves_nothing_linked(root: Path, registry:
     lease = {"path": str(root / "leases"), "offset": 0}
     with pytest.raises(VolumeError) as e:
         registry.add(ticket("t1", ops=("write",), lease=lease))
-    assert "sanlock" in e.value.fields["reason"]
+    assert "sanlock" in detail(e.value, "reason", str)
     assert not (root / "run" / "storage" / SD).exists()
 
 
@@ -184,7 +185,7 @@ def test_write_ticket_on_read_only_export_is_refused(
     reader = registry.add(ticket("t1", nbd=True))
     with pytest.raises(VolumeError) as e:
         registry.add(ticket("t2", ops=("write",), nbd=True))
-    assert "read-only" in e.value.fields["reason"]
+    assert "read-only" in detail(e.value, "reason", str)
     # The reader keeps its export; the refused writer holds no reference.
     assert volumes.references(volume_of(reader.spec)) == 1
     assert len(qemu_nbd_pids(root)) == 1
@@ -199,7 +200,7 @@ def test_tickets_that_disagree_on_serving_are_refused(root: Path, registry: Regi
     registry.add(ticket("t1"))
     with pytest.raises(VolumeError) as e:
         registry.add(ticket("t2", nbd=True))
-    assert "qemu-nbd" in e.value.fields["reason"]
+    assert "qemu-nbd" in detail(e.value, "reason", str)
     registry.remove("t1")
     assert not os.path.lexists(link(root))
 
@@ -208,7 +209,7 @@ def test_failed_qemu_nbd_start_leaves_nothing(root: Path, registry: Registry) ->
     # The volume holds raw bytes: qemu-nbd refuses it as qcow2.
     with pytest.raises(VolumeError) as e:
         registry.add(ticket("t1", format="cow"))
-    assert "qcow2" in e.value.fields["reason"]
+    assert "qcow2" in detail(e.value, "reason", str)
     assert registry.list() == []
     assert not (root / "run" / "storage" / SD).exists()
     assert qemu_nbd_pids(root) == []
