@@ -207,8 +207,11 @@ def test_pulled_device_fails_the_upload_and_publishes_volume_lost(
         proc = run(
             "dmsetup", "remove", "--force", dm_name(vol["sd_id"], vol["vol_id"]), check=False
         )
-        # The daemon has the device open: its table becomes the error target.
-        assert "busy" in proc.stderr, f"{proc}\n{daemon.log_tail(80)}"
+        # The daemon has the device open, so dmsetup swaps in the error
+        # target first and waits for udev before it removes the node. The
+        # daemon may see that change and close its descriptor during the wait
+        # (then the removal succeeds), or still hold it (then it is "busy").
+        assert proc.returncode == 0 or "busy" in proc.stderr, f"{proc}\n{daemon.log_tail(80)}"
         lost = subscriber.wait_for("Volume.lost", time.monotonic() + EVENT_TIMEOUT, uuid=t["uuid"])
         assert lost["params"]["device"] == node
         assert lost["params"]["action"] in ("change", "remove")
