@@ -174,3 +174,69 @@ def test_tls_lines_and_body(tmp_path: Path) -> None:
         assert bytes(buf) == body
         s.sendall(b"k")
     t.join(5)
+
+
+@pytest.fixture
+def tls_pair(tmp_path: Path) -> Iterator[tuple[ssl.SSLSocket, ssl.SSLSocket]]:
+    """A server and a client TLS socket on loopback, handshake done."""
+    local = pki.ensure_local_pki(tmp_path / "pki")
+    server_ctx = tls.server_context(str(local.cert_file), str(local.key_file), ca_file=None)
+    client_ctx = tls.client_context(str(local.ca_file))
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(5)
+        raw_client = socket.create_connection(listener.getsockname(), timeout=5)
+        raw_server, _ = listener.accept()
+    server = server_ctx.wrap_socket(raw_server, server_side=True, do_handshake_on_connect=False)
+    server.settimeout(5)
+    shake = threading.Thread(target=server.do_handshake, daemon=True)
+    shake.start()
+    client = client_ctx.wrap_socket(raw_client, server_hostname="localhost")
+    shake.join(5)
+    yield server, client
+    client.close()
+    server.close()
+
+
+def test_tls_straight_read_fills_the_buffer_across_records(
+    tls_pair: tuple[ssl.SSLSocket, ssl.SSLSocket],
+) -> None:
+    # A TLS record carries at most 16 KiB: one read must still fill a
+    # buffer of many records, not hand back one record per call.
+    server, client = tls_pair
+    body = os.urandom(MiB)
+    sender = send_in_pieces(client, body, 16 * KiB)
+    reader = SocketReader(server, size=4 * KiB)
+    buf = memoryview(bytearray(MiB))
+    assert reader.readinto(buf) == MiB
+    assert bytes(buf) == body
+    sender.join(5)
+
+
+def test_tls_straight_read_ends_short_at_end_of_stream(
+    tls_pair: tuple[ssl.SSLSocket, ssl.SSLSocket],
+) -> None:
+    server, client = tls_pair
+    client.sendall(b"w" * (100 * KiB))
+    # End the stream without closing: closing with the server's session
+    # tickets unread would reset the connection and drop our bytes.
+    client.shutdown(socket.SHUT_WR)
+    reader = SocketReader(server, size=4 * KiB)
+    buf = memoryview(bytearray(MiB))
+    assert reader.readinto(buf) == 100 * KiB
+    assert reader.readinto(buf) == 0
+
+
+def test_tls_straight_read_times_out_when_the_client_stalls(
+    tls_pair: tuple[ssl.SSLSocket, ssl.SSLSocket],
+) -> None:
+    # Filling across records must not outwait the connection's timeout:
+    # a client that stops half-way fails the read after one timeout.
+    server, client = tls_pair
+    server.settimeout(0.3)
+    client.sendall(b"s" * (100 * KiB))
+    reader = SocketReader(server, size=4 * KiB)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        reader.readinto(memoryview(bytearray(MiB)))
+    assert time.monotonic() - start < 3
+    assert server.gettimeout() == 0.3
