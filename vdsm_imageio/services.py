@@ -24,7 +24,7 @@ from storage.spawn import Spawner
 from storage.udev import DeviceWatcher
 from storage.volumes import Volumes
 
-from . import __version__, tls
+from . import __version__, ktls, tls
 from .backends import opener
 from .backends.sectorlock import SectorLocks
 from .config import Config, socket_address
@@ -169,6 +169,9 @@ class Services:
                 ca_file=cfg.tls.ca_file or None,
                 require_client_cert=cfg.tls.enable_client_auth,
             )
+            offload = ktls.probe()
+            ktls.enable(ctx, offload)
+            log.info("TLS kernel offload %s", ktls.describe(offload))
             listener = tcp_listener(cfg.tls.host, cfg.tls.port, ctx)
             self.tls_port = listener.port
             self.server.add_listener(listener)

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from vdsm_imageio import ktls
+
 if TYPE_CHECKING:
     from tests.support.daemon import Daemon
 
@@ -53,3 +55,13 @@ def test_daemon_speaks_tls13(daemon: Daemon) -> None:
     got = s_client(daemon, "-tls1_3")
     assert got is not None
     assert got[0] == "TLSv1.3"
+
+
+def test_daemon_logs_whether_the_kernel_encrypts(daemon: Daemon) -> None:
+    # Kernel TLS is probed once at start; a host without it (no tls ULP,
+    # a Python without OP_ENABLE_KTLS) says why and serves TLS through
+    # OpenSSL, as the other tests here and the TLS transfers show.
+    expected = f"TLS kernel offload {ktls.describe(ktls.probe())}"
+    lines = [line for line in daemon.log().splitlines() if "TLS kernel offload" in line]
+    assert len(lines) == 1
+    assert lines[0].endswith(expected)

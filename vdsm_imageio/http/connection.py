@@ -23,7 +23,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from functools import partial
 
-from .. import zerocopy
+from .. import ktls, zerocopy
 from ..backends import Backend
 from ..backends.handles import Handles
 from ..config import Http
@@ -91,6 +91,8 @@ class Connection:
         self._linger = False
         # The lobby starts the clock of the first head at accept (monotonic).
         self._head_due = head_due
+        # Whether the kernel encrypts this TLS connection; asked on first use.
+        self._kernel_tls: bool | None = None
 
     # Ownership.
 
@@ -126,9 +128,16 @@ class Connection:
 
     @property
     def splice_target(self) -> socket.socket | None:
-        """The socket when data may be spliced into it (not TLS)."""
-        if isinstance(self.sock, ssl.SSLSocket) or not zerocopy.available():
+        """The socket when data may be spliced into it: plain, or TLS that
+        the kernel encrypts (``vdsm_imageio.ktls``)."""
+        if not zerocopy.available():
             return None
+        if isinstance(self.sock, ssl.SSLSocket):
+            if self._kernel_tls is None:
+                # Settled by the handshake: ask the socket once.
+                self._kernel_tls = ktls.sends_in_kernel(self.sock)
+            if not self._kernel_tls:
+                return None
         return self.sock
 
     def _release_ticket(self) -> None:
