@@ -53,7 +53,7 @@ def decide(*, has_option: bool, openssl: tuple[int, ...], kernel_error: str | No
     if tuple(openssl[:2]) < MIN_OPENSSL:
         missing.append(f"OpenSSL {'.'.join(map(str, openssl[:3]))} older than 3.0")
     if kernel_error is not None:
-        missing.append(f"kernel has no tls ULP ({kernel_error})")
+        missing.append(f"kernel tls ULP unavailable ({kernel_error})")
     if missing:
         return Offload(False, "; ".join(missing))
     return Offload(True)

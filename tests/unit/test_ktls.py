@@ -23,7 +23,7 @@ def test_every_piece_present_is_available() -> None:
     [
         (False, (3, 0, 13), None, "OP_ENABLE_KTLS"),
         (True, (1, 1, 1), None, "OpenSSL 1.1.1 older than 3.0"),
-        (True, (3, 2, 0), "ENOENT", "kernel has no tls ULP (ENOENT)"),
+        (True, (3, 2, 0), "ENOENT", "kernel tls ULP unavailable (ENOENT)"),
     ],
 )
 def test_a_missing_piece_is_named(
