@@ -170,6 +170,64 @@ class PeerClosed(ImageioError):
     template = "Client closed the connection: {reason}"
 
 
+# Caused by the host daemon behind a proxy ticket (backends.http). Each is a
+# storage failure for the request (a BackendError), and names who failed in
+# its class: the host could not be reached, went away, took too long, or
+# refused the request. ``host`` is "address:port" or "unix socket", never
+# the URL: its path holds the host's ticket id.
+
+
+class HostError(BackendError):
+    template = "Host daemon at {host} failed: {reason}"
+
+    def __init__(self, *, host: str, reason: str, **fields: Any) -> None:
+        super().__init__(host=host, reason=reason, **fields)
+
+
+class HostUnreachable(HostError):
+    """No connection: refused, no route, name not found, TLS refused."""
+
+    template = "Cannot reach the host daemon at {host}: {reason}"
+
+
+class HostUntrusted(HostUnreachable):
+    """The host's certificate does not verify against [backend_http] ca_file."""
+
+    template = "Host daemon at {host} is not trusted: {reason}"
+
+
+class HostGone(HostError):
+    """The host closed or broke the connection, or sent what is not HTTP."""
+
+    template = "Host daemon at {host} closed the connection: {reason}"
+
+
+class HostTimeout(HostError):
+    template = "Host daemon at {host} did not answer within {timeout:g} seconds"
+
+    def __init__(self, *, host: str, timeout: float) -> None:
+        super().__init__(host=host, reason="timed out", timeout=timeout)
+
+
+class HostRefused(HostError):
+    """The host answered the request with an error status; the client gets
+    that status (``http.errors``) and the host's one-line message."""
+
+    template = "Host daemon at {host}: {reason}"
+
+    def __init__(self, *, host: str, status: int, reason: str, size: int | None = None) -> None:
+        super().__init__(host=host, reason=reason, status=status, size=size)
+
+    @property
+    def status(self) -> int:
+        return int(self.fields["status"])
+
+
+class HostForbidden(HostRefused):
+    """403 from the host: its ticket is missing, expired, canceled or does
+    not allow the request. The client's connection closes, as for ours."""
+
+
 # Caused by the storage plane or a hook: the control request cannot proceed.
 
 

@@ -28,6 +28,9 @@ from storage.volumes import Volumes
 from . import __version__, tls
 from .backends import Backend
 from .backends.file import open_file
+from .backends.hostconn import Connector
+from .backends.hostconn import parse_url as parse_host_url
+from .backends.http import open_http
 from .backends.nbd import is_nbd_url, open_nbd, unix_url
 from .backends.nbd import parse_url as parse_nbd_url
 from .backends.sectorlock import SectorLocks
@@ -138,10 +141,15 @@ class Services:
         )
         # One table for the process: connections to one image share its locks.
         self.sector_locks = SectorLocks()
+        # Proxy tickets (url https://...) reach their host daemons with it.
+        self.connector = host_connector(config)
         self.server = Server(config, router, self._open_backend)
-        ticket_socket = config.control.ticket_socket
+        control = config.control
+        ticket_tcp = (control.ticket_host, control.ticket_port) if control.ticket_port else None
         self.ticket_server = (
-            TicketServer(config, self.registry, ticket_socket) if ticket_socket else None
+            TicketServer(config, self.registry, control.ticket_socket or None, tcp=ticket_tcp)
+            if control.ticket_socket or ticket_tcp
+            else None
         )
         self.tls_port: int | None = None
         factory = control_factory or _control_factory()
@@ -179,7 +187,8 @@ class Services:
             # File tickets work without it; block volumes cannot be watched.
             log.warning("UDEV monitor unavailable reason=%s", e)
         if self.ticket_server is not None:
-            Path(self.ticket_server.path).parent.mkdir(parents=True, exist_ok=True)
+            if self.ticket_server.path is not None:
+                Path(self.ticket_server.path).parent.mkdir(parents=True, exist_ok=True)
             self.ticket_server.start()
         Path(cfg.control.socket).parent.mkdir(parents=True, exist_ok=True)
         self.control.start()
@@ -200,7 +209,7 @@ class Services:
         """What the daemon created and must still own after dropping privileges."""
         cfg = self.config
         paths = [cfg.control.socket, cfg.daemon.run_dir]
-        if self.ticket_server is not None:
+        if self.ticket_server is not None and self.ticket_server.path is not None:
             paths.append(self.ticket_server.path)
         return [p for p in paths if os.path.exists(p)]
 
@@ -223,7 +232,7 @@ class Services:
     def _open_backend(self, ticket: Ticket) -> Backend:
         # Volume URLs are the storage plane's own paths, not the caller's.
         roots = None if ticket.spec.volume else self.url_roots
-        return open_backend(ticket, roots, locks=self.sector_locks)
+        return open_backend(ticket, roots, locks=self.sector_locks, connector=self.connector)
 
     def _on_volume_lost(self, uuid: str, device: str, action: str) -> None:
         """The device under a live ticket went away: stop its requests now."""
@@ -249,6 +258,16 @@ class Services:
         if ":" in host:
             host = f"[{host}]"
         return f"https://{host}:{self.tls_port}/images/"
+
+    @property
+    def tickets_url(self) -> str | None:
+        """The HTTP ticket API on TCP, when it listens there."""
+        if self.ticket_server is None or self.ticket_server.port is None:
+            return None
+        host = self.config.control.ticket_host or "localhost"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.ticket_server.port}/tickets/"
 
     def info(self) -> dict[str, Any]:
         return {
@@ -276,6 +295,13 @@ def resolve_url(spec: TicketSpec, roots: UrlRoots) -> str:
     parts = urlsplit(spec.url)
     if is_nbd_url(spec.url):
         return _resolve_nbd(spec.url, roots)
+    if parts.scheme == "https":
+        # A proxy ticket: the host daemon confines its own storage.
+        try:
+            parse_host_url(spec.url)
+        except ValueError as e:
+            raise InvalidTicket(field="url", reason=str(e)) from None
+        return spec.url
     if parts.scheme != "file":
         raise InvalidTicket(
             field="url", reason=f"{parts.scheme} URLs are not supported by this service"
@@ -305,11 +331,16 @@ def _resolve_nbd(url: str, roots: UrlRoots) -> str:
     return unix_url(path, export, like=url)
 
 
-def open_backend(ticket: Ticket, roots: UrlRoots | None, *, locks: SectorLocks) -> Backend:
+def open_backend(
+    ticket: Ticket, roots: UrlRoots | None, *, locks: SectorLocks, connector: Connector
+) -> Backend:
     """Open the ticket's storage; with roots, refuse a path moved since the add.
-    locks is the process's sector lock table (vdsm_imageio.backends.sectorlock)."""
+    locks is the process's sector lock table (vdsm_imageio.backends.sectorlock),
+    connector how proxy tickets reach their host daemons."""
     parts = urlsplit(ticket.url)
     mode = "rw" if ticket.spec.allows("write") else "r"
+    if parts.scheme == "https":
+        return open_http(ticket.url, mode=mode, connector=connector, transfer_id=ticket.transfer_id)
     if is_nbd_url(ticket.url):
         if roots is not None:
             roots.check_unmoved(parse_nbd_url(ticket.url)[0])
@@ -325,6 +356,19 @@ def open_backend(ticket: Ticket, roots: UrlRoots | None, *, locks: SectorLocks) 
             backend.close()
             raise
     return backend
+
+
+def host_connector(config: Config) -> Connector:
+    """[backend_http]; without a CA of its own, the CA of [tls] (one oVirt CA
+    signs the engine's and the hosts' certificates)."""
+    cfg = config.backend_http
+    return Connector(
+        ca_file=cfg.ca_file or config.tls.ca_file or None,
+        cert_file=cfg.cert_file or None,
+        key_file=cfg.key_file or None,
+        connect_timeout=cfg.connect_timeout,
+        timeout=cfg.timeout,
+    )
 
 
 def _control_factory() -> ControlFactory:

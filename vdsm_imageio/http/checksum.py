@@ -17,9 +17,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from .. import checksum, checksum_io
-from ..backends import Backend, DirtyExtent, ZeroExtent
+from ..backends import Backend, DirtyExtent, Relayed, ZeroExtent
 from ..errors import ImageEnded, UnsupportedContext
 from ..registry import Registry
+from ..tickets import Ticket
 from .message import Request
 
 if TYPE_CHECKING:
@@ -44,6 +45,9 @@ class Checksum:
         conn.bind(ticket, "read")
         backend = conn.backend(ticket)
         size = min(ticket.spec.size, backend.size)
+        if isinstance(backend, Relayed):
+            self._relay(conn, ticket, backend, algorithm, block_size, size)
+            return
         lanes = conn.server.config.http.parallel_reads
         log.info(
             "CHECKSUM transfer=%s algorithm=%s block_size=%d size=%d",
@@ -71,6 +75,30 @@ class Checksum:
                 progress=lambda n: ticket.progress(op, min(n, size - op.done)),
             )
         conn.reply_json({"algorithm": algorithm, "block_size": block_size, "checksum": digest})
+
+    def _relay(
+        self,
+        conn: Connection,
+        ticket: Ticket,
+        backend: Relayed,
+        algorithm: str,
+        block_size: int,
+        size: int,
+    ) -> None:
+        """A proxy ticket's checksum is the host daemon's: it reads the image
+        where it is, and the data never crosses the network."""
+        log.info(
+            "CHECKSUM transfer=%s algorithm=%s block_size=%d size=%d relayed=yes",
+            ticket.transfer_id,
+            algorithm,
+            block_size,
+            size,
+        )
+        with ticket.operation(0, size) as op:
+            result = backend.checksum(algorithm, block_size)
+            # Hashed on the host, as a local checksum counts what it read.
+            ticket.progress(op, size)
+        conn.reply_json(result)
 
 
 def _zero_extents(backend: Backend, size: int) -> list[ZeroExtent | DirtyExtent]:

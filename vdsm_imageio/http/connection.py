@@ -23,7 +23,7 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
 from .. import zerocopy
-from ..backends import Backend, ParallelReads
+from ..backends import Abortable, Backend, ParallelReads
 from ..errors import BackendError, ImageioError, PeerClosed, ServiceBusy
 from ..tickets import Ticket
 from . import cors
@@ -51,7 +51,9 @@ REASONS = {
     416: "Range Not Satisfiable",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
+    502: "Bad Gateway",
     503: "Service Unavailable",
+    504: "Gateway Timeout",
     507: "Insufficient Storage",
 }
 # Unread body bytes we read and drop to keep a connection after an error.
@@ -106,6 +108,11 @@ class Connection:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        # A request may wait on its storage, not on the client (a proxy
+        # waiting for its host daemon): stop that wait too.
+        backend = self._backend
+        if isinstance(backend, Abortable):
+            backend.abort()
 
     def bind(self, ticket: Ticket, kind: str | None) -> None:
         """Use ticket, which authorized the current request, on this connection.

@@ -11,10 +11,19 @@ from __future__ import annotations
 
 import logging
 import socket
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from .. import pipeline, zerocopy
-from ..backends import Backend, LimitedWriters, Spliceable, SpliceReader, SpliceReaders
+from ..backends import (
+    Backend,
+    LimitedWriters,
+    Relayed,
+    Spliceable,
+    SpliceReader,
+    SpliceReaders,
+    Streams,
+)
 from ..errors import (
     BackendError,
     BadRequest,
@@ -73,12 +82,24 @@ class Images:
             spec = ticket.spec
             writable = spec.allows("write")
             allow = "OPTIONS,GET,PUT,PATCH" if writable else "OPTIONS,GET"
-            options["features"] = WRITE_FEATURES if writable else READ_FEATURES
-            options["max_readers"] = conn.server.config.http.max_readers
-            options["max_writers"] = self._max_writers(conn, ticket) if writable else 0
+            features = WRITE_FEATURES if writable else READ_FEATURES
+            max_readers = conn.server.config.http.max_readers
             # What a client otherwise learns from a whole extents call: the
             # size extents cover, and what this ticket lets it do.
-            options["size"] = spec.size
+            size = spec.size
+            backend = conn.backend(ticket)
+            if isinstance(backend, Relayed):
+                # A proxy offers what the host daemon does, at most: its
+                # client's requests end there (its unix socket is the host's
+                # own, never advertised: a client of the proxy cannot reach it).
+                host = backend.host_options()
+                features = [f for f in features if f in host.features]
+                max_readers = min(max_readers, host.max_readers)
+                size = min(size, backend.size)
+            options["features"] = features
+            options["max_readers"] = max_readers
+            options["max_writers"] = self._max_writers(conn, ticket) if writable else 0
+            options["size"] = size
             options["ops"] = [op for op in OPS if spec.allows(op)]
             log.info("OPTIONS transfer=%s", ticket.transfer_id)
         conn.reply_json(options, headers={"Allow": allow})
@@ -116,7 +137,12 @@ class Images:
         if close:
             conn.close_after_reply()
         log.debug("READ size=%d offset=%d transfer=%s", r.length, r.start, ticket.transfer_id)
-        with ticket.operation(r.start, r.length) as op:
+        # A streaming backend asks its storage for the range before the head
+        # goes out, so a refusal there is still this reply's status.
+        stream = (
+            backend.reading(r.start, r.length) if isinstance(backend, Streams) else nullcontext()
+        )
+        with ticket.operation(r.start, r.length) as op, stream:
             conn.send_head(status, headers, r.length)
             self._send(conn, ticket, op, r)
 
@@ -224,13 +250,20 @@ class Images:
             "WRITE size=%s offset=%d flush=%s transfer=%s", length, start, flush, ticket.transfer_id
         )
         backend = conn.backend(ticket)
+        # A streaming backend takes the whole body as one write to its
+        # storage, flushed there if the client asked.
+        stream: AbstractContextManager[None] = nullcontext()
+        streamed = False
+        if isinstance(backend, Streams) and length is not None:
+            stream, streamed = backend.writing(start, length, flush=flush), True
         with ticket.operation(start, length if length is not None else size - start) as op:
-            written = self._receive(conn, ticket, op, start, length)
-            if length is not None and written != length:
-                raise BadRequest(
-                    field="body", reason=f"got {written} bytes, Content-Range says {length}"
-                )
-            if flush:
+            with stream:
+                written = self._receive(conn, ticket, op, start, length)
+                if length is not None and written != length:
+                    raise BadRequest(
+                        field="body", reason=f"got {written} bytes, Content-Range says {length}"
+                    )
+            if flush and not streamed:
                 backend.flush()
         conn.reply(200)
 

@@ -107,7 +107,15 @@ class Listener:
         return int(self.sock.getsockname()[1])
 
 
-def tcp_listener(host: str, port: int, context: ssl.SSLContext) -> Listener:
+def tcp_listener(
+    host: str,
+    port: int,
+    context: ssl.SSLContext | None,
+    *,
+    name: str = "tls",
+    trusted: bool = False,
+) -> Listener:
+    """TLS on host:port, or plain HTTP without a context; "" binds every address."""
     if host == "" and socket.has_dualstack_ipv6():
         sock = socket.create_server(
             ("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=BACKLOG
@@ -115,7 +123,7 @@ def tcp_listener(host: str, port: int, context: ssl.SSLContext) -> Listener:
     else:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.create_server((host, port), family=family, backlog=BACKLOG)
-    return Listener(sock, "tls", context)
+    return Listener(sock, name, context, trusted=trusted)
 
 
 def unix_listener(address: str, mode: int = 0o660) -> Listener:
