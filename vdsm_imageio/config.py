@@ -77,6 +77,7 @@ class BackendHttp:
     key_file: str = _opt("", "private key of cert_file; empty when cert_file holds it")
     connect_timeout: float = _opt(10.0, "seconds to connect to a host daemon and finish TLS before the request fails with 502")
     timeout: float = _opt(60.0, "seconds a host daemon may stay silent during a request before it fails with 504")
+    unix_socket: bool = _opt(True, "reach a host daemon on this machine through the unix socket it advertises instead of TLS")
 
 
 @dataclass(frozen=True)

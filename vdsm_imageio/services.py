@@ -368,6 +368,7 @@ def host_connector(config: Config) -> Connector:
         key_file=cfg.key_file or None,
         connect_timeout=cfg.connect_timeout,
         timeout=cfg.timeout,
+        unix_socket=cfg.unix_socket,
     )
 
 

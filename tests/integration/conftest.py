@@ -113,30 +113,42 @@ class Daemon:
         conf: dict[str, dict[str, Any]] | None = None,
         *,
         directory: Path | None = None,
+        proxy: bool = False,
+        prefix: tuple[str, ...] = (),
     ) -> None:
-        # directory: start on a previous daemon's directory (a restart).
+        # directory: start on a previous daemon's directory (a restart), or
+        # with proxy, beside the daemon of that directory (serve --proxy,
+        # whose own files are in DIR/proxy). prefix runs the command inside
+        # something (ip netns exec NAME).
         self.dir = directory or Path(tempfile.mkdtemp(prefix="vdsm-it-", dir=base))
+        self.proxy = proxy
+        self.home = self.dir / "proxy" if proxy else self.dir
         self.images = self.dir / "images"
         self.ca = self.dir / "pki" / "ca.pem"
-        self.control_path = str(self.dir / "control.sock")
-        self.log_path = self.dir / "daemon.log"
+        self.control_path = str(self.home / "control.sock")
+        self.tickets_path = str(self.home / "tickets.sock")
+        self.log_path = self.home / "daemon.log"
         self.port = 0
+        self.ticket_port = 0
         self.unix_socket = ""
         self.killed = False
         self._control: ControlClient | None = None
         self._ssl: ssl.SSLContext | None = None
         if conf:
-            (self.dir / "conf.d").mkdir(exist_ok=True)
-            (self.dir / "conf.d" / "50-test.conf").write_text(_ini(conf))
+            (self.home / "conf.d").mkdir(parents=True, exist_ok=True)
+            (self.home / "conf.d" / "50-test.conf").write_text(_ini(conf))
+        self.home.mkdir(parents=True, exist_ok=True)
         # A restarted daemon appends; log() is this instance's part only.
         self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._log = open(self.log_path, "ab")  # owned until stop()
         self.proc = subprocess.Popen(
             [
+                *prefix,
                 str(REPO / ".venv" / "bin" / "vdsm-imageio"),
                 "serve",
                 "--local",
                 str(self.dir),
+                *(["--proxy"] if proxy else []),
                 "--port",
                 "0",
             ],
@@ -159,6 +171,8 @@ class Daemon:
                 if line.startswith("ready data="):
                     url = line.split()[1].removeprefix("data=")
                     self.port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+                    if (m := re.search(r" tickets=http://\S+:(\d+)/", line)) is not None:
+                        self.ticket_port = int(m.group(1))
                     return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
@@ -285,7 +299,8 @@ class Daemon:
         self.killed = True
 
     def remove(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        # A proxy's files only: the directory is its host daemon's.
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 def _ini(conf: dict[str, dict[str, Any]]) -> str:

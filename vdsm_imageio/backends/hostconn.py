@@ -78,12 +78,14 @@ class Connector:
         key_file: str | None = None,
         connect_timeout: float = 10.0,
         timeout: float = 60.0,
+        unix_socket: bool = True,
     ) -> None:
         self._ca_file = ca_file
         self._cert_file = cert_file
         self._key_file = key_file
         self.connect_timeout = connect_timeout
         self.timeout = timeout
+        self.unix_socket = unix_socket
         self._context: ssl.SSLContext | None = None
         self._lock = threading.Lock()
 
@@ -239,7 +241,9 @@ class HostConnection:
     def use_unix_socket(self, address: str) -> bool:
         """Move to the host's unix socket if the host is this machine and the
         socket serves the ticket; False (staying on TLS) otherwise."""
-        if self._unix or not address or self._conn is None or not _is_local(self._conn.sock):
+        if not self._connector.unix_socket or self._unix or not address:
+            return False
+        if self._conn is None or not _is_local(self._conn.sock):
             return False
         conn = UnixHTTPConnection(address, self._connector.connect_timeout)
         try:
