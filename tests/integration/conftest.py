@@ -10,6 +10,7 @@ send.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import itertools
 import json
@@ -115,6 +116,7 @@ class Daemon:
         directory: Path | None = None,
         proxy: bool = False,
         prefix: tuple[str, ...] = (),
+        port: int = 0,
     ) -> None:
         # directory: start on a previous daemon's directory (a restart), or
         # with proxy, beside the daemon of that directory (serve --proxy,
@@ -150,7 +152,7 @@ class Daemon:
                 str(self.dir),
                 *(["--proxy"] if proxy else []),
                 "--port",
-                "0",
+                str(port),
             ],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
@@ -299,8 +301,20 @@ class Daemon:
         self.killed = True
 
     def remove(self) -> None:
-        # A proxy's files only: the directory is its host daemon's.
-        shutil.rmtree(self.home, ignore_errors=True)
+        # A proxy's files are in its host daemon's directory: each removes
+        # its own, and the last one the directory, in either order.
+        if self.proxy:
+            shutil.rmtree(self.home, ignore_errors=True)
+        elif self.dir.is_dir():
+            for entry in self.dir.iterdir():
+                if entry.name == "proxy" and entry.is_dir():
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()
 
 
 def _ini(conf: dict[str, dict[str, Any]]) -> str:
@@ -345,12 +359,19 @@ def make_daemon() -> Iterator[Callable[..., Daemon]]:
     make_daemon(directory=killed.dir) restarts on a killed daemon's directory."""
     started: list[Daemon] = []
 
-    def make(directory: Path | None = None, **conf: dict[str, Any]) -> Daemon:
-        d = Daemon(_base_dir(), conf, directory=directory)
+    def make(
+        directory: Path | None = None,
+        *,
+        proxy: bool = False,
+        port: int = 0,
+        **conf: dict[str, Any],
+    ) -> Daemon:
+        d = Daemon(_base_dir(), conf, directory=directory, proxy=proxy, port=port)
         started.append(d)
         return d
 
     yield make
-    for d in started:
+    # Last started first: a proxy lives in the directory of its host daemon.
+    for d in reversed(started):
         if not d.killed:  # a killed one has nothing left to stop
             _stop(d)
