@@ -85,17 +85,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def host_links(proxy: Daemon, host: Daemon) -> dict[str, int]:
+def host_links(proxy: Daemon, host: Daemon, *, inside: tuple[str, ...] = ()) -> dict[str, int]:
     """Established connections from the proxy's process to the host's, by
-    transport: "tls" to its TCP port, "unix" to its unix socket."""
+    transport: "tls" to its TCP port, "unix" to its unix socket. inside
+    runs ss in the proxy's network namespace (ip netns exec NAME)."""
     proxy_pid, host_pid = proxy.proc.pid, host.proc.pid
     links = {"tls": 0, "unix": 0}
-    for line in _ss("-tnpH", "state", "established"):
+    for line in _ss(*inside, "ss", "-tnpH", "state", "established"):
         fields = line.split()
         # Recv-Q Send-Q Local:Port Peer:Port users:(...)
         if _pid_in(line, proxy_pid) and fields[3].rsplit(":", 1)[-1] == str(host.port):
             links["tls"] += 1
-    unix = _ss("-xpnH")
+    unix = _ss(*inside, "ss", "-xpnH")
     host_unix = {
         inode
         for line in unix
@@ -111,9 +112,9 @@ def host_links(proxy: Daemon, host: Daemon) -> dict[str, int]:
     return links
 
 
-def _ss(*args: str) -> list[str]:
+def _ss(*argv: str) -> list[str]:
     out = subprocess.run(
-        ["ss", *args], capture_output=True, text=True, check=True, timeout=CMD_TIMEOUT
+        list(argv), capture_output=True, text=True, check=True, timeout=CMD_TIMEOUT
     ).stdout
     return out.splitlines()
 
