@@ -409,3 +409,70 @@ def test_our_client_through_the_proxy(rig: tuple[Daemon, Daemon], tmp_path: Any)
     done = run_client("download", url, back, "--cafile", proxy.ca)
     assert done.returncode == 0, done.stderr
     assert back.read_bytes() == source.read_bytes()
+
+
+def test_remove_on_the_proxy_stops_a_request_waiting_for_the_host(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    host = make_daemon()
+    proxy = make_daemon(directory=host.dir, proxy=True, control={"ticket_port": 0})
+    pair = add_pair(host, proxy, size=MiB)
+    conn = proxy.https(timeout=WAIT)
+    resp, _ = request(conn, "OPTIONS", pair.target)
+    assert resp.status == 200
+    os.kill(host.proc.pid, signal.SIGSTOP)
+    try:
+        # The proxy waits for the stopped host (up to [backend_http] timeout,
+        # a minute); the removal must not wait with it.
+        conn.request("GET", pair.target)
+        wait_until("the proxy serves the GET", lambda: proxy.status(pair.ticket_id)["active"])
+        start = time.monotonic()
+        assert proxy.result("Ticket.remove", uuid=pair.ticket_id) is True
+        assert time.monotonic() - start < WAIT
+        with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+            conn.getresponse()
+    finally:
+        os.kill(host.proc.pid, signal.SIGCONT)
+
+
+def test_host_busy_is_503_before_any_byte(make_daemon: Callable[..., Daemon]) -> None:
+    host = make_daemon(http={"max_readers": 1})
+    proxy = make_daemon(directory=host.dir, proxy=True, control={"ticket_port": 0})
+    pair = add_pair(host, proxy, size=64 * MiB, data=pattern(MiB))
+    conn = proxy.https()
+    resp, body = request(conn, "OPTIONS", pair.target)
+    assert resp.status == 200 and json.loads(body)["max_readers"] == 1
+    # Another client reads from the host directly and holds its one reader.
+    reader = host.raw_tls()
+    try:
+        reader.sendall(f"GET {pair.target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert reader.recv(4096).startswith(b"HTTP/1.1 200")
+        resp, body = request(conn, "GET", pair.target)
+        # The host's refusal, not a 200 whose body breaks off.
+        assert resp.status == 503
+        assert resp.getheader("Retry-After") == "1"
+        assert "Too many reader connections" in body.decode()
+    finally:
+        reader.close()
+
+
+def test_a_keep_alive_the_host_closed_is_reopened(make_daemon: Callable[..., Daemon]) -> None:
+    host = make_daemon()
+    proxy = make_daemon(directory=host.dir, proxy=True, control={"ticket_port": 0})
+    # The host closes a connection idle for a second; the client's to the
+    # proxy stays (the proxy's ticket has the default minute).
+    ticket_id, path = host.add_ticket(size=MiB, data=pattern(MiB), inactivity_timeout=1)
+    proxy.result(
+        "Ticket.add", ticket=proxy_ticket(host, ticket_id, size=MiB, ops=("read", "write"))
+    )
+    conn = proxy.https()
+    for closed in (1, 2):
+        resp, body = request(conn, "GET", f"/images/{ticket_id}", headers={"Range": "bytes=0-9"})
+        assert resp.status == 206 and body == pattern(MiB)[:10]
+        wait_until(
+            "the host closed the idle connection",
+            lambda n=closed: host.log().count("CLOSED peer=") >= n,  # type: ignore[misc]
+        )
+    resp, _ = request(conn, "PUT", f"/images/{ticket_id}", b"y" * 10)
+    assert resp.status == 200
+    assert path.read_bytes()[:10] == b"y" * 10
