@@ -47,6 +47,18 @@ def daemon() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
+def proxy(daemon: Any) -> Iterator[Any]:
+    """A proxy beside the daemon (serve --local DIR --proxy): its
+    certificate comes from the same CA, which Chromium trusts."""
+    it = _integration()
+    p = it.Daemon(it._base_dir(), {"control": {"ticket_port": 0}}, directory=daemon.dir, proxy=True)
+    try:
+        yield p
+    finally:
+        it._stop(p)
+
+
+@pytest.fixture(scope="module")
 def chromium(daemon: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
     base = tmp_path_factory.mktemp("chromium")
     try:
