@@ -6,14 +6,13 @@ it, issued by the CA the proxy trusts; the proxy serves on its loopback.
 The clients run on the proxy's machine, as a client that cannot reach the
 hosts: curl, our client and ovirt-imageio 2.5.1's client, each through the
 proxy's URL. The test's own requests use sockets made in the proxy's
-namespace (netns.py). Everything runs as root; without root the module is
+namespace (bench/twohosts.py). Everything runs as root; without root the module is
 skipped, with the reason.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import hashlib
 import http.client
 import json
@@ -29,14 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import netns
 import pytest
 from clientrun import CLIENT
 from conftest import REPO, Daemon, _base_dir, _stop
 from proxypair import Pair, add_pair, host_links
 
+from bench import twohosts as netns
 from storage.qemu_nbd import QemuNbd
-from vdsm_imageio import pki
 
 MiB = 1024**2
 IO_TIMEOUT = 60.0
@@ -92,32 +90,13 @@ class Rig:
         )
 
 
-def write_pki(directory: Path) -> None:
-    """The CA of both daemons and a server certificate that is valid for
-    the host's address too (the --local profile's is for loopback only)."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = pki.new_key()
-    ca = pki.create_ca_cert(ca_key, now=now)
-    key = pki.new_key()
-    names = (netns.HOST_ADDRESS, *pki.LOCAL_NAMES)
-    cert = pki.issue_server_cert(ca, ca_key, key, now=now, names=names)
-    d = directory / "pki"
-    d.mkdir(parents=True)
-    (d / "ca.key").write_bytes(pki.key_pem(ca_key))
-    (d / "ca.pem").write_bytes(pki.cert_pem(ca))
-    (d / "server.key").write_bytes(pki.key_pem(key))
-    (d / "server.pem").write_bytes(pki.cert_pem(cert))
-    for name in ("ca.key", "server.key"):
-        (d / name).chmod(0o600)
-
-
 @pytest.fixture(scope="module")
 def rig() -> Iterator[Rig]:
     with contextlib.ExitStack() as stack:
         proxy_ns, host_ns = stack.enter_context(netns.two_machines())
         directory = Path(tempfile.mkdtemp(prefix="vdsm-netns-", dir=_base_dir()))
         stack.callback(shutil.rmtree, directory, ignore_errors=True)
-        write_pki(directory)
+        netns.write_pki(directory / "pki")
         host = Daemon(
             _base_dir(),
             {"tls": {"host": netns.HOST_ADDRESS}},

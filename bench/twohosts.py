@@ -1,5 +1,9 @@
 """Two machines in one: network namespaces joined by a veth pair.
 
+Used by the proxy's tests (tests/integration/test_proxy_netns.py) and its
+benchmark (bench.proxybench): a proxy on one machine, the daemon that
+holds the disks on the other, one real link between them.
+
 The test creates two namespaces (``ip netns add``), joins them with a veth
 pair whose ends get the two addresses of a /30 of their own (no other
 traffic shares the link: nothing else lives in the namespaces), and deletes
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import datetime
 import http.client
 import itertools
 import os
@@ -25,10 +30,14 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+
+from vdsm_imageio import pki
 
 CLONE_NEWNET = 0x40000000
 CMD_TIMEOUT = 30.0
-# A /30 no one else routes: each end is alone in its namespace.
+# A /30 no one else routes: each end is alone in its namespace, so every
+# pair of namespaces may use it.
 PROXY_ADDRESS = "10.213.7.1"
 HOST_ADDRESS = "10.213.7.2"
 PREFIX = 30
@@ -58,7 +67,7 @@ class Namespace:
         """Run a command inside: prefix + argv."""
         return ("ip", "netns", "exec", self.name)
 
-    def socket(self, family: int = socket.AF_INET) -> socket.socket:
+    def new_socket(self, family: int = socket.AF_INET) -> socket.socket:
         """A TCP socket that lives in this namespace."""
         made: queue.SimpleQueue[socket.socket | BaseException] = queue.SimpleQueue()
 
@@ -81,7 +90,7 @@ class Namespace:
         return result
 
     def connect(self, host: str, port: int, timeout: float) -> socket.socket:
-        sock = self.socket()
+        sock = self.new_socket()
         sock.settimeout(timeout)
         try:
             sock.connect((host, port))
@@ -95,6 +104,19 @@ class Namespace:
     ) -> http.client.HTTPSConnection:
         return _NsHTTPSConnection(self, host, port, context, timeout)
 
+    def http(self, host: str, port: int, timeout: float) -> http.client.HTTPConnection:
+        return _NsHTTPConnection(self, host, port, timeout)
+
+
+class _NsHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, ns: Namespace, host: str, port: int, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._ns = ns
+        self._seconds = timeout
+
+    def connect(self) -> None:
+        self.sock = self._ns.connect(self.host, self.port, self._seconds)
+
 
 class _NsHTTPSConnection(http.client.HTTPSConnection):
     def __init__(
@@ -103,9 +125,10 @@ class _NsHTTPSConnection(http.client.HTTPSConnection):
         super().__init__(host, port, timeout=timeout, context=context)
         self._ns = ns
         self._tls = context
+        self._seconds = timeout
 
     def connect(self) -> None:
-        sock = self._ns.connect(self.host, self.port, self.timeout)  # type: ignore[arg-type]
+        sock = self._ns.connect(self.host, self.port, self._seconds)
         self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
 
 
@@ -140,5 +163,23 @@ def two_machines() -> Iterator[tuple[Namespace, Namespace]]:
             )
 
 
-def exists(name: str) -> bool:
-    return os.path.exists(f"/run/netns/{name}")
+def write_pki(directory: Path, host_address: str = HOST_ADDRESS) -> None:
+    """directory/ca.pem and a server certificate of that CA (server.pem,
+    server.key) valid for the host's address as well as for loopback: the
+    ``--local`` profile's is for loopback only. Both daemons of a pair, and
+    the proxy's CA file, use them."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = pki.new_key()
+    ca = pki.create_ca_cert(ca_key, now=now)
+    key = pki.new_key()
+    cert = pki.issue_server_cert(ca, ca_key, key, now=now, names=(host_address, *pki.LOCAL_NAMES))
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data, mode in (
+        ("ca.key", pki.key_pem(ca_key), 0o600),
+        ("ca.pem", pki.cert_pem(ca), 0o644),
+        ("server.key", pki.key_pem(key), 0o600),
+        ("server.pem", pki.cert_pem(cert), 0o644),
+    ):
+        path = directory / name
+        path.write_bytes(data)
+        path.chmod(mode)
