@@ -6,10 +6,12 @@ first request, verifying the host's certificate against the proxy's CA
 (``Connector``, one TLS context for the process), and keeps the
 connection for the next requests. A connection the host closed while it
 sat idle (its inactivity timeout, a restart) is noticed before it is used
-again: the socket reads as ready with nothing to serve. When a request on
-a reused connection still meets a closed one before any reply arrives, it
-is sent once more on a new connection; every request of the backend is
-idempotent (a PUT names its range), so the host may see it twice safely.
+again: the socket reads as ready with nothing to serve. When a request
+still meets a closed connection before any reply arrives (the host closed
+it just then, or its admission dropped it), it is sent once more on a new
+connection; every request of the backend is idempotent (a PUT names its
+range), so the host may see it twice safely. A streamed body is not sent
+twice: only its head is retried.
 
 When the host answers from this machine (both ends of the TLS connection
 have one address) and advertises a unix socket that knows the ticket, the
@@ -158,28 +160,38 @@ class HostConnection:
     ) -> http.client.HTTPResponse:
         """Send a whole request and return the reply once its head arrived."""
         for attempt in (1, 2):
-            conn, reused = self.ready()
             try:
+                conn = self.ready()
                 with self.errors():
                     conn.request(method, target, body=body, headers=headers or {})
                     return conn.getresponse()
-            except HostGone as e:
-                self.close()
-                if not reused or attempt == 2:
-                    raise
-                log.info(
-                    "HOST reconnect host=%s transfer=%s reason=%s", self.server, self._transfer, e
-                )
+            except (HostGone, HostUnreachable) as e:
+                self._retry_or_raise(e, attempt)
         raise AssertionError("unreachable")
 
     def begin(self, method: str, target: str, headers: dict[str, str]) -> None:
         """Send a request head; the body follows with ``send``."""
-        conn, _ = self.ready()
-        with self.errors():
-            conn.putrequest(method, target, skip_accept_encoding=True)
-            for name, value in headers.items():
-                conn.putheader(name, value)
-            conn.endheaders()
+        for attempt in (1, 2):
+            try:
+                conn = self.ready()
+                with self.errors():
+                    conn.putrequest(method, target, skip_accept_encoding=True)
+                    for name, value in headers.items():
+                        conn.putheader(name, value)
+                    conn.endheaders()
+                return
+            except (HostGone, HostUnreachable) as e:
+                self._retry_or_raise(e, attempt)
+
+    def _retry_or_raise(self, error: HostError, attempt: int) -> None:
+        """A connection lost before the host replied: a keep-alive it
+        closed, or one its admission dropped while many opened at once (all
+        of a proxy's connections come from one address). Once more on a new
+        connection; the request has not been answered, and is idempotent."""
+        self.close()
+        if attempt > 1 or isinstance(error, HostUntrusted) or self._aborted:
+            raise error
+        log.info("HOST reconnect host=%s transfer=%s reason=%s", self.server, self._transfer, error)
 
     def send(self, data: bytes | memoryview) -> None:
         conn = self._live()
@@ -193,18 +205,19 @@ class HostConnection:
 
     # The connection.
 
-    def ready(self) -> tuple[http.client.HTTPConnection, bool]:
-        """A connection ready for a request, and whether it served one before."""
+    def ready(self) -> http.client.HTTPConnection:
+        """A connection ready for a request: the last one unless the host
+        closed it meanwhile, else a new one."""
         if self._aborted:
             raise HostGone(host=self.server, reason="the request was canceled")
         conn = self._conn
         if conn is not None and conn.sock is not None and not _readable(conn.sock):
-            return conn, True
+            return conn
         if conn is not None:
             log.debug("HOST stale connection host=%s transfer=%s", self.server, self._transfer)
             self.close()
         self._conn = self._connect()
-        return self._conn, False
+        return self._conn
 
     def _connect(self) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection
@@ -294,10 +307,9 @@ class HostConnection:
         except ssl.SSLCertVerificationError as e:
             raise HostUntrusted(host=server, reason=e.verify_message or str(e)) from None
         except TimeoutError:
-            if connecting:
-                reason = f"no answer within {self._connector.connect_timeout:g} seconds"
-                raise HostUnreachable(host=server, reason=reason) from None
-            raise HostTimeout(host=server, timeout=self._connector.timeout) from None
+            # A host that does not answer: to a connect, or within a request.
+            timeout = self._connector.connect_timeout if connecting else self._connector.timeout
+            raise HostTimeout(host=server, timeout=timeout) from None
         except http.client.RemoteDisconnected:
             # An OSError too (ConnectionResetError): the status line never came.
             raise HostGone(host=server, reason="closed before replying") from None
@@ -322,7 +334,9 @@ def _reason(e: OSError) -> str:
 
 def _readable(sock: socket.socket) -> bool:
     """Whether an idle connection became readable: the host closed it (or
-    sent what no request asked for, which is as unusable)."""
+    sent what no request asked for, which is as unusable). A reused
+    connection has read its replies whole, and with the first one the TLS
+    1.3 session tickets that follow a handshake."""
     try:
         readable, _, _ = select.select([sock], [], [], 0)
     except (OSError, ValueError):
