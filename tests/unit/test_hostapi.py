@@ -205,3 +205,39 @@ def test_checksum_reply() -> None:
     }
     with pytest.raises(HostError, match="bad CHECKSUM reply"):
         api.parse_checksum(HOST, b'{"algorithm": "blake2b", "block_size": "4", "checksum": "ab"}')
+
+
+def test_pages_of_a_host_that_answers_less_than_asked_are_joined() -> None:
+    data = [ZeroExtent(0, 300, False, False), ZeroExtent(300, 700, True, True)]
+    asked: list[tuple[int, int]] = []
+
+    def page(start: int, end: int) -> list[ZeroExtent]:
+        # At most 250 bytes an answer, as a host that pages would.
+        asked.append((start, end))
+        return list(api.clip(data, start, min(end, start + 250)))  # type: ignore[arg-type]
+
+    assert api.paged(HOST, page, 100, 900) == [
+        ZeroExtent(100, 200, False, False),
+        ZeroExtent(300, 600, True, True),
+    ]
+    assert asked == [(100, 900), (350, 900), (600, 900), (850, 900)]
+
+
+def test_a_host_that_answers_for_the_whole_image_is_clipped() -> None:
+    whole = [ZeroExtent(0, 1000, True, True)]
+    assert api.paged(HOST, lambda a, b: whole, 10, 20) == [ZeroExtent(10, 10, True, True)]
+
+
+@pytest.mark.parametrize(
+    "answer, reason",
+    [
+        ([], "none from offset 10"),
+        ([ZeroExtent(11, 5, True, True)], "a gap or an overlap at offset 10"),
+        ([ZeroExtent(0, 15, True, True), ZeroExtent(12, 8, True, True)], "a gap or an overlap"),
+    ],
+)
+def test_pages_that_do_not_go_on_are_the_hosts_failure(
+    answer: list[ZeroExtent], reason: str
+) -> None:
+    with pytest.raises(HostError, match=f"bad EXTENTS reply: {reason}"):
+        api.paged(HOST, lambda a, b: answer, 10, 20)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from ..errors import HostError, HostForbidden, HostRefused, UnsupportedContext
 from . import DirtyExtent, HostOptions, ZeroExtent
@@ -123,6 +123,28 @@ def clip(
         a, b = max(e.start, start), min(e.start + e.length, end)
         if a < b:
             yield _with_range(e, a, b - a)
+
+
+Page = Callable[[int, int], Sequence[ZeroExtent | DirtyExtent]]
+
+
+def paged(host: str, page: Page, start: int, end: int) -> list[ZeroExtent | DirtyExtent]:
+    """The extents of [start, end) from the host's pages: page(pos, end)
+    answers from pos on, maybe less than asked (a host may page) or more
+    (clipped). Each page must go on from where the last one ended without a
+    gap and cover a byte at least, so the loop ends within end - start pages."""
+    found: list[ZeroExtent | DirtyExtent] = []
+    pos = start
+    while pos < end:
+        extents = list(clip(page(pos, end), pos, end))
+        if not extents:
+            raise _bad(host, "EXTENTS", f"none from offset {pos}")
+        for e in extents:
+            if e.start != pos:
+                raise _bad(host, "EXTENTS", f"a gap or an overlap at offset {pos}")
+            pos += e.length
+        found.extend(extents)
+    return merge(found)
 
 
 def merge(extents: Iterable[ZeroExtent | DirtyExtent]) -> list[ZeroExtent | DirtyExtent]:

@@ -298,14 +298,10 @@ class HttpBackend:
             if context == "dirty":
                 raise UnsupportedContext(context=context, reason="the host reports no extents")
             return iter([ZeroExtent(start, end - start, zero=False, hole=False)])
-        found: list[ZeroExtent | DirtyExtent] = []
-        pos = start
-        # Each page starts where the last ended and covers at least a byte.
-        while pos < end:
-            page = self._extents_page(context, pos, end)
-            found.extend(page)
-            pos = page[-1].start + page[-1].length
-        return iter(hostapi.merge(found))
+        server = self._conn.server
+        return iter(
+            hostapi.paged(server, lambda a, b: self._extents_page(context, a, b), start, end)
+        )
 
     def _extents_page(self, context: str, start: int, end: int) -> list[ZeroExtent | DirtyExtent]:
         query = urlencode({"context": context, "start": start, "length": end - start})
@@ -313,19 +309,7 @@ class HttpBackend:
         body = self._body(resp, MAX_REPLY)
         if resp.status != 200:
             raise hostapi.extents_error(self._conn.server, context, resp.status, body)
-        page = list(
-            hostapi.clip(hostapi.parse_extents(self._conn.server, context, body), start, end)
-        )
-        pos = start
-        for e in page:
-            if e.start != pos:
-                raise HostError(
-                    host=self._conn.server, reason="bad EXTENTS reply: a gap or overlap"
-                )
-            pos += e.length
-        if not page:
-            raise HostError(host=self._conn.server, reason=f"bad EXTENTS reply: none from {start}")
-        return page
+        return list(hostapi.parse_extents(self._conn.server, context, body))
 
     def checksum(self, algorithm: str, block_size: int) -> dict[str, object]:
         self._abandon()
