@@ -10,20 +10,26 @@ in the kernel's socket table. Two machines: test_proxy_netns.py.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import http.client
 import json
 import os
 import random
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import IO_TIMEOUT, Daemon, _base_dir, _stop
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from proxypair import Pair, add_pair, free_port, host_links, proxy_ticket
 from rawhttp import closed_by_server, send
+
+from vdsm_imageio import pki
 
 MiB = 1024**2
 WAIT = 10.0
@@ -476,3 +482,45 @@ def test_a_keep_alive_the_host_closed_is_reopened(make_daemon: Callable[..., Dae
     resp, _ = request(conn, "PUT", f"/images/{ticket_id}", b"y" * 10)
     assert resp.status == 200
     assert path.read_bytes()[:10] == b"y" * 10
+
+
+def _client_certificate(pki_dir: Path, out: Path) -> tuple[Path, Path]:
+    """A client certificate from the host's CA, as the proxy's host would get."""
+    loaded = pki.load_pair(pki_dir / "ca.pem", pki_dir / "ca.key")
+    assert loaded is not None
+    ca, ca_key = loaded
+    key = pki.new_key()
+    now = datetime.datetime.now(datetime.UTC)
+    cert = pki.issue_cert(
+        ca,
+        ca_key,
+        key,
+        now=now,
+        names=("proxy.example",),
+        days=1,
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+    )
+    cert_file, key_file = out / "client.pem", out / "client.key"
+    cert_file.write_bytes(pki.cert_pem(cert))
+    key_file.write_bytes(pki.key_pem(key))
+    return cert_file, key_file
+
+
+def test_proxy_presents_its_certificate_to_a_host_that_requires_one(
+    make_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    host = make_daemon(tls={"enable_client_auth": True})
+    cert_file, key_file = _client_certificate(host.dir / "pki", tmp_path)
+    proxy = make_daemon(
+        directory=host.dir,
+        proxy=True,
+        control={"ticket_port": 0},
+        backend_http={"unix_socket": False, "cert_file": cert_file, "key_file": key_file},
+    )
+    pair = add_pair(host, proxy, size=MiB, data=pattern(MiB))
+    # The host refuses a client without a certificate...
+    with pytest.raises((ssl.SSLError, OSError, http.client.HTTPException)):
+        request(host.https(), "GET", pair.target)
+    # ...and serves the proxy, which presents one.
+    resp, body = request(proxy.https(), "GET", pair.target)
+    assert resp.status == 200 and body == pattern(MiB)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import logging
+import re
 import select
 import socket
 import ssl
@@ -55,13 +56,21 @@ class HostUrl:
         return f"{host}:{self.port}"
 
 
+_PATH = re.compile(r"/images/[^/]+/?")
+
+
 def parse_url(url: str) -> HostUrl:
-    """ValueError unless url is https://HOST[:PORT]/PATH."""
+    """ValueError unless url is a transfer URL, https://HOST[:PORT]/images/TICKET."""
     parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
-        raise ValueError("expected https://HOST[:PORT]/images/TICKET")
-    if parts.query or parts.fragment or not parts.path.startswith("/"):
-        raise ValueError("expected https://HOST[:PORT]/images/TICKET, without query")
+    if (
+        parts.scheme != "https"
+        or not parts.hostname
+        or parts.username is not None
+        or parts.query
+        or parts.fragment
+        or not _PATH.fullmatch(parts.path)
+    ):
+        raise ValueError("expected a transfer URL, https://HOST[:PORT]/images/TICKET")
     return HostUrl(parts.hostname, parts.port or 443, parts.path.rstrip("/"))
 
 
