@@ -372,7 +372,9 @@ def http_opener(daemon: Any, url: str, *, unix_socket: bool) -> Callable[[str, b
         }
         daemon.result("Ticket.add", ticket=ticket)
         host_url = f"https://127.0.0.1:{daemon.port}/images/{ticket_id}"
-        return open_http(host_url, mode=mode, connector=connector, transfer_id=ticket["transfer_id"])
+        return open_http(
+            host_url, mode=mode, connector=connector, transfer_id=ticket["transfer_id"]
+        )
 
     return open_
 
