@@ -524,3 +524,30 @@ def test_proxy_presents_its_certificate_to_a_host_that_requires_one(
     # ...and serves the proxy, which presents one.
     resp, body = request(proxy.https(), "GET", pair.target)
     assert resp.status == 200 and body == pattern(MiB)
+
+
+def test_checksum_waits_for_a_host_that_reads_the_whole_image(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    # The host answers a checksum only once it has read the image: longer
+    # than [backend_http] timeout may pass, without a byte, on a large one.
+    host = make_daemon()
+    proxy = make_daemon(
+        directory=host.dir, proxy=True, control={"ticket_port": 0}, backend_http={"timeout": 1}
+    )
+    pair = add_pair(host, proxy, size=256 * MiB, data=pattern(MiB))
+    conn = proxy.https(timeout=60)
+    resp, _ = request(conn, "OPTIONS", pair.target)
+    assert resp.status == 200
+    # A host that takes its time: stopped for longer than the timeout.
+    os.kill(host.proc.pid, signal.SIGSTOP)
+    try:
+        conn.request("GET", f"{pair.target}/checksum")
+        time.sleep(2.5)
+    finally:
+        os.kill(host.proc.pid, signal.SIGCONT)
+    resp = conn.getresponse()
+    through_proxy = resp.read()
+    assert resp.status == 200, through_proxy
+    resp, direct = request(host.https(), "GET", f"{pair.target}/checksum")
+    assert json.loads(through_proxy) == json.loads(direct)

@@ -154,6 +154,11 @@ class HostConnection:
         return f"{self.url.server} (unix socket)" if self._unix else self.url.server
 
     @property
+    def timeout(self) -> float:
+        """Seconds the host may stay silent during a request."""
+        return self._connector.timeout
+
+    @property
     def transport(self) -> str:
         return "unix" if self._unix else "tls"
 
@@ -166,14 +171,23 @@ class HostConnection:
         *,
         body: bytes | memoryview | None = None,
         headers: dict[str, str] | None = None,
+        timeout: float | None = None,
     ) -> http.client.HTTPResponse:
-        """Send a whole request and return the reply once its head arrived."""
+        """Send a whole request and return the reply once its head arrived;
+        timeout, if given, bounds the wait for the head instead of
+        [backend_http] timeout (a reply the host sends only when done)."""
         for attempt in (1, 2):
             try:
                 conn = self.ready()
-                with self.errors():
-                    conn.request(method, target, body=body, headers=headers or {})
-                    return conn.getresponse()
+                with self.errors(timeout=timeout):
+                    if timeout is not None and conn.sock is not None:
+                        conn.sock.settimeout(timeout)
+                    try:
+                        conn.request(method, target, body=body, headers=headers or {})
+                        return conn.getresponse()
+                    finally:
+                        if timeout is not None and conn.sock is not None:
+                            conn.sock.settimeout(self._connector.timeout)
             except (HostGone, HostUnreachable) as e:
                 self._retry_or_raise(e, attempt)
         raise AssertionError("unreachable")
@@ -306,8 +320,9 @@ class HostConnection:
                 sock.shutdown(socket.SHUT_RDWR)
 
     @contextlib.contextmanager
-    def errors(self, *, connecting: bool = False) -> Iterator[None]:
-        """Translate what the socket, TLS and http.client raise, once."""
+    def errors(self, *, connecting: bool = False, timeout: float | None = None) -> Iterator[None]:
+        """Translate what the socket, TLS and http.client raise, once;
+        timeout is the one in effect when not the connector's."""
         server = self.server
         try:
             yield
@@ -317,7 +332,8 @@ class HostConnection:
             raise HostUntrusted(host=server, reason=e.verify_message or str(e)) from None
         except TimeoutError:
             # A host that does not answer: to a connect, or within a request.
-            timeout = self._connector.connect_timeout if connecting else self._connector.timeout
+            if timeout is None:
+                timeout = self._connector.connect_timeout if connecting else self._connector.timeout
             raise HostTimeout(host=server, timeout=timeout) from None
         except http.client.RemoteDisconnected:
             # An OSError too (ConnectionResetError): the status line never came.

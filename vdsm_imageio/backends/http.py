@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 MAX_REPLY = 64 * 1024**2
 MAX_ERROR = 64 * 1024
 CONTEXTS = ("zero", "dirty")
+# Bytes a second that a host daemon hashes at least (a slow disk).
+CHECKSUM_RATE = 32 * 1024**2
 
 
 def open_http(url: str, *, mode: str, connector: Connector, transfer_id: str) -> HttpBackend:
@@ -314,7 +316,11 @@ class HttpBackend:
     def checksum(self, algorithm: str, block_size: int) -> dict[str, object]:
         self._abandon()
         query = urlencode({"algorithm": algorithm, "block_size": block_size})
-        resp = self._request("GET", f"{self._path}/checksum?{query}")
+        # The host answers once it has read the whole image: wait for a host
+        # hashing CHECKSUM_RATE at least, on top of the usual timeout. A
+        # canceled ticket stops the wait at once (abort).
+        wait = self._conn.timeout + self.size / CHECKSUM_RATE
+        resp = self._request("GET", f"{self._path}/checksum?{query}", timeout=wait)
         body = self._body(resp, MAX_ERROR)
         if resp.status != 200:
             raise hostapi.error_for(self._conn.server, resp.status, body)
@@ -338,9 +344,10 @@ class HttpBackend:
         *,
         body: bytes | memoryview | None = None,
         headers: dict[str, str] | None = None,
+        timeout: float | None = None,
     ) -> http.client.HTTPResponse:
         self._connected()
-        return self._conn.request(method, target, body=body, headers=headers)
+        return self._conn.request(method, target, body=body, headers=headers, timeout=timeout)
 
     def _connected(self) -> None:
         """The first request of the backend asks OPTIONS first: it chooses
