@@ -31,7 +31,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 
-from . import clientbench, profiles, proxybench, report, session
+from . import clientbench, profiles, proxybench, proxyrig, report, session
 from . import images as imagesmod
 from .cases import case_ids
 from .session import REF_VENV, REPO, ProfileRun
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         # Proxy mode between two network namespaces (bench.proxybench).
         try:
             proxybench.run(args, images, stamp, proxy_cases)
-        except proxybench.BenchError as e:
+        except proxyrig.BenchError as e:
             print(f"proxy rows not run: {e}")
     _print_summary(done, time.monotonic() - started)
     return 0
