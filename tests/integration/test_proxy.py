@@ -21,38 +21,45 @@ import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import IO_TIMEOUT, Daemon, _base_dir, _stop
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from proxypair import Pair, add_pair, free_port, host_links, proxy_ticket
+from proxypair import Pair, add_pair, free_port, harness, host_links, proxy_ticket
 from rawhttp import closed_by_server, send
 
 from vdsm_imageio import pki
 
+if TYPE_CHECKING:
+    from conftest import Daemon
+
 MiB = 1024**2
 WAIT = 10.0
+IO_TIMEOUT = 10.0
 
 
 @pytest.fixture(scope="module")
 def rig() -> Iterator[tuple[Daemon, Daemon]]:
     """A host daemon and a proxy beside it with the ticket API on TCP."""
-    host = Daemon(_base_dir())
+    it = harness()
+    host = it.Daemon(it._base_dir())
     try:
-        proxy = Daemon(
-            _base_dir(), {"control": {"ticket_port": free_port()}}, directory=host.dir, proxy=True
+        proxy = it.Daemon(
+            it._base_dir(),
+            {"control": {"ticket_port": free_port()}},
+            directory=host.dir,
+            proxy=True,
         )
     except BaseException:
-        _stop(host)
+        it._stop(host)
         raise
     try:
         yield host, proxy
     finally:
         try:
-            _stop(proxy)
+            it._stop(proxy)
         finally:
-            _stop(host)
+            it._stop(host)
 
 
 def pattern(size: int, seed: int = 0) -> bytes:

@@ -26,16 +26,19 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from clientrun import CLIENT
-from conftest import REPO, Daemon, _base_dir, _stop
-from proxypair import Pair, add_pair, host_links
+from proxypair import Pair, add_pair, harness, host_links
 
 from bench import twohosts as netns
 from storage.qemu_nbd import QemuNbd
 
+if TYPE_CHECKING:
+    from conftest import Daemon
+
+REPO = Path(__file__).resolve().parents[2]
 MiB = 1024**2
 IO_TIMEOUT = 60.0
 RUN_TIMEOUT = 300.0
@@ -81,8 +84,8 @@ class Rig:
         )
 
     def start_host(self, *, port: int = 0) -> Daemon:
-        return Daemon(
-            _base_dir(),
+        return harness().Daemon(
+            harness()._base_dir(),
             {"tls": {"host": netns.HOST_ADDRESS}},
             directory=self.host.dir,
             prefix=self.host_ns.prefix,
@@ -94,11 +97,11 @@ class Rig:
 def rig() -> Iterator[Rig]:
     with contextlib.ExitStack() as stack:
         proxy_ns, host_ns = stack.enter_context(netns.two_machines())
-        directory = Path(tempfile.mkdtemp(prefix="vdsm-netns-", dir=_base_dir()))
+        directory = Path(tempfile.mkdtemp(prefix="vdsm-netns-", dir=harness()._base_dir()))
         stack.callback(shutil.rmtree, directory, ignore_errors=True)
         netns.write_pki(directory / "pki")
-        host = Daemon(
-            _base_dir(),
+        host = harness().Daemon(
+            harness()._base_dir(),
             {"tls": {"host": netns.HOST_ADDRESS}},
             directory=directory,
             prefix=host_ns.prefix,
@@ -106,14 +109,14 @@ def rig() -> Iterator[Rig]:
         holder: list[Rig] = []
         # The host of the end: a test may have restarted it.
         stack.callback(lambda: _stop_unless_killed(holder[0].host if holder else host))
-        proxy = Daemon(
-            _base_dir(),
+        proxy = harness().Daemon(
+            harness()._base_dir(),
             {"control": {"ticket_port": 0}},
             directory=directory,
             proxy=True,
             prefix=proxy_ns.prefix,
         )
-        stack.callback(_stop, proxy)
+        stack.callback(harness()._stop, proxy)
         context = ssl.create_default_context(cafile=str(proxy.ca))
         holder.append(Rig(proxy_ns, host_ns, host, proxy, context))
         yield holder[0]
@@ -121,7 +124,7 @@ def rig() -> Iterator[Rig]:
 
 def _stop_unless_killed(daemon: Daemon) -> None:
     if not daemon.killed:
-        _stop(daemon)
+        harness()._stop(daemon)
 
 
 def pattern(size: int, seed: int = 0) -> bytes:

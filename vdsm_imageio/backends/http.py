@@ -120,12 +120,13 @@ class HttpBackend:
         # A daemon that does not advertise the size tells it in the
         # Content-Range of any partial reply (RFC 9110 section 14.4).
         resp = self._request("GET", self._path, headers={"Range": "bytes=0-0"})
-        self._body(resp, MAX_ERROR)
+        body = self._body(resp, MAX_ERROR)
         header = resp.getheader("Content-Range", "")
         if resp.status == 416 and header.startswith("bytes */"):
+            # An empty image: nothing to give, but its size.
             header = "bytes 0-0/" + header.removeprefix("bytes */")
         elif resp.status != 206:
-            raise hostapi.error_for(self._conn.server, resp.status, b"no size")
+            raise hostapi.error_for(self._conn.server, resp.status, body)
         _, _, size = hostapi.content_range(self._conn.server, header)
         if size is None:
             raise HostError(host=self._conn.server, reason="bad GET reply: no image size")
