@@ -128,7 +128,6 @@ class Daemon:
         self.images = self.dir / "images"
         self.ca = self.dir / "pki" / "ca.pem"
         self.control_path = str(self.home / "control.sock")
-        self.tickets_path = str(self.home / "tickets.sock")
         self.log_path = self.home / "daemon.log"
         self.port = 0
         self.ticket_port = 0
