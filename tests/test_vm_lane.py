@@ -20,7 +20,8 @@ RUNNER = Path(__file__).parent / "vm" / "runner.py"
 RUNNER_LOG = Path(".cache") / "vm-lane.log"
 # Boot (~30 s in software emulation) plus the guest suite; the runner
 # enforces this limit itself and stops the guest.
-GUEST_TIMEOUT = 600
+# A quiet 2-core machine takes about 6.5 min; a loaded one over 11 min.
+GUEST_TIMEOUT = 1200
 SUMMARY_RE = re.compile(
     r"^=*\s*(\d+ (?:passed|failed|error|skipped).* in [\d.]+s\b.*?)"
     r"\s*=*$",

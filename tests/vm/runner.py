@@ -17,7 +17,7 @@ boot or did not finish, which exits with BOOT_FAILED.
 
 Environment: VDSM_IMAGEIO_VM_KERNEL picks the kernel (default: the newest
 /boot/vmlinuz-* whose modules are installed), VDSM_IMAGEIO_VM_TIMEOUT the
-limit in seconds for the whole guest session (default 600).
+limit in seconds for the whole guest session (default 1200).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def vng_command(kernel: Path, pytest_args: list[str]) -> list[str]:
 
 
 def run_host(pytest_args: list[str]) -> int:
-    timeout = float(os.environ.get("VDSM_IMAGEIO_VM_TIMEOUT", "600"))
+    timeout = float(os.environ.get("VDSM_IMAGEIO_VM_TIMEOUT", "1200"))
     kernel = find_kernel()
     cmd = vng_command(kernel, pytest_args)
     env = dict(os.environ)
