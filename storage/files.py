@@ -27,18 +27,22 @@ log = logging.getLogger(__name__)
 
 def find_volume(file_root: Path, volume: Volume) -> Path:
     """The path of volume's file, checked to be a regular file."""
-    ids = {"sd_id": volume.sd_id, "img_id": volume.img_id, "vol_id": volume.vol_id}
-    domain = _find_domain(file_root, volume.sd_id)
+    sd_id, img_id, vol_id = volume.sd_id, volume.img_id, volume.vol_id
+    domain = _find_domain(file_root, sd_id)
     if domain is None:
-        raise DomainNotFound(**ids, reason=f"not mounted under {file_root}")
-    image = domain / "images" / volume.img_id
+        raise DomainNotFound(
+            sd_id=sd_id, img_id=img_id, vol_id=vol_id, reason=f"not mounted under {file_root}"
+        )
+    image = domain / "images" / img_id
     if not image.is_dir():
-        raise ImageNotFound(**ids, reason=f"no directory {image}")
-    path = image / volume.vol_id
+        raise ImageNotFound(
+            sd_id=sd_id, img_id=img_id, vol_id=vol_id, reason=f"no directory {image}"
+        )
+    path = image / vol_id
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise VolumeNotFound(**ids) from None
+        raise VolumeNotFound(sd_id=sd_id, img_id=img_id, vol_id=vol_id) from None
     except OSError as e:
         raise VolumeError(
             action="prepare",

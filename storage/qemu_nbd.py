@@ -28,12 +28,11 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 
 import nbd
 
-from vdsm_imageio.backends import directio
+from vdsm_imageio import directio
 from vdsm_imageio.errors import VolumeError
 
 from . import pidfiles, spawn
@@ -96,12 +95,7 @@ class QemuNbd:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        t: type[BaseException] | None,
-        v: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     @property

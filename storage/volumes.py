@@ -262,18 +262,22 @@ class Volumes:
         return server
 
     def _activate(self, vol: Volume, undo: ExitStack) -> _Prepared:
-        ids = {"sd_id": vol.sd_id, "img_id": vol.img_id, "vol_id": vol.vol_id}
         try:
             lv = self._lvm.activate(vol.sd_id, vol.vol_id)
         except VolumeNotFound as e:
             # lvm knows the VG and LV, not the image: name the whole address.
-            raise type(e)(**{**e.fields, **ids}) from None
+            raise e.at(sd_id=vol.sd_id, img_id=vol.img_id, vol_id=vol.vol_id) from None
         activated = not lv.active
         if activated:
             undo.callback(_quietly, self._lvm.deactivate, vol.sd_id, vol.vol_id)
         # Checked after activation to spare an lvm call on the common path.
         if lv.image is not None and lv.image != vol.img_id:
-            raise ImageNotFound(**ids, reason=f"volume belongs to image {lv.image}")
+            raise ImageNotFound(
+                sd_id=vol.sd_id,
+                img_id=vol.img_id,
+                vol_id=vol.vol_id,
+                reason=f"volume belongs to image {lv.image}",
+            )
         try:
             node = self._udev.wait_for_device(
                 lv.path, deadline=self._clock() + self._device_timeout

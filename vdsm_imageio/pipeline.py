@@ -26,6 +26,7 @@ import mmap
 import queue
 import threading
 from collections.abc import Callable
+from typing import Literal
 
 Produce = Callable[[memoryview], int]
 Consume = Callable[[memoryview], None]
@@ -51,6 +52,12 @@ class BufferPool:
         self._free: list[memoryview] = []
         self._pooled: set[int] = set()
         self._lock = threading.Lock()
+
+    @classmethod
+    def sized(cls, size: int, total: int) -> BufferPool:
+        """A pool of buffers of size bytes taking about total bytes."""
+        # Two buffers at least: one request can always double-buffer.
+        return cls(size, max(2, total // size))
 
     def acquire(self) -> memoryview:
         """A pooled buffer, or a small private one if all are in use."""
@@ -85,7 +92,7 @@ def run(
     produce: Produce,
     consume: Consume,
     *,
-    threaded_side: str,
+    threaded_side: Literal["produce", "consume"],
     single: bool = False,
 ) -> None:
     """Move data until produce returns 0.

@@ -286,11 +286,10 @@ class Registry:
 
 
 def _named(error: ImageioError, ticket: Ticket | None) -> ImageioError:
-    """error with its uuid field naming ticket's transfer instead."""
-    if "uuid" not in error.fields:
+    """error naming ticket's transfer instead of its uuid, if it names one."""
+    if not isinstance(error, (TicketConflict, TicketBusy)):
         return error
-    name = f"of transfer {ticket.transfer_id}" if ticket else "(removed meanwhile)"
-    return type(error)(**{**error.fields, "uuid": name})
+    return error.renamed(f"of transfer {ticket.transfer_id}" if ticket else "(removed meanwhile)")
 
 
 def _url_only(spec: TicketSpec) -> str:

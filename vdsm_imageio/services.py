@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 import time
 from collections.abc import Callable
+from functools import partial
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
 
 from storage.leases import Leases
 from storage.lvm import Lvm
@@ -26,26 +25,23 @@ from storage.udev import DeviceWatcher
 from storage.volumes import Volumes
 
 from . import __version__, tls
-from .backends import Backend
-from .backends.file import open_file
+from .backends import opener
 from .backends.hostconn import Connector
-from .backends.hostconn import parse_url as parse_host_url
-from .backends.http import open_http
-from .backends.nbd import is_nbd_url, open_nbd, unix_url
-from .backends.nbd import parse_url as parse_nbd_url
 from .backends.sectorlock import SectorLocks
 from .config import Config, socket_address
-from .errors import BackendError, BadRequest, InvalidTicket, TicketNotFound
+from .errors import BadRequest, TicketNotFound
 from .hooks import Hooks, TicketHooks
 from .http.checksum import Checksum
+from .http.exchange import Exchange
 from .http.extents import Extents
 from .http.images import WRITE_FEATURES, Images
+from .http.listeners import tcp_listener, unix_listener
 from .http.router import Router, route
-from .http.server import Server, tcp_listener, unix_listener
+from .http.server import Server
 from .http.tickets import TicketServer
 from .monitor import PROGRESS, Monitor, MonitorThread
+from .pipeline import BufferPool
 from .registry import Registry
-from .tickets import Ticket
 from .ticketspec import TicketSpec
 from .urlroots import UrlRoots
 
@@ -103,11 +99,11 @@ class Services:
         self.registry.subscribe(self.ticket_hooks.listener)
         unix = socket_address(config.local.socket) if config.local.enable else None
         self.unix_socket = unix or None
-        images = Images(
-            self.registry, unix_socket=self.unix_socket, max_json_body=config.http.max_json_body
-        )
+        # Every connection's I/O buffers come from here (vdsm_imageio.pipeline).
+        pool = BufferPool.sized(config.http.buffer_size, config.http.buffer_pool_bytes)
+        images = Images(self.registry, http=config.http, pool=pool, unix_socket=self.unix_socket)
         extents = Extents(self.registry)
-        checksum = Checksum(self.registry)
+        checksum = Checksum(self.registry, http=config.http, pool=pool)
         router = Router(
             [
                 route("images-options", r"/images/(\*)/?", options=images.options),
@@ -143,7 +139,16 @@ class Services:
         self.sector_locks = SectorLocks()
         # Proxy tickets (url https://...) reach their host daemons with it.
         self.connector = host_connector(config)
-        self.server = Server(config, router, self._open_backend)
+        self.server = Server(
+            config,
+            router,
+            partial(
+                opener.open_ticket,
+                roots=self.url_roots,
+                locks=self.sector_locks,
+                connector=self.connector,
+            ),
+        )
         control = config.control
         ticket_tcp = (control.ticket_host, control.ticket_port) if control.ticket_port else None
         self.ticket_server = (
@@ -227,12 +232,7 @@ class Services:
     def _resolve_url(self, spec: TicketSpec) -> str:
         if spec.volume is not None:
             return self.volumes.prepare(spec)
-        return resolve_url(spec, self.url_roots)
-
-    def _open_backend(self, ticket: Ticket) -> Backend:
-        # Volume URLs are the storage plane's own paths, not the caller's.
-        roots = None if ticket.spec.volume else self.url_roots
-        return open_backend(ticket, roots, locks=self.sector_locks, connector=self.connector)
+        return opener.resolve_url(spec, self.url_roots)
 
     def _on_volume_lost(self, uuid: str, device: str, action: str) -> None:
         """The device under a live ticket went away: stop its requests now."""
@@ -280,82 +280,12 @@ class Services:
             "connections": self.server.connections(),
         }
 
-    def _info(self, conn: Any, req: Any) -> None:
-        conn.reply_json({"version": __version__})
+    def _info(self, ex: Exchange) -> None:
+        ex.response.reply_json({"version": __version__})
 
 
-def _no_ticket_id(conn: Any, req: Any) -> None:
+def _no_ticket_id(ex: Exchange) -> None:
     raise BadRequest(field="path", reason="the ticket id is missing (/images/<ticket>)")
-
-
-def resolve_url(spec: TicketSpec, roots: UrlRoots) -> str:
-    """The URL a url ticket serves: its path resolved and confined to roots
-    (vdsm_imageio.urlroots), checked to name something usable."""
-    assert spec.url is not None
-    parts = urlsplit(spec.url)
-    if is_nbd_url(spec.url):
-        return _resolve_nbd(spec.url, roots)
-    if parts.scheme == "https":
-        # A proxy ticket: the host daemon confines its own storage.
-        try:
-            parse_host_url(spec.url)
-        except ValueError as e:
-            raise InvalidTicket(field="url", reason=str(e)) from None
-        return spec.url
-    if parts.scheme != "file":
-        raise InvalidTicket(
-            field="url", reason=f"{parts.scheme} URLs are not supported by this service"
-        )
-    path = roots.resolve(unquote(parts.path))
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise InvalidTicket(field="url", reason=f"cannot use {path}: {e.strerror}") from None
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
-        raise InvalidTicket(field="url", reason=f"{path} is not a file or block device")
-    return Path(path).as_uri()
-
-
-def _resolve_nbd(url: str, roots: UrlRoots) -> str:
-    try:
-        path, export = parse_nbd_url(url)
-    except ValueError as e:
-        raise InvalidTicket(field="url", reason=str(e)) from None
-    path = roots.resolve(path)
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise InvalidTicket(field="url", reason=f"cannot use {path}: {e.strerror}") from None
-    if not stat.S_ISSOCK(st.st_mode):
-        raise InvalidTicket(field="url", reason=f"{path} is not a unix socket")
-    return unix_url(path, export, like=url)
-
-
-def open_backend(
-    ticket: Ticket, roots: UrlRoots | None, *, locks: SectorLocks, connector: Connector
-) -> Backend:
-    """Open the ticket's storage; with roots, refuse a path moved since the add.
-    locks is the process's sector lock table (vdsm_imageio.backends.sectorlock),
-    connector how proxy tickets reach their host daemons."""
-    parts = urlsplit(ticket.url)
-    mode = "rw" if ticket.spec.allows("write") else "r"
-    if parts.scheme == "https":
-        return open_http(ticket.url, mode=mode, connector=connector, transfer_id=ticket.transfer_id)
-    if is_nbd_url(ticket.url):
-        if roots is not None:
-            roots.check_unmoved(parse_nbd_url(ticket.url)[0])
-        return open_nbd(ticket.url, mode=mode, sparse=ticket.spec.sparse, dirty=ticket.spec.dirty)
-    if parts.scheme != "file":
-        raise BackendError(reason=f"no backend for {parts.scheme} URLs")
-    path = unquote(parts.path)
-    backend = open_file(path, mode=mode, sparse=ticket.spec.sparse, locks=locks)
-    if roots is not None:
-        try:
-            roots.check_opened(backend.fileno(), path)
-        except BaseException:
-            backend.close()
-            raise
-    return backend
 
 
 def host_connector(config: Config) -> Connector:

@@ -25,6 +25,7 @@ Rules:
 
 from __future__ import annotations
 
+import enum
 import itertools
 import logging
 import math
@@ -32,7 +33,8 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 from .errors import Forbidden, TicketCanceled, TooManyConnections
 from .measure import RangeSet
@@ -41,10 +43,20 @@ from .ticketspec import TicketSpec
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 
-# Connection kinds, weakest first: a connection only ever moves up.
-_RANK = {"peek": 0, "read": 1, "write": 2}
+class Kind(enum.Enum):
+    """How a connection uses its ticket, weakest first: a connection only
+    ever moves up. A peek (OPTIONS, extents) is counted and aborted on
+    cancel like the others but takes no reader or writer slot: ovirt-imageio's
+    client keeps the connection it used for those open beside max_readers
+    data connections."""
+
+    PEEK = 0
+    READ = 1
+    WRITE = 2
 
 
 class Attachment(Protocol):
@@ -58,6 +70,21 @@ class Operation:
     start: int
     length: int
     done: int = 0
+
+
+class Runnable(Protocol[T_co]):
+    """A request's work on the ticket's storage (``vdsm_imageio.ops``)."""
+
+    @property
+    def start(self) -> int:
+        """Offset of the first byte it moves."""
+
+    @property
+    def length(self) -> int:
+        """Bytes it moves at most."""
+
+    def run(self, progress: Callable[[int], None]) -> T_co:
+        """Do the work, calling progress with the bytes moved since the last call."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +133,7 @@ class Ticket:
         self._op_ids = itertools.count()
         self._completed = RangeSet()
         self._canceled = False
-        self._attached: dict[Attachment, str] = {}
+        self._attached: dict[Attachment, Kind] = {}
 
     @property
     def transfer_id(self) -> str:
@@ -126,7 +153,7 @@ class Ticket:
     def operation(self, start: int, length: int) -> Iterator[Operation]:
         op = Operation(start, length)
         with self._cond:
-            self._check_canceled()
+            self.check_canceled()
             key = next(self._op_ids)
             self._ops[key] = op
             self._activity = self._used = self._clock()
@@ -139,6 +166,12 @@ class Ticket:
                 self._activity = self._used = self._clock()
                 self._cond.notify_all()
 
+    def run(self, work: Runnable[T]) -> T:
+        """Run work as a request of this ticket: its bytes count in
+        transferred, and a cancel stops it at its next piece."""
+        with self.operation(work.start, work.length) as op:
+            return work.run(partial(self.progress, op))
+
     def progress(self, op: Operation, n: int) -> None:
         """Account n more bytes of op; stop the request if canceled."""
         op.done += n
@@ -149,28 +182,23 @@ class Ticket:
         if self._canceled:
             raise TicketCanceled(transfer_id=self.transfer_id)
 
-    _check_canceled = check_canceled
-
     # Connections.
 
-    def attach(self, conn: Attachment, kind: str, limit: int) -> None:
-        """Attach conn as kind, or upgrade it (peek < read < write).
-
-        A "peek" connection (OPTIONS, extents) is counted and aborted on
-        cancel like the others but takes no reader or writer slot.
-        """
+    def attach(self, conn: Attachment, kind: Kind, limit: int) -> None:
+        """Attach conn as kind, or upgrade it (peek < read < write); limit
+        bounds the readers or writers (a peek takes no slot)."""
         with self._cond:
-            self._check_canceled()
+            self.check_canceled()
             current = self._attached.get(conn)
-            if current is not None and _RANK[current] >= _RANK[kind]:
+            if current is not None and current.value >= kind.value:
                 return
-            if kind == "peek":
+            if kind is Kind.PEEK:
                 self._attached[conn] = kind
                 return
-            count = sum(1 for k in self._attached.values() if k == kind)
+            count = sum(1 for k in self._attached.values() if k is kind)
             if count >= limit:
                 raise TooManyConnections(
-                    kind="writer" if kind == "write" else "reader",
+                    kind="writer" if kind is Kind.WRITE else "reader",
                     transfer_id=self.transfer_id,
                     limit=limit,
                 )

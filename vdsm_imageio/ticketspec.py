@@ -359,4 +359,4 @@ def _prefixed(fn: Any, obj: dict[str, Any], name: str, prefix: str = "volume", *
     try:
         return fn(obj, name, **kw)
     except InvalidTicket as e:
-        raise InvalidTicket(field=f"{prefix}.{name}", reason=e.fields["reason"]) from None
+        raise InvalidTicket(field=f"{prefix}.{name}", reason=e.reason) from None

@@ -22,7 +22,7 @@ import logging
 import selectors
 import ssl
 
-from .errors import PeerClosed
+from .errors import ImageioError, PeerClosed
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,11 @@ class HandshakeFailed(PeerClosed):
     clients that distrust our certificate): log it briefly and close.
     """
 
-    template = "TLS handshake with {peer} failed: {reason}"
-
-    @property
-    def reason(self) -> str:
-        return str(self.fields["reason"])
+    def __init__(self, *, peer: str, reason: str) -> None:
+        ImageioError.__init__(
+            self, f"TLS handshake with {peer} failed: {reason}", peer=peer, reason=reason
+        )
+        self.reason = reason
 
 
 def server_context(

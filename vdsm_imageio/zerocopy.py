@@ -41,13 +41,13 @@ import fcntl
 import logging
 import os
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from .errors import BackendError, ImageEnded, PeerClosed
+from .sockets import set_kernel_timeout, timeval
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def _drain(
                 if limit is not None and limit <= 0:
                     raise PeerClosed(reason=f"timed out, no data taken for {timeout:g} seconds")
                 if limit != current:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(limit))
+                    set_kernel_timeout(sock, socket.SO_SNDTIMEO, limit)
                     current = limit
                 started = time.monotonic()
                 try:
@@ -261,15 +261,6 @@ def _blocking(sock: socket.socket) -> Iterator[None]:
     finally:
         sock.settimeout(timeout)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, saved)
-
-
-def timeval(seconds: float | None) -> bytes:
-    """SO_SNDTIMEO / SO_RCVTIMEO for a socket timeout (None: wait forever).
-
-    The kernel reads zero as "no limit", so a limit rounds up to 1 us.
-    """
-    usec = 0 if seconds is None else max(1, round(seconds * 1_000_000))
-    return struct.pack("ll", *divmod(usec, 1_000_000))
 
 
 def _grow(wfd: int) -> int:

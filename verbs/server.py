@@ -23,6 +23,8 @@ import threading
 import time
 from typing import Any
 
+from vdsm_imageio.sockets import ACCEPT_CAPACITY_ERRNOS
+
 from . import protocol
 from .connection import MAX_LINE, Connection
 
@@ -33,9 +35,6 @@ log = logging.getLogger(__name__)
 STOP_TIMEOUT = 0.5
 JOIN_TIMEOUT = 10.0
 MAX_CONNECTIONS = 64
-# Out of descriptors or memory: the listener is fine, retry later
-# instead of giving up on the control channel.
-ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
 class ControlServer:
@@ -125,6 +124,8 @@ class ControlServer:
                 if self._stopping:
                     return
                 if e.errno in ACCEPT_CAPACITY_ERRNOS:
+                    # Out of descriptors or memory: retry later instead of
+                    # giving up on the control channel.
                     log.warning("ACCEPT failed, retrying: %s", e)
                     time.sleep(0.1)
                     continue

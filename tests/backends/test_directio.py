@@ -7,7 +7,8 @@ import errno
 import pytest
 
 from vdsm_imageio.backends import ZeroExtent
-from vdsm_imageio.backends.directio import (
+from vdsm_imageio.backends.file import merge_extents
+from vdsm_imageio.directio import (
     address,
     aligned_buffer,
     fallocate,
@@ -15,7 +16,6 @@ from vdsm_imageio.backends.directio import (
     round_down,
     round_up,
 )
-from vdsm_imageio.backends.file import merge_extents
 
 
 @pytest.mark.parametrize(

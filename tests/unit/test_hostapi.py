@@ -198,13 +198,23 @@ def test_host_message_is_one_short_clean_line() -> None:
 
 def test_checksum_reply() -> None:
     body = b'{"algorithm": "blake2b", "block_size": 4194304, "checksum": "ab"}'
-    assert api.parse_checksum(HOST, body) == {
-        "algorithm": "blake2b",
-        "block_size": 4194304,
-        "checksum": "ab",
-    }
+    assert api.parse_checksum(HOST, body, algorithm="blake2b", block_size=4194304) == "ab"
     with pytest.raises(HostError, match="bad CHECKSUM reply"):
-        api.parse_checksum(HOST, b'{"algorithm": "blake2b", "block_size": "4", "checksum": "ab"}')
+        api.parse_checksum(
+            HOST,
+            b'{"algorithm": "blake2b", "block_size": "4", "checksum": "ab"}',
+            algorithm="blake2b",
+            block_size=4,
+        )
+
+
+@pytest.mark.parametrize("algorithm, block_size", [("sha256", 4194304), ("blake2b", 1048576)])
+def test_a_checksum_of_other_blocks_or_algorithm_is_the_hosts_failure(
+    algorithm: str, block_size: int
+) -> None:
+    body = b'{"algorithm": "blake2b", "block_size": 4194304, "checksum": "ab"}'
+    with pytest.raises(HostError, match="bad CHECKSUM reply: asked for"):
+        api.parse_checksum(HOST, body, algorithm=algorithm, block_size=block_size)
 
 
 def test_pages_of_a_host_that_answers_less_than_asked_are_joined() -> None:

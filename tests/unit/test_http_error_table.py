@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vdsm_imageio.errors import BackendError, ImageEnded, StorageFull
+from vdsm_imageio.errors import BackendError, ImageEnded, PayloadTooLarge, StorageFull
 from vdsm_imageio.http.errors import reply_for
 
 
@@ -25,3 +25,10 @@ def test_image_shorter_than_the_range_is_500_that_closes_the_connection() -> Non
     assert reply is not None
     assert (reply.status, reply.close) == (500, True)
     assert reply.message == "Image ended at offset 8388608, before the end of the range at 50331648"
+
+
+def test_a_413_of_a_body_of_known_length_names_its_length():
+    reply = reply_for(PayloadTooLarge(length=5000, limit=4096))
+    assert reply is not None
+    assert reply.status == 413
+    assert reply.message == "Request body of 5000 bytes exceeds the limit of 4096 bytes"

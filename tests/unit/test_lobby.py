@@ -5,8 +5,8 @@ import logging
 import pytest
 
 from vdsm_imageio.http.admission import BUDGET, PER_PEER, Eviction
+from vdsm_imageio.http.listeners import Listener
 from vdsm_imageio.http.lobby import EvictionLog, _blank_line, peer_name
-from vdsm_imageio.http.server import Listener
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@ import io
 
 import pytest
 
-from vdsm_imageio.errors import BadRequest, HeadersTooLarge, PeerClosed
+from vdsm_imageio.errors import BadRequest, HeadersTooLarge, PayloadTooLarge, PeerClosed
 from vdsm_imageio.http.message import Body, read_head, read_json
 
 
@@ -202,3 +202,14 @@ def test_malformed_chunked_json_body_is_400_not_413():
     with pytest.raises(BadRequest) as e:
         read_json(req, body, 4096)
     assert e.value.fields["field"] == "chunked body"
+
+
+def test_chunked_json_body_over_the_limit_is_413_saying_so():
+    data = b"a\r\n" + b" " * 10 + b"\r\n0\r\n\r\n"
+    body, _ = body_of(data, b"PATCH /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    req = head(b"PATCH /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    with pytest.raises(PayloadTooLarge) as e:
+        read_json(req, body, 4)
+    # The length of a chunked body is unknown when the limit is passed.
+    assert e.value.message == "Request body exceeds the limit of 4 bytes"
+    assert e.value.fields == {"limit": 4}

@@ -18,7 +18,7 @@ from vdsm_imageio.errors import (
     VolumeError,
 )
 from vdsm_imageio.registry import Registry
-from vdsm_imageio.tickets import Ticket
+from vdsm_imageio.tickets import Kind, Ticket
 from vdsm_imageio.ticketspec import TicketSpec
 
 
@@ -180,14 +180,14 @@ def test_put_of_other_content_replaces(world: World) -> None:
 def test_replace_closes_the_old_tickets_connections(world: World) -> None:
     old = world.registry.put(ticket())
     idle, writer = FakeConn(), FakeConn()
-    old.attach(idle, "peek", 0)
-    old.attach(writer, "write", limit=8)
+    old.attach(idle, Kind.PEEK, 0)
+    old.attach(writer, Kind.WRITE, limit=8)
     new = world.registry.put(ticket(timeout=600))
     assert idle.aborted and writer.aborted
     assert new.status().connections == 0
     # A client comes back under the new content.
     again = FakeConn()
-    world.registry.authorize("u1", "write").attach(again, "write", limit=8)
+    world.registry.authorize("u1", "write").attach(again, Kind.WRITE, limit=8)
     assert new.status().connections == 1
 
 
@@ -244,7 +244,7 @@ def test_replace_that_cannot_stop_a_request_is_busy_and_adds_nothing(world: Worl
 def test_vetoed_replace_changes_nothing(world: World, action: str, vetoed: str) -> None:
     old = world.registry.put(ticket())
     conn = FakeConn()
-    old.attach(conn, "write", limit=8)
+    old.attach(conn, Kind.WRITE, limit=8)
     world.veto.add((action, vetoed))
     world.events.clear()
     with pytest.raises(HookFailed):
@@ -301,7 +301,7 @@ def test_remove_all_removes_every_ticket(world: World) -> None:
     for i in range(3):
         t = world.registry.put(ticket(uuid=f"u{i}", transfer_id=f"t{i}"))
         conns.append(FakeConn())
-        t.attach(conns[-1], "read", limit=8)
+        t.attach(conns[-1], Kind.READ, limit=8)
     world.registry.remove_all()
     assert world.registry.list() == []
     assert all(c.aborted for c in conns)

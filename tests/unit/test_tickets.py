@@ -12,6 +12,7 @@ from vdsm_imageio.errors import (
     TooManyConnections,
 )
 from vdsm_imageio.registry import Registry
+from vdsm_imageio.tickets import Kind
 
 
 class FakeClock:
@@ -198,7 +199,7 @@ def test_remove_unknown_ticket_is_idempotent(registry):
 def test_remove_cancels_and_aborts_connections(registry):
     t = registry.add(ticket())
     conn = FakeConn()
-    t.attach(conn, "read", limit=8)
+    t.attach(conn, Kind.READ, limit=8)
     registry.remove("u1")
     assert conn.aborted
     assert t.canceled
@@ -248,24 +249,24 @@ def test_remove_waits_for_request_to_stop(clock):
 def test_readers_limit_is_enforced(registry):
     t = registry.add(ticket())
     conns = [FakeConn() for _ in range(3)]
-    t.attach(conns[0], "read", limit=2)
-    t.attach(conns[1], "read", limit=2)
+    t.attach(conns[0], Kind.READ, limit=2)
+    t.attach(conns[1], Kind.READ, limit=2)
     with pytest.raises(TooManyConnections, match="reader"):
-        t.attach(conns[2], "read", limit=2)
+        t.attach(conns[2], Kind.READ, limit=2)
     t.detach(conns[0])
-    t.attach(conns[2], "read", limit=2)
+    t.attach(conns[2], Kind.READ, limit=2)
     assert t.status().connections == 2
 
 
 def test_reader_upgrades_to_writer(registry):
     t = registry.add(ticket(ops=["write"]))
     a, b = FakeConn(), FakeConn()
-    t.attach(a, "read", limit=1)
-    t.attach(a, "write", limit=1)
+    t.attach(a, Kind.READ, limit=1)
+    t.attach(a, Kind.WRITE, limit=1)
     # a left its reader slot when it became a writer.
-    t.attach(b, "read", limit=1)
+    t.attach(b, Kind.READ, limit=1)
     with pytest.raises(TooManyConnections, match="writer"):
-        t.attach(b, "write", limit=1)
+        t.attach(b, Kind.WRITE, limit=1)
 
 
 def test_invalid_ticket_names_field(registry):
@@ -287,12 +288,12 @@ def test_listeners_see_add_and_remove(registry):
 def test_peek_connection_is_counted_and_aborted_but_takes_no_slot(registry):
     t = registry.add(ticket())
     peek, reader = FakeConn(), FakeConn()
-    t.attach(peek, "peek", 0)
-    t.attach(reader, "read", limit=1)
+    t.attach(peek, Kind.PEEK, 0)
+    t.attach(reader, Kind.READ, limit=1)
     assert t.status().connections == 2
     # A reader never drops back to peek.
-    t.attach(reader, "peek", 0)
+    t.attach(reader, Kind.PEEK, 0)
     with pytest.raises(TooManyConnections):
-        t.attach(FakeConn(), "read", limit=1)
+        t.attach(FakeConn(), Kind.READ, limit=1)
     registry.remove("u1")
     assert peek.aborted and reader.aborted

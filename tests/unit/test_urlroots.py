@@ -10,9 +10,9 @@ import pytest
 
 from vdsm_imageio import config
 from vdsm_imageio.backends.nbd import parse_url
+from vdsm_imageio.backends.opener import resolve_url
 from vdsm_imageio.config import Config, ConfigError
 from vdsm_imageio.errors import Forbidden, InvalidTicket
-from vdsm_imageio.services import resolve_url
 from vdsm_imageio.ticketspec import TicketSpec, parse
 from vdsm_imageio.urlroots import UrlRoots, within
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from vdsm_imageio import errors
-from vdsm_imageio.http.connection import REASONS
 from vdsm_imageio.http.errors import reply_for
+from vdsm_imageio.http.response import REASONS
 from verbs import vdsm_errors
 
 SAMPLES = [

@@ -139,8 +139,9 @@ class Relayed(Protocol):
         """What that daemon advertises for the image; the proxy offers no
         more (features, limits) and never its unix socket."""
 
-    def checksum(self, algorithm: str, block_size: int) -> dict[str, object]:
-        """The image's checksum computed by that daemon, where the data is."""
+    def checksum(self, algorithm: str, block_size: int) -> str:
+        """The image's checksum (``vdsm_imageio.checksum``'s digest) computed
+        by that daemon, where the data is."""
 
 
 @runtime_checkable

@@ -21,9 +21,9 @@ from __future__ import annotations
 import errno
 import os
 
-from vdsm_imageio.backends import directio
-from vdsm_imageio.backends.directio import round_down, round_up
+from vdsm_imageio import directio
 from vdsm_imageio.backends.sectorlock import END, RangeLock
+from vdsm_imageio.directio import round_down, round_up
 
 # Large enough that an unaligned request costs a few copies, not many syscalls.
 SCRATCH_SIZE = 1024 * 1024

@@ -23,12 +23,12 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Iterator
-from types import TracebackType
 
-from vdsm_imageio.backends import NO_SPACE_ERRNOS, DirtyExtent, ZeroExtent, directio
+from vdsm_imageio import directio
+from vdsm_imageio.backends import NO_SPACE_ERRNOS, DirtyExtent, ZeroExtent
 from vdsm_imageio.backends.aligned import SCRATCH_SIZE, AlignedIO
-from vdsm_imageio.backends.directio import round_down, round_up
 from vdsm_imageio.backends.sectorlock import END, RangeLock, SectorLocks
+from vdsm_imageio.directio import round_down, round_up
 from vdsm_imageio.errors import BackendError, StorageFull, StorageReadOnly, UnsupportedContext
 
 log = logging.getLogger(__name__)
@@ -128,12 +128,7 @@ class FileBackend:
     def __enter__(self) -> FileBackend:
         return self
 
-    def __exit__(
-        self,
-        t: type[BaseException] | None,
-        v: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     @property

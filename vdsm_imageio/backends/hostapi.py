@@ -183,19 +183,26 @@ def _bool(value: object) -> bool:
     return value
 
 
-def parse_checksum(host: str, body: bytes) -> dict[str, object]:
-    """The reply to ``GET /images/<ticket>/checksum``, as the client gets it."""
+def parse_checksum(host: str, body: bytes, *, algorithm: str, block_size: int) -> str:
+    """The digest in the reply to ``GET /images/<ticket>/checksum`` asked
+    with algorithm and block_size; a reply for others is not an answer."""
     obj = _json(host, body, "CHECKSUM")
     if not isinstance(obj, dict):
         raise _bad(host, "CHECKSUM", "not a JSON object")
-    algorithm, block_size, checksum = (obj.get(k) for k in ("algorithm", "block_size", "checksum"))
-    if not isinstance(algorithm, str) or not isinstance(checksum, str):
+    got_algorithm, got_block_size, checksum = (
+        obj.get(k) for k in ("algorithm", "block_size", "checksum")
+    )
+    if not isinstance(got_algorithm, str) or not isinstance(checksum, str):
         raise _bad(host, "CHECKSUM", "algorithm or checksum is not a string")
-    return {
-        "algorithm": algorithm,
-        "block_size": _natural(host, "CHECKSUM", "block_size", block_size),
-        "checksum": checksum,
-    }
+    got_block_size = _natural(host, "CHECKSUM", "block_size", got_block_size)
+    if (got_algorithm, got_block_size) != (algorithm, block_size):
+        raise _bad(
+            host,
+            "CHECKSUM",
+            f"asked for {algorithm} in blocks of {block_size}, "
+            f"got {_short(got_algorithm)} in blocks of {got_block_size}",
+        )
+    return checksum
 
 
 def error_for(host: str, status: int, body: bytes, *, size: int | None = None) -> HostError:

@@ -143,7 +143,7 @@ class HostConnection:
     def __init__(self, connector: Connector, url: HostUrl, *, transfer_id: str) -> None:
         self._connector = connector
         self.url = url
-        self._transfer = transfer_id
+        self.transfer_id = transfer_id
         self._unix: str | None = None
         self._conn: http.client.HTTPConnection | None = None
         self._aborted = False
@@ -214,7 +214,9 @@ class HostConnection:
         self.close()
         if attempt > 1 or isinstance(error, HostUntrusted) or self._aborted:
             raise error
-        log.info("HOST reconnect host=%s transfer=%s reason=%s", self.server, self._transfer, error)
+        log.info(
+            "HOST reconnect host=%s transfer=%s reason=%s", self.server, self.transfer_id, error
+        )
 
     def send(self, data: bytes | memoryview) -> None:
         conn = self._live()
@@ -237,7 +239,7 @@ class HostConnection:
         if conn is not None and conn.sock is not None and not _readable(conn.sock):
             return conn
         if conn is not None:
-            log.debug("HOST stale connection host=%s transfer=%s", self.server, self._transfer)
+            log.debug("HOST stale connection host=%s transfer=%s", self.server, self.transfer_id)
             self.close()
         self._conn = self._connect()
         return self._conn
@@ -265,7 +267,7 @@ class HostConnection:
             "HOST connected host=%s transport=%s transfer=%s",
             self.server,
             self.transport,
-            self._transfer,
+            self.transfer_id,
         )
         return conn
 
@@ -296,13 +298,13 @@ class HostConnection:
             log.info(
                 "HOST unix socket not usable, staying on TLS host=%s transfer=%s reason=%s",
                 self.server,
-                self._transfer,
+                self.transfer_id,
                 e,
             )
             return False
         self.close()
         self._conn, self._unix = conn, address
-        log.info("HOST using unix socket host=%s transfer=%s", self.url.server, self._transfer)
+        log.info("HOST using unix socket host=%s transfer=%s", self.url.server, self.transfer_id)
         return True
 
     def close(self) -> None:

@@ -37,8 +37,9 @@ from collections.abc import Iterator
 from types import TracebackType
 from urllib.parse import urlencode
 
+from .. import directio
 from ..errors import BackendError, HostError, StorageReadOnly, UnsupportedContext
-from . import DirtyExtent, HostOptions, ZeroExtent, directio, hostapi
+from . import DirtyExtent, HostOptions, ZeroExtent, hostapi
 from .hostconn import Connector, HostConnection, parse_url
 
 log = logging.getLogger(__name__)
@@ -105,9 +106,6 @@ class HttpBackend:
             if self._options.unix_socket:
                 self._conn.use_unix_socket(self._options.unix_socket)
         return self._options
-
-    def max_writers(self) -> int | None:
-        return self.host_options().max_writers
 
     @property
     def size(self) -> int:
@@ -314,8 +312,15 @@ class HttpBackend:
             raise hostapi.extents_error(self._conn.server, context, resp.status, body)
         return list(hostapi.parse_extents(self._conn.server, context, body))
 
-    def checksum(self, algorithm: str, block_size: int) -> dict[str, object]:
+    def checksum(self, algorithm: str, block_size: int) -> str:
         self._abandon()
+        log.info(
+            "CHECKSUM relayed=yes host=%s algorithm=%s block_size=%d transfer=%s",
+            self._conn.server,
+            algorithm,
+            block_size,
+            self._conn.transfer_id,
+        )
         query = urlencode({"algorithm": algorithm, "block_size": block_size})
         # The host answers once it has read the whole image: wait for a host
         # hashing CHECKSUM_RATE at least, on top of the usual timeout. A
@@ -325,7 +330,9 @@ class HttpBackend:
         body = self._body(resp, MAX_ERROR)
         if resp.status != 200:
             raise hostapi.error_for(self._conn.server, resp.status, body)
-        return hostapi.parse_checksum(self._conn.server, body)
+        return hostapi.parse_checksum(
+            self._conn.server, body, algorithm=algorithm, block_size=block_size
+        )
 
     # The connection.
 

@@ -25,13 +25,13 @@ import errno
 import logging
 import os
 from collections.abc import Iterator
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import nbd
 
-from vdsm_imageio.backends import NO_SPACE_ERRNOS, DirtyExtent, ZeroExtent, directio
+from vdsm_imageio import directio
+from vdsm_imageio.backends import NO_SPACE_ERRNOS, DirtyExtent, ZeroExtent
 from vdsm_imageio.backends.nbdstatus import (
     ALLOCATION,
     BITMAP_PREFIX,
@@ -214,12 +214,7 @@ class NbdBackend:
     def __enter__(self) -> NbdBackend:
         return self
 
-    def __exit__(
-        self,
-        t: type[BaseException] | None,
-        v: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     @property

@@ -27,6 +27,7 @@ import struct
 
 from vdsm_imageio import zerocopy
 from vdsm_imageio.errors import BackendError
+from vdsm_imageio.sockets import set_kernel_timeout
 
 INIT_MAGIC = b"NBDMAGIC"
 OPT_MAGIC = b"IHAVEOPT"
@@ -72,7 +73,7 @@ class WireReader:
         # Payloads are spliced from a blocking socket; the timeout bounds
         # each wait in the kernel instead.
         for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
-            self._sock.setsockopt(socket.SOL_SOCKET, option, zerocopy.timeval(timeout))
+            set_kernel_timeout(self._sock, option, timeout)
         self._sock.settimeout(None)
 
     def fileno(self) -> int:

@@ -27,6 +27,7 @@ from .local import Handle, LocalImage
 from .plan import Item, Op
 from .ranges import Ranges
 from .session import Session, Settings
+from .workers import Ends
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,13 @@ class Result:
     checksum: str | None
 
 
-class DownloadHandler:
+class DownloadHandler(Ends[ImageConnection, Handle]):
     """One worker's connection and target handle."""
 
     def __init__(
         self, conn: ImageConnection, dst: Handle, buffer_size: int, progress: Callable[[int], None]
     ) -> None:
-        self._conn = conn
-        self._dst = dst
+        super().__init__(conn, dst)
         self._buf = dst.buffer(buffer_size)
         self._progress = progress
         self.received = 0
@@ -54,25 +54,16 @@ class DownloadHandler:
         if item.op is Op.COPY:
             self._conn.get(item.start, item.length, self._buf, self._write)
         else:
-            self._dst.zero(item.start, item.length)
+            self._local.zero(item.start, item.length)
             self._progress(item.length)
 
     def _write(self, offset: int, buf: memoryview) -> None:
-        self._dst.write(offset, buf)
+        self._local.write(offset, buf)
         self.received += len(buf)
         self._progress(len(buf))
 
     def flush(self) -> None:
-        self._dst.flush()
-
-    def abort(self) -> None:
-        self._conn.abort()
-
-    def close(self) -> None:
-        try:
-            self._conn.close()
-        finally:
-            self._dst.close()
+        self._local.flush()
 
 
 def download(

@@ -19,7 +19,7 @@ from typing import Any
 
 import nbd
 
-from ..backends.directio import address
+from ..directio import address
 from ..errors import BackendError
 
 KiB = 1024

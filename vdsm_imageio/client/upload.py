@@ -25,6 +25,7 @@ from .local import Handle, LocalImage
 from .plan import Item, Op
 from .ranges import Ranges
 from .session import Session, Settings
+from .workers import Ends
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class Result:
     checksum: str | None
 
 
-class UploadHandler:
+class UploadHandler(Ends[ImageConnection, Handle]):
     """One worker's connection and source handle."""
 
     def __init__(
@@ -48,8 +49,7 @@ class UploadHandler:
         *,
         can_flush: bool,
     ) -> None:
-        self._conn = conn
-        self._src = src
+        super().__init__(conn, src)
         self._buf = src.buffer(buffer_size)
         self._progress = progress
         self._can_flush = can_flush
@@ -63,7 +63,7 @@ class UploadHandler:
             self._progress(item.length)
 
     def _read(self, offset: int, buf: memoryview) -> int:
-        return self._src.readinto(offset, buf)
+        return self._local.readinto(offset, buf)
 
     def _sent(self, n: int) -> None:
         self.sent += n
@@ -72,15 +72,6 @@ class UploadHandler:
     def flush(self) -> None:
         if self._can_flush:
             self._conn.flush()
-
-    def abort(self) -> None:
-        self._conn.abort()
-
-    def close(self) -> None:
-        try:
-            self._conn.close()
-        finally:
-            self._src.close()
 
 
 def upload(

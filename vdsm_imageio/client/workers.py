@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from .plan import Item, Op
 
@@ -56,6 +56,36 @@ class Handler(Protocol):
         """Called from another thread: make running I/O fail now."""
 
     def close(self) -> None: ...
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+class _Connection(_Closable, Protocol):
+    def abort(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Connection)
+L = TypeVar("L", bound=_Closable)
+
+
+class Ends(Generic[C, L]):
+    """What a handler owns: its connection to the server and its local
+    image handle; abort stops the connection's I/O, close closes both."""
+
+    def __init__(self, conn: C, local: L) -> None:
+        self._conn = conn
+        self._local = local
+
+    def abort(self) -> None:
+        self._conn.abort()
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        finally:
+            self._local.close()
 
 
 class Pool:

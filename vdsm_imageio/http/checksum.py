@@ -14,41 +14,35 @@ describes the server, so it needs no ticket.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
-from .. import checksum, checksum_io
-from ..backends import Backend, DirtyExtent, Relayed, ZeroExtent
-from ..errors import ImageEnded, UnsupportedContext
+from .. import checksum, ops
+from ..config import Http
+from ..pipeline import BufferPool
 from ..registry import Registry
-from ..tickets import Ticket
-from .message import Request
-
-if TYPE_CHECKING:
-    from .connection import Connection
+from ..tickets import Kind
+from .exchange import Exchange
 
 log = logging.getLogger(__name__)
 
 
 class Checksum:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, *, http: Http, pool: BufferPool) -> None:
         self._registry = registry
+        self._http = http
+        self._pool = pool
         self._algorithms = checksum.algorithms()
         self._zero_digests = checksum.ZeroDigests()
 
-    def algorithms(self, conn: Connection, req: Request, ticket_id: str) -> None:
-        conn.reply_json({"algorithms": self._algorithms})
+    def algorithms(self, ex: Exchange, ticket_id: str) -> None:
+        ex.response.reply_json({"algorithms": self._algorithms})
 
-    def get(self, conn: Connection, req: Request, ticket_id: str) -> None:
-        algorithm = checksum.parse_algorithm(req.query.get("algorithm"), self._algorithms)
-        block_size = checksum.parse_block_size(req.query.get("block_size"))
+    def get(self, ex: Exchange, ticket_id: str) -> None:
+        query = ex.request.query
+        algorithm = checksum.parse_algorithm(query.get("algorithm"), self._algorithms)
+        block_size = checksum.parse_block_size(query.get("block_size"))
         ticket = self._registry.authorize(ticket_id, "read")
-        conn.bind(ticket, "read")
-        backend = conn.backend(ticket)
-        size = min(ticket.spec.size, backend.size)
-        if isinstance(backend, Relayed):
-            self._relay(conn, ticket, backend, algorithm, block_size, size)
-            return
-        lanes = conn.server.config.http.parallel_reads
+        handles = ex.link.bind(ticket, Kind.READ)
+        size = min(ticket.spec.size, handles.backend.size)
         log.info(
             "CHECKSUM transfer=%s algorithm=%s block_size=%d size=%d",
             ticket.transfer_id,
@@ -56,63 +50,17 @@ class Checksum:
             block_size,
             size,
         )
-        with ticket.operation(0, size) as op:
-            blocks = checksum.plan(
-                _zero_extents(backend, size), size, block_size, checksum.BLOCK_ALIGNMENT
-            )
-            readers = conn.readers(ticket, lanes)
-            if checksum.BLOCK_ALIGNMENT % backend.block_size:
-                # Shared readers rely on aligned reads (checksum_io's rules).
-                lanes = len(readers)
-            digest = checksum_io.compute(
-                blocks,
-                new=checksum.hash_factory(algorithm),
+        digest = ticket.run(
+            ops.Checksum(
+                handles=handles,
+                length=size,
+                algorithm=algorithm,
+                block_size=block_size,
                 zero_digest=lambda n: self._zero_digests.get(algorithm, n),
-                readers=[_read_exactly(r, size) for r in readers],
-                pool=conn.server.pool,
-                lanes=lanes,
-                # The sector padding is not image data: transferred stays <= size.
-                progress=lambda n: ticket.progress(op, min(n, size - op.done)),
+                lanes=self._http.parallel_reads,
+                pool=self._pool,
             )
-        conn.reply_json({"algorithm": algorithm, "block_size": block_size, "checksum": digest})
-
-    def _relay(
-        self,
-        conn: Connection,
-        ticket: Ticket,
-        backend: Relayed,
-        algorithm: str,
-        block_size: int,
-        size: int,
-    ) -> None:
-        """A proxy ticket's checksum is the host daemon's: it reads the image
-        where it is, and the data never crosses the network."""
-        log.info(
-            "CHECKSUM transfer=%s algorithm=%s block_size=%d size=%d relayed=yes",
-            ticket.transfer_id,
-            algorithm,
-            block_size,
-            size,
         )
-        with ticket.operation(0, size) as op:
-            result = backend.checksum(algorithm, block_size)
-            # Hashed on the host, as a local checksum counts what it read.
-            ticket.progress(op, size)
-        conn.reply_json(result)
-
-
-def _zero_extents(backend: Backend, size: int) -> list[ZeroExtent | DirtyExtent]:
-    try:
-        return list(backend.extents("zero", 0, size))
-    except UnsupportedContext:
-        # No zero extents: everything is read, and the digest is the same.
-        return []
-
-
-def _read_exactly(backend: Backend, end: int) -> checksum_io.ReadAt:
-    def read(offset: int, buf: memoryview) -> None:
-        n = backend.readinto(offset, buf)
-        if n != len(buf):
-            raise ImageEnded(offset=offset + n, end=end)
-
-    return read
+        ex.response.reply_json(
+            {"algorithm": algorithm, "block_size": block_size, "checksum": digest}
+        )

@@ -1,61 +1,45 @@
-"""One client connection: the request loop, replies, and what it owns.
+"""One client connection: the request loop and what the connection owns.
 
 Theory of operation: a connection runs in its own worker thread. It reads a
-request head under the server's header deadline (until it has been
-authorized by a ticket; from then on the ticket's inactivity timeout bounds
-every wait), dispatches it through the router, and replies. It owns, and
-closes on exit: its socket, the backend opened for its current ticket, and
-its slot in the ticket's reader/writer accounting; a request borrows its
-I/O buffers from the server's pool (``vdsm_imageio.pipeline``).
+request head under the header deadline (until it has been authorized by a
+ticket; from then on the ticket's inactivity timeout bounds every wait),
+makes an exchange of it (``http.exchange``: the request, its body and its
+response, new for every request), dispatches it through the router and
+turns a domain error into an error response (``http.errors``). It owns, and
+closes on exit: its socket, its place on the ticket that authorized it and
+the handles on that ticket's storage (``backends.handles``); a request
+borrows its I/O buffers from the shared pool (``vdsm_imageio.pipeline``).
 Canceling a ticket calls ``abort()``, which shuts the socket down so a
-request blocked on a slow peer fails at once.
+request blocked on a slow peer fails at once, and aborts the handles so a
+request blocked on its storage (a proxy waiting for its host) fails too.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import ssl
 import time
 from collections.abc import Callable, Hashable
-from email.utils import formatdate
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from functools import partial
 
 from .. import zerocopy
-from ..backends import Abortable, Backend, ParallelReads
-from ..errors import BackendError, ImageioError, PeerClosed, ServiceBusy
-from ..tickets import Ticket
-from . import cors
+from ..backends import Backend
+from ..backends.handles import Handles
+from ..config import Http
+from ..errors import ImageioError, PeerClosed, ServiceBusy
+from ..tickets import Kind, Ticket
 from . import errors as http_errors
+from .deadlines import Deadlines
+from .exchange import Exchange
 from .message import Body, Request, read_head
 from .reader import SocketReader
-
-if TYPE_CHECKING:
-    from .server import Server
+from .response import Response, peer_closed
+from .router import Router
 
 log = logging.getLogger(__name__)
 
-REASONS = {
-    200: "OK",
-    204: "No Content",
-    206: "Partial Content",
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    409: "Conflict",
-    411: "Length Required",
-    413: "Payload Too Large",
-    415: "Unsupported Media Type",
-    416: "Range Not Satisfiable",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-    507: "Insufficient Storage",
-}
 # Unread body bytes we read and drop to keep a connection after an error.
 MAX_DRAIN = 64 * 1024
 # Closing a socket with unread input makes the kernel send a reset, which
@@ -65,12 +49,25 @@ LINGER_TIMEOUT = 2.0
 LINGER_BYTES = 16 * 1024**2
 
 
+@dataclass(frozen=True)
+class Context:
+    """What every connection of one server shares."""
+
+    http: Http
+    router: Router
+    deadlines: Deadlines
+    open_backend: Callable[[Ticket], Backend]
+    # Whether the connection known by this admission name may be
+    # authorized (``vdsm_imageio.http.admission``).
+    authorize: Callable[[Hashable], bool]
+
+
 class Connection:
     def __init__(
         self,
         sock: socket.socket,
         peer: str,
-        server: Server,
+        context: Context,
         *,
         admission: Hashable,
         head: bytes = b"",
@@ -83,19 +80,16 @@ class Connection:
         """
         self.sock = sock
         self.peer = peer
-        self.server = server
         self.admission = admission
+        self._context = context
+        self._http = context.http
         self.ticket: Ticket | None = None
-        self._backend: Backend | None = None
-        self._readers: list[Backend] = []
+        self._handles: Handles | None = None
         self._rfile = SocketReader(sock)
         self._rfile.prime(head)
-        self._close = False
-        self._linger = False
-        self._head_sent = False
         self._aborted = False
-        self.request: Request | None = None
-        self.body: Body | None = None
+        # Drop input before closing: an error reply left a body unread.
+        self._linger = False
         # The lobby starts the clock of the first head at accept (monotonic).
         self._head_due = head_due
 
@@ -110,66 +104,36 @@ class Connection:
             pass
         # A request may wait on its storage, not on the client (a proxy
         # waiting for its host daemon): stop that wait too.
-        backend = self._backend
-        if isinstance(backend, Abortable):
-            backend.abort()
+        handles = self._handles
+        if handles is not None:
+            handles.abort()
 
-    def bind(self, ticket: Ticket, kind: str | None) -> None:
+    def bind(self, ticket: Ticket, kind: Kind) -> Handles:
         """Use ticket, which authorized the current request, on this connection.
 
         The connection becomes authorized (``vdsm_imageio.http.admission``),
-        or the request is 503 when the authorized slots are full.
-        kind "read" or "write" takes a reader or writer slot (the limits are
-        enforced); None attaches without a slot: OPTIONS and extents take
-        none, because ovirt-imageio's client keeps its first connection, used
-        for those, open beside max_readers data connections.
+        or the request is 503 when the authorized slots are full. A reader
+        or writer takes a slot of the ticket (the limits are enforced).
         """
-        if not self.server.authorize(self):
-            raise ServiceBusy(limit=self.server.config.http.max_connections)
+        if not self._context.authorize(self.admission):
+            raise ServiceBusy(limit=self._http.max_connections)
         if self.ticket is not ticket:
             self._release_ticket()
-        http = self.server.config.http
-        if kind is None:
-            ticket.attach(self, "peek", 0)
-        else:
-            limit = http.max_writers if kind == "write" else http.max_readers
-            ticket.attach(self, kind, limit)
+        limit = self._http.max_writers if kind is Kind.WRITE else self._http.max_readers
+        ticket.attach(self, kind, limit)
         self.ticket = ticket
+        if self._handles is None:
+            opener = partial(self._context.open_backend, ticket)
+            self._handles = Handles(opener, transfer_id=ticket.transfer_id)
+            if self._aborted:
+                # abort() ran before these handles existed.
+                self._handles.abort()
         ticket.touch()
         # From now on the ticket's inactivity timeout bounds every wait.
         self.sock.settimeout(ticket.spec.inactivity_timeout or None)
+        return self._handles
 
-    def backend(self, ticket: Ticket) -> Backend:
-        if self._backend is None:
-            self._backend = self.server.open_backend(ticket)
-        return self._backend
-
-    def readers(self, ticket: Ticket, count: int) -> list[Backend]:
-        """Up to count handles for reading in parallel, the backend first.
-
-        Only backends that gain from it have more than one; the extra
-        handles live as long as the backend. Failing to open one is not an
-        error: the download runs with those it has.
-        """
-        main = self.backend(ticket)
-        if not isinstance(main, ParallelReads):
-            return [main]
-        while len(self._readers) < count - 1:
-            try:
-                reader = main.open_reader()
-            except BackendError as e:
-                log.warning(
-                    "READERS fewer than asked transfer=%s have=%d reason=%s",
-                    ticket.transfer_id,
-                    1 + len(self._readers),
-                    e,
-                )
-                break
-            if reader is None:
-                break
-            self._readers.append(reader)
-        return [main, *self._readers[: count - 1]]
-
+    @property
     def splice_target(self) -> socket.socket | None:
         """The socket when data may be spliced into it (not TLS)."""
         if isinstance(self.sock, ssl.SSLSocket) or not zerocopy.available():
@@ -177,12 +141,9 @@ class Connection:
         return self.sock
 
     def _release_ticket(self) -> None:
-        readers, self._readers = self._readers, []
-        for reader in readers:
-            reader.close()
-        if self._backend is not None:
-            backend, self._backend = self._backend, None
-            backend.close()
+        if self._handles is not None:
+            handles, self._handles = self._handles, None
+            handles.close()
         if self.ticket is not None:
             self.ticket.detach(self)
             self.ticket = None
@@ -214,175 +175,103 @@ class Connection:
 
     def run(self) -> None:
         try:
-            while not self._close and not self._aborted:
-                if not self._serve_one():
-                    break
+            while not self._aborted and self._serve_one():
+                pass
         finally:
             self.close()
 
     def _serve_one(self) -> bool:
-        self._head_sent = False
-        self.request = None
-        self.body = None
+        """Serve the next request; whether the connection may take another."""
+        ex: Exchange | None = None
         try:
-            self._arm()
-            try:
-                req = read_head(self._rfile, self.server.config.http.max_header_bytes)
-            finally:
-                self.server.deadlines.disarm(self)
+            req = self._read_head()
             if req is None:
                 return False
-            self.request = req
-            self._close = not req.keep_alive
-            self.body = Body(self._rfile, req, self._peer_error, self._send_continue)
-            self.server.router.dispatch(self, req)
-            self._finish_body()
+            response = Response(self.sock, req, close=not req.keep_alive)
+            body = Body(self._rfile, req, peer_closed, response.send_continue)
+            ex = Exchange(req, body, response, self)
+            self._context.router.dispatch(ex)
+            self._finish_body(ex)
+            return not response.close
         except (OSError, PeerClosed) as e:
             self._log_peer_error(e)
             return False
         except ImageioError as e:
-            reply = http_errors.reply_for(e) or http_errors.INTERNAL
-            self._error(reply, e)
+            return self._error(ex, http_errors.reply_for(e) or http_errors.INTERNAL)
         except Exception:
-            log.exception("INTERNAL error peer=%s request=%s", self.peer, self._what())
-            self._error(http_errors.INTERNAL, None)
-        return True
+            log.exception("INTERNAL error peer=%s request=%s", self.peer, self._what(ex))
+            return self._error(ex, http_errors.INTERNAL)
+
+    def _read_head(self) -> Request | None:
+        self._arm()
+        try:
+            return read_head(self._rfile, self._http.max_header_bytes)
+        finally:
+            self._context.deadlines.disarm(self)
 
     def _arm(self) -> None:
-        http = self.server.config.http
         if self.ticket is None:
-            timeout = http.header_timeout
+            timeout = self._http.header_timeout
             if self._head_due is not None:
                 timeout = max(0.001, self._head_due - time.monotonic())
                 self._head_due = None
             self.sock.settimeout(timeout)
-            self.server.deadlines.arm(self, timeout)
+            self._context.deadlines.arm(self, timeout)
         else:
             idle = self.ticket.spec.inactivity_timeout
             self.sock.settimeout(idle or None)
 
-    def _finish_body(self) -> None:
-        if self.body is None or self.body.done:
+    def _finish_body(self, ex: Exchange) -> None:
+        body, response = ex.body, ex.response
+        if body.done or response.close:
             return
-        if self._close:
-            return
-        if self.body.awaiting_continue:
+        if body.awaiting_continue:
             # Neither side knows whether the body will come: start afresh.
-            self._close = True
+            response.close_after()
             return
         # A handler that replied without reading the whole body leaves the
         # stream out of sync; drop a small rest, else close.
         sink = memoryview(bytearray(MAX_DRAIN))
-        if self.body.readinto(sink) == MAX_DRAIN and not self.body.done:
-            self._close = True
+        if body.readinto(sink) == MAX_DRAIN and not body.done:
+            response.close_after()
 
-    def _error(self, reply: http_errors.Reply, error: Exception | None) -> None:
-        status = reply.status
-        level = logging.WARNING if status >= 500 else logging.INFO
+    def _error(self, ex: Exchange | None, reply: http_errors.Reply) -> bool:
+        """Answer with reply; whether the connection may take another request."""
+        level = logging.WARNING if reply.status >= 500 else logging.INFO
         log.log(
             level,
             "ERROR status=%d peer=%s request=%s transfer=%s reason=%s",
-            status,
+            reply.status,
             self.peer,
-            self._what(),
+            self._what(ex),
             self._transfer(),
             reply.message,
         )
-        if self._head_sent:
+        # A refused head has no response yet, and nobody knows where the
+        # next request would start (RFC 9112 section 6.3).
+        response = ex.response if ex else Response(self.sock, None, close=True)
+        if response.head_sent:
             # The reply is already on the wire: the client learns from the
             # short body and the closed connection.
-            self._close = True
-            return
+            return False
         # Reply before draining: a client may send the head and wait for an
         # early answer before it sends a body we are going to refuse.
-        if reply.close or not self._small_rest():
-            self._close = True
+        if ex is None or not _small_rest(ex.body):
+            response.close_after()
         try:
-            self.reply(
-                status, (reply.message + "\n").encode(), "text/plain; charset=utf-8", reply.headers
-            )
+            response.error(reply)
         except (OSError, PeerClosed) as e:
             self._log_peer_error(e)
-            self._close = True
-            return
-        self._linger = self._close
-        self._finish_body_after_error()
-
-    def _small_rest(self) -> bool:
-        """Whether the unread body is known and small enough to drop."""
-        if self.body is None:
-            # The head was refused: where this request ends, and so where
-            # the next one starts, is unknown (RFC 9112 section 6.3).
             return False
-        if self.body.awaiting_continue:
-            return False
-        left = self.body.left
-        return left is not None and left <= MAX_DRAIN
+        self._linger = response.close
+        if ex is not None:
+            try:
+                self._finish_body(ex)
+            except (ImageioError, OSError):
+                return False
+        return not response.close
 
-    def _finish_body_after_error(self) -> None:
-        try:
-            self._finish_body()
-        except (ImageioError, OSError):
-            self._close = True
-
-    # Replies.
-
-    def send_head(self, status: int, headers: dict[str, str], length: int) -> None:
-        lines = [
-            f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
-            "Server: vdsm-imageio",
-            f"Date: {formatdate(usegmt=True)}",
-            f"Content-Length: {length}",
-        ]
-        lines.extend(f"{k}: {v}" for k, v in headers.items())
-        lines.extend(f"{k}: {v}" for k, v in self._cors_headers().items())
-        if self._close:
-            lines.append("Connection: close")
-        self._head_sent = True
-        self.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-
-    def _send_continue(self) -> None:
-        self.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-    def sendall(self, data: bytes | memoryview) -> None:
-        try:
-            self.sock.sendall(data)
-        except OSError as e:
-            raise self._peer_error(e) from e
-
-    def reply(
-        self,
-        status: int,
-        body: bytes = b"",
-        content_type: str = "text/plain; charset=utf-8",
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        all_headers = dict(headers or {})
-        if body:
-            all_headers.setdefault("Content-Type", content_type)
-        self.send_head(status, all_headers, len(body))
-        # RFC 9110 section 9.3.2: a reply to HEAD has no content, whatever
-        # its status (HEAD is refused here, with 405); bytes after the head
-        # would be read as the start of the next reply.
-        if body and not (self.request is not None and self.request.method == "HEAD"):
-            self.sendall(body)
-
-    def reply_json(
-        self, obj: Any, status: int = 200, headers: dict[str, str] | None = None
-    ) -> None:
-        body = json.dumps(obj).encode() + b"\n"
-        self.reply(status, body, "application/json", headers)
-
-    def close_after_reply(self) -> None:
-        self._close = True
-
-    def _cors_headers(self) -> dict[str, str]:
-        return cors.headers(self.request)
-
-    # Errors and logs.
-
-    def _peer_error(self, e: OSError) -> Exception:
-        return PeerClosed(reason=e.strerror or type(e).__name__)
+    # Logs.
 
     def _log_peer_error(self, e: Exception) -> None:
         if self._aborted:
@@ -393,12 +282,17 @@ class Connection:
     def _transfer(self) -> str:
         return self.ticket.transfer_id if self.ticket is not None else "-"
 
-    def _what(self) -> str:
-        req = self.request
-        if req is None:
+    def _what(self, ex: Exchange | None) -> str:
+        if ex is None:
             return "-"
+        req = ex.request
         # Never log the path: it holds the ticket id, which is the secret.
-        return f"{req.method}:{self.server.router.route_name(req.path)}"
+        return f"{req.method}:{self._context.router.route_name(req.path)}"
 
 
-Opener = Callable[[Ticket], Backend]
+def _small_rest(body: Body) -> bool:
+    """Whether the unread body is known and small enough to drop."""
+    if body.awaiting_continue:
+        return False
+    left = body.left
+    return left is not None and left <= MAX_DRAIN

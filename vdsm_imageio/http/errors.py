@@ -105,11 +105,14 @@ INTERNAL = Reply(500, "Internal server error, see the log", {}, True)
 
 
 def _headers(error: e.ImageioError, status: int) -> dict[str, str]:
-    if status == 416:
+    if isinstance(error, e.RangeNotSatisfiable):
         # RFC 7233 section 4.4: tell the client the current length.
-        return {"Content-Range": f"bytes */{error.fields['size']}"}
-    if status == 405:
-        return {"Allow": str(error.fields.get("allow", ""))}
+        return {"Content-Range": f"bytes */{error.size}"}
+    if isinstance(error, e.HostRefused) and status == 416 and error.size is not None:
+        # The host's 416, with the length it has, as ours would tell it.
+        return {"Content-Range": f"bytes */{error.size}"}
+    if isinstance(error, e.MethodNotAllowed):
+        return {"Allow": error.allow}
     if status == 503:
         return {"Retry-After": "1"}
     return {}

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING
 
-from ..backends import DirtyExtent, ZeroExtent
+from .. import ops
 from ..errors import BadRequest, NotFound, RangeNotSatisfiable
 from ..registry import Registry
+from ..tickets import Kind
+from .exchange import Exchange
 from .message import Request
 from .ranges import MAX_SIZE, check_within
-
-if TYPE_CHECKING:
-    from .connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +29,13 @@ class Extents:
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
 
-    def get(self, conn: Connection, req: Request, ticket_id: str) -> None:
+    def get(self, ex: Exchange, ticket_id: str) -> None:
+        req = ex.request
         context = req.query.get("context", "zero")
         if context not in CONTEXTS:
             raise BadRequest(field="context", reason=f"expected zero or dirty, got {context!r}")
         ticket = self._registry.authorize(ticket_id, "read")
-        conn.bind(ticket, None)
+        handles = ex.link.bind(ticket, Kind.PEEK)
         if context == "dirty" and not ticket.spec.dirty:
             raise NotFound(reason="The ticket does not support dirty extents")
         size = ticket.spec.size
@@ -45,7 +44,7 @@ class Extents:
         if start > size or (start == size and size > 0):
             raise RangeNotSatisfiable(size=size)
         check_within(start, length, size)
-        backend = conn.backend(ticket)
+        backend = handles.backend
         log.info(
             "EXTENTS transfer=%s context=%s start=%d length=%d",
             ticket.transfer_id,
@@ -53,25 +52,10 @@ class Extents:
             start,
             length,
         )
-        with ticket.operation(start, 0):
-            extents = list(backend.extents(context, start, length))
-            # A file shorter than the ticket reads as zeros past its end.
-            # Where the extents stop, not the size now: a writer may have
-            # grown or cut the file since they were found.
-            covered = extents[-1].start + extents[-1].length if extents else start
-            end = start + length
-            if context == "zero" and covered < end:
-                _append_hole(extents, covered, end)
-        conn.reply_json([e.to_json() for e in extents])
-
-
-def _append_hole(extents: list[ZeroExtent | DirtyExtent], start: int, end: int) -> None:
-    # One hole, not two: a client counts requests by extents.
-    last = extents[-1] if extents else None
-    if isinstance(last, ZeroExtent) and last.hole and last.start + last.length == start:
-        extents[-1] = ZeroExtent(last.start, end - last.start, zero=True, hole=True)
-    else:
-        extents.append(ZeroExtent(start, end - start, zero=True, hole=True))
+        extents = ticket.run(
+            ops.Extents(backend=backend, context=context, start=start, span=length)
+        )
+        ex.response.reply_json([e.to_json() for e in extents])
 
 
 def _query_int(req: Request, name: str, default: int) -> int:

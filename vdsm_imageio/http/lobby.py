@@ -22,7 +22,6 @@ kept in accept order, so the overdue ones are always at the front.
 
 from __future__ import annotations
 
-import errno
 import logging
 import selectors
 import socket
@@ -32,26 +31,54 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from contextlib import suppress
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .. import tls
+from ..config import Config
+from ..sockets import ACCEPT_CAPACITY_ERRNOS
 from .admission import Eviction, peer_group
-from .connection import Connection
+from .listeners import Listener
 from .reader import BUFFER_SIZE
-
-if TYPE_CHECKING:
-    from .server import Listener, Server
 
 log = logging.getLogger(__name__)
 
-# Errors of accept() that mean "out of a resource", not "listener closed".
-ACCEPT_CAPACITY_ERRNOS = frozenset({errno.ENFILE, errno.EMFILE, errno.ENOBUFS, errno.ENOMEM})
 # Retry accepting this long after running out of file descriptors; the
 # kernel queues the connections meanwhile.
 ACCEPT_PAUSE = 0.1
 # Accepts per wakeup before the lobby serves its guests again: a flood of
 # new sockets must not starve the handshakes of those already in.
 ACCEPT_BATCH = 16
+
+
+class Worker(Protocol):
+    """A connection a worker thread serves: the lobby may still evict it."""
+
+    def abort(self) -> None: ...
+
+
+class Host(Protocol):
+    """The server, as the lobby uses it (``vdsm_imageio.http.server``)."""
+
+    def admit(self, key: Hashable, group: str) -> Eviction[Hashable] | None:
+        """Admit a new unauthenticated connection; the one to close for it, if any."""
+
+    def admit_trusted(self, key: Hashable) -> bool:
+        """Admit a connection of a trusted listener; False when no slot is free."""
+
+    def release(self, key: Hashable) -> None:
+        """Forget a connection closed before it had a worker."""
+
+    def serve(
+        self,
+        sock: socket.socket,
+        peer: str,
+        listener: Listener,
+        *,
+        admission: Hashable,
+        head: bytes,
+        head_due: float,
+    ) -> Worker:
+        """Serve a connection whose request head has arrived, in a worker thread."""
 
 
 class EvictionLog:
@@ -138,19 +165,21 @@ class _Guest:
         self.head = bytearray()
         self.events = selectors.EVENT_READ
         # Set when the head has arrived and a worker owns the connection.
-        self.conn: Connection | None = None
+        self.conn: Worker | None = None
 
 
 class Lobby:
-    def __init__(self, server: Server, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, server: Host, config: Config, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._server = server
         self._clock = clock
-        cfg = server.config
-        self._header_timeout = cfg.http.header_timeout
-        self._handshake_timeout = min(cfg.tls.handshake_timeout, cfg.http.header_timeout)
+        self._max_connections = config.http.max_connections
+        self._header_timeout = config.http.header_timeout
+        self._handshake_timeout = min(config.tls.handshake_timeout, config.http.header_timeout)
         # Enough for the parser to see a head too large (431) without
         # reading it whole here; a larger head limit reads the rest later.
-        self._head_limit = min(BUFFER_SIZE, cfg.http.max_header_bytes + 1)
+        self._head_limit = min(BUFFER_SIZE, config.http.max_header_bytes + 1)
         self._listeners: list[Listener] = []
         self._paused: dict[Listener, float] = {}
         # Both in accept order, so each one's first guest is due first.
@@ -273,7 +302,7 @@ class Lobby:
                 log.warning(
                     "REFUSED peer=%s reason=max_connections %d reached",
                     peer,
-                    self._server.config.http.max_connections,
+                    self._max_connections,
                 )
                 sock.close()
                 return
@@ -365,16 +394,15 @@ class Lobby:
 
     def _hand_off(self, guest: _Guest) -> None:
         self._forget(guest)
-        guest.conn = Connection(
+        guest.conn = self._server.serve(
             guest.sock,
             guest.peer,
-            self._server,
+            guest.listener,
             admission=guest,
             head=bytes(guest.head),
             head_due=guest.since + self._header_timeout,
         )
         guest.head = bytearray()
-        self._server.serve(guest.conn, guest.listener)
 
     def _expire(self, now: float) -> None:
         late: list[tuple[_Guest, str]] = []

@@ -192,7 +192,7 @@ def read_json(req: Request, body: Body, limit: int) -> dict[str, Any]:
     try:
         data = body.read(limit)
     except _TooLong:
-        raise PayloadTooLarge(length="more than the limit of", limit=limit) from None
+        raise PayloadTooLarge(length=None, limit=limit) from None
     if _depth(data) > MAX_JSON_DEPTH:
         raise BadRequest(field="JSON body", reason=f"nested deeper than {MAX_JSON_DEPTH} levels")
     try:

@@ -21,7 +21,7 @@ import errno
 import socket
 import ssl
 
-from .. import zerocopy
+from ..sockets import set_kernel_timeout
 
 # Large enough for any request head we accept in one or two reads.
 BUFFER_SIZE = 64 * 1024
@@ -97,7 +97,7 @@ class SocketReader:
         timeout = sock.gettimeout()
         # Only a blocking socket looks at SO_RCVTIMEO, and this is the only
         # place where a connection's socket blocks on receive.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, zerocopy.timeval(timeout))
+        set_kernel_timeout(sock, socket.SO_RCVTIMEO, timeout)
         sock.settimeout(None)
         try:
             return sock.recv_into(buf, len(buf), socket.MSG_WAITALL)

@@ -1,17 +1,17 @@
-"""Routes: a table from path patterns and methods to handlers."""
+"""Routes: a table from path patterns and methods to handlers.
+
+A handler is called with the exchange (``http.exchange``) and the groups
+its pattern captured from the path.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ..errors import MethodNotAllowed, NotFound
-from .message import Request
-
-if TYPE_CHECKING:
-    from .connection import Connection
+from .exchange import Exchange
 
 Handler = Callable[..., None]
 
@@ -31,7 +31,8 @@ class Router:
     def __init__(self, routes: list[Route]) -> None:
         self._routes = routes
 
-    def dispatch(self, conn: Connection, req: Request) -> None:
+    def dispatch(self, ex: Exchange) -> None:
+        req = ex.request
         for r in self._routes:
             m = r.pattern.fullmatch(req.path)
             if m is None:
@@ -39,7 +40,7 @@ class Router:
             handler = r.methods.get(req.method)
             if handler is None:
                 raise MethodNotAllowed(method=req.method, path=r.name, allow=", ".join(r.methods))
-            handler(conn, req, *m.groups())
+            handler(ex, *m.groups())
             return
         # The path may hold a ticket id: name only its first segment.
         first = req.path.lstrip("/").split("/", 1)[0]

@@ -26,7 +26,7 @@ import errno
 import logging
 import os
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..backends import Backend
 from ..config import Config
@@ -34,12 +34,11 @@ from ..errors import BackendError, BadRequest, InvalidTicket
 from ..registry import Registry
 from ..tickets import Ticket
 from ..ticketspec import MAX_TIMEOUT, check_integer, show
-from .message import Request, read_json
+from .exchange import Exchange
+from .listeners import Listener, tcp_listener, unix_listener
+from .message import read_json
 from .router import Router, route
-from .server import Listener, Server, tcp_listener, unix_listener
-
-if TYPE_CHECKING:
-    from .connection import Connection
+from .server import Server
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +65,13 @@ class Tickets:
             ]
         )
 
-    def get(self, conn: Connection, req: Request, ticket_id: str) -> None:
+    def get(self, ex: Exchange, ticket_id: str) -> None:
         _require(ticket_id)
-        conn.reply_json(self._registry.get(ticket_id).status().to_json())
+        ex.response.reply_json(self._registry.get(ticket_id).status().to_json())
 
-    def put(self, conn: Connection, req: Request, ticket_id: str) -> None:
+    def put(self, ex: Exchange, ticket_id: str) -> None:
         _require(ticket_id)
-        ticket = self._json(conn, req)
+        ticket = self._json(ex)
         # The URL names the resource; a body that names another is a mistake.
         given = ticket.setdefault("uuid", ticket_id)
         if given != ticket_id:
@@ -80,31 +79,30 @@ class Tickets:
         with self._registry.transfer_named(ticket_id):
             self._registry.put(ticket)
         # ovirt-imageio answers an empty 200; vdsm reads nothing of it.
-        conn.reply(200)
+        ex.response.reply(200)
 
-    def patch(self, conn: Connection, req: Request, ticket_id: str) -> None:
+    def patch(self, ex: Exchange, ticket_id: str) -> None:
         _require(ticket_id)
-        msg = self._json(conn, req)
+        msg = self._json(ex)
         unknown = sorted(set(msg) - {"timeout"})
         if unknown:
             raise BadRequest(field=show(unknown[0]), reason="cannot be changed; only timeout can")
         # The same range as the ticket's own timeout (ticketspec).
         timeout = check_integer("timeout", msg.get("timeout"), maximum=MAX_TIMEOUT)
         self._registry.extend(ticket_id, timeout)
-        conn.reply(200)
+        ex.response.reply(200)
 
-    def delete(self, conn: Connection, req: Request, ticket_id: str) -> None:
+    def delete(self, ex: Exchange, ticket_id: str) -> None:
         # RFC 9110 section 9.2.2: DELETE is idempotent; vdsm retries it.
         if ticket_id:
             with self._registry.transfer_named(ticket_id):
                 self._registry.remove(ticket_id)
         else:
             self._registry.remove_all()
-        conn.reply(204)
+        ex.response.reply(204)
 
-    def _json(self, conn: Connection, req: Request) -> dict[str, Any]:
-        assert conn.body is not None
-        return read_json(req, conn.body, self._max_body)
+    def _json(self, ex: Exchange) -> dict[str, Any]:
+        return read_json(ex.request, ex.body, self._max_body)
 
 
 def _require(ticket_id: str) -> None:
