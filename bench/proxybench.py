@@ -64,6 +64,7 @@ class Setup:
     size: int
     storage: Path
     scratch: imagesmod.Scratch
+    work: Path
 
 
 def curl(setup: Setup, *args: str | Path) -> None:
@@ -288,6 +289,33 @@ def table(rows: list[Row], mem: Memory) -> list[str]:
     return lines
 
 
+def open_setup(
+    stack: contextlib.ExitStack, base: Path, shm: Path, images: imagesmod.Images
+) -> tuple[Setup, str]:
+    """The rig on its storage (fast if it fits, else the disk under base),
+    undone by stack; and the storage's description."""
+    need = images.size * 3 + profiles.FS_MARGIN
+    if profiles.room(need, shm) is None:
+        storage = stack.enter_context(profiles.fast(-(-need // MiB) * MiB, base=shm))
+    else:
+        storage = stack.enter_context(profiles.disk(base))
+    image = storage.root / "proxy-full.raw"
+    subprocess.run(["cp", "--sparse=always", str(images.full), str(image)], check=True)
+    stack.callback(image.unlink, missing_ok=True)
+    scratch = imagesmod.Scratch(images)
+    stack.callback(scratch.close)
+    work = storage.root / f"proxy-{os.getpid()}"
+    work.mkdir()
+    # Kept after the run, beside the images (the fast storage goes).
+    logs = base / "proxy-logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir(parents=True)
+    proxy_ns, host_ns = stack.enter_context(twohosts.two_machines())
+    rig = Rig(proxy_ns, host_ns, work / "ours" / "pki" / "ca.pem")
+    start_rig(rig, work, storage.root, logs, stack, clients=CLIENTS)
+    return Setup(rig, image, images.size, storage.root, scratch, work), storage.describe()
+
+
 def run(args: argparse.Namespace, images: imagesmod.Images, stamp: str, wanted: list[str]) -> Path:
     """The proxy rows of a bench run; the path of their JSON."""
     if (why := twohosts.available()) is not None:
@@ -295,30 +323,10 @@ def run(args: argparse.Namespace, images: imagesmod.Images, stamp: str, wanted: 
     started, load_start = time.monotonic(), os.getloadavg()
     tag = imagesmod.size_tag(images.size)
     with contextlib.ExitStack() as stack:
-        need = images.size * 3 + profiles.FS_MARGIN
-        if profiles.room(need, args.shm) is None:
-            storage = stack.enter_context(profiles.fast(-(-need // MiB) * MiB, base=args.shm))
-        else:
-            storage = stack.enter_context(profiles.disk(args.dir))
-        image = storage.root / "proxy-full.raw"
-        subprocess.run(["cp", "--sparse=always", str(images.full), str(image)], check=True)
-        stack.callback(image.unlink, missing_ok=True)
-        scratch = imagesmod.Scratch(images)
-        stack.callback(scratch.close)
-        work = storage.root / f"proxy-{os.getpid()}"
-        work.mkdir()
-        # Kept after the run, beside the images (the fast storage goes).
-        logs = args.dir / "proxy-logs"
-        shutil.rmtree(logs, ignore_errors=True)
-        logs.mkdir(parents=True)
-        proxy_ns, host_ns = stack.enter_context(twohosts.two_machines())
-        rig = Rig(proxy_ns, host_ns, work / "ours" / "pki" / "ca.pem")
-        start_rig(rig, work, storage.root, logs, stack, clients=CLIENTS)
-        setup = Setup(rig, image, images.size, storage.root, scratch)
+        setup, description = open_setup(stack, args.dir, args.shm, images)
         rows = measure(setup, [c for c in CASES if c in wanted], args.runs)
         mem = measure_memory(setup) if RSS_CASE in wanted else Memory()
-        pool = pool_bytes(work / "ours")
-        description = storage.describe()
+        pool = pool_bytes(setup.work / "ours")
     found = targets(rows, mem, pool)
     print(f"== proxy mode: ours->ours vs ovirt-imageio 2.5.1 proxy->daemon -- {description}")
     print(f"   image {tag}, {args.runs} runs, clients on the proxy's machine, TLS on a veth link")

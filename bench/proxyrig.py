@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import shutil
 import signal
 import socket
 import ssl
@@ -337,3 +338,58 @@ def start_rig(
             f"https://{host}:{OUR_HOST}/images/",
         ),
     }
+
+
+BEFORE_PROXY, BEFORE_TICKETS = 54325, 54326
+
+
+def add_before_proxy(rig: Rig, checkout: Path, work: Path, stack: contextlib.ExitStack) -> None:
+    """A second proxy of ours, running the code of checkout (an earlier
+    commit) from this virtual environment, beside ours on the proxy's
+    machine and relaying to the same host daemon: chain ``before``."""
+    python = REPO / ".venv" / "bin" / "python"
+    env = ("env", f"PYTHONPATH={checkout}")
+    where = subprocess.run(
+        [*env, str(python), "-c", "import vdsm_imageio; print(vdsm_imageio.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if not Path(where).is_relative_to(checkout):
+        raise BenchError(f"PYTHONPATH={checkout} imports vdsm_imageio from {where}")
+    directory = work / "before"
+    (directory / "proxy" / "conf.d").mkdir(parents=True)
+    shutil.copytree(work / "ours" / "pki", directory / "pki")
+    ours = rig.chains["ours"]
+    (directory / "proxy" / "conf.d" / "50-bench.conf").write_text(
+        (work / "ours" / "proxy" / "conf.d" / "50-bench.conf")
+        .read_text()
+        .replace(f"ticket_port = {OUR_TICKETS}", f"ticket_port = {BEFORE_TICKETS}")
+    )
+    argv = [
+        *rig.proxy_ns.prefix,
+        *env,
+        str(python),
+        "-m",
+        "vdsm_imageio.cli",
+        "serve",
+        "--local",
+        str(directory),
+        "--proxy",
+        "--port",
+        str(BEFORE_PROXY),
+    ]
+    proc = Proc("before proxy", argv, ours.measured.log_path.with_name("before-proxy.log"))
+    stack.callback(proc.stop)
+    rig.procs.append(proc)
+    context = ssl.create_default_context(cafile=str(rig.ca))
+    proc.wait_ready(_options_ready(rig.proxy_ns, "127.0.0.1", BEFORE_PROXY, context))
+    rig.chains["before"] = Chain(
+        "before",
+        f"https://127.0.0.1:{BEFORE_PROXY}/images/",
+        proc,
+        ours.host,
+        ours.add_host,
+        _ticket_api(lambda: rig.proxy_ns.http("127.0.0.1", BEFORE_TICKETS, IO_TIMEOUT)),
+        ours.host_url,
+    )
