@@ -9,6 +9,7 @@ not run is never reported with a number.
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import socket
@@ -180,7 +181,7 @@ def _unix_socket(daemon: Daemon, timeout: float = 60.0) -> socket.socket:
             raise
 
 
-def _read_head(reader: Any) -> tuple[int, int]:
+def _read_head(reader: io.IOBase) -> tuple[int, int]:
     """Status and Content-Length of one response head."""
     status_line = reader.readline()
     if not status_line:

@@ -19,9 +19,7 @@ hand-written NBD reader.
 from __future__ import annotations
 
 import http.client
-import itertools
 import json
-import signal
 import socket
 import ssl
 import subprocess
@@ -29,28 +27,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.support.control import ControlClient
+from tests.support.daemon import UnixHTTPConnection, terminate
+
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 IO_TIMEOUT = 60.0
 LIBNBD_ONLY = "ours-libnbd"
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """http.client over a unix socket (a leading NUL means abstract)."""
-
-    def __init__(self, address: str, timeout: float = IO_TIMEOUT) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.address = address
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.address)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 def free_port() -> int:
@@ -118,12 +101,7 @@ class Daemon:
         if proc is None or proc.poll() is not None:
             return 0.0
         started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if not terminate(proc, STOP_TIMEOUT):
             return float("inf")
         return time.monotonic() - started
 
@@ -199,9 +177,7 @@ class Ours(Daemon):
         # The bench's images and upload targets live outside the daemon's
         # --local directory, which alone is allowed by default.
         self.url_root = url_root
-        self._sock: socket.socket | None = None
-        self._reader: Any = None
-        self._ids = itertools.count(1)
+        self._control: ControlClient | None = None
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         conf = self.dir / "conf.d"
@@ -235,30 +211,22 @@ class Ours(Daemon):
         # The data listeners may answer a moment before the control socket.
         deadline = time.monotonic() + START_TIMEOUT
         while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(IO_TIMEOUT)
             try:
-                sock.connect(str(self.dir / "control.sock"))
-                break
+                self._control = ControlClient(str(self.dir / "control.sock"), IO_TIMEOUT)
+                return
             except OSError:
-                sock.close()
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.01)
-        self._sock, self._reader = sock, sock.makefile("rb")
 
     def _close_control(self) -> None:
-        if self._sock is not None:
-            self._reader.close()
-            self._sock.close()
-            self._sock = None
+        if self._control is not None:
+            self._control.close()
+            self._control = None
 
     def call(self, method: str, **params: Any) -> Any:
-        assert self._sock is not None
-        req_id = next(self._ids)
-        line = json.dumps({"jsonrpc": "2.0", "id": req_id, "method": method, "params": params})
-        self._sock.sendall(line.encode() + b"\n")
-        reply = json.loads(self._reader.readline())
+        assert self._control is not None
+        reply = self._control.call(method, **params)
         if "error" in reply:
             raise ControlError(f"{method}: {reply['error']}")
         return reply["result"]
@@ -342,7 +310,7 @@ args = ({str(log_file)!r},)
         }
 
     def _connect_control(self) -> None:
-        self._control = UnixHTTPConnection(str(self.dir / "control.sock"))
+        self._control = UnixHTTPConnection(str(self.dir / "control.sock"), timeout=IO_TIMEOUT)
 
     def _close_control(self) -> None:
         if self._control is not None:

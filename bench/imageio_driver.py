@@ -20,8 +20,8 @@ import time
 from typing import Any
 
 # Installed only in the ovirt-imageio virtual environment.
-from ovirt_imageio import client  # type: ignore[import-not-found]
-from ovirt_imageio._internal.backends import http  # type: ignore[import-not-found]
+from ovirt_imageio import client
+from ovirt_imageio._internal.backends import http
 
 counts = {"https_connections": 0, "unix_connections": 0}
 

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vdsm_imageio.client.http import UnixHTTPConnection
+
 from . import twohosts
-from .daemons import UnixHTTPConnection
 
 REPO = Path(__file__).resolve().parents[1]
 OURS = REPO / ".venv" / "bin" / "vdsm-imageio"
@@ -324,7 +325,7 @@ def start_rig(
             f"https://127.0.0.1:{THEIR_PROXY}/images/",
             their_proxy,
             their_host,
-            _ticket_api(lambda: UnixHTTPConnection(str(theirs_host / "control.sock"))),
+            _ticket_api(lambda: UnixHTTPConnection(str(theirs_host / "control.sock"), IO_TIMEOUT)),
             _ticket_api(lambda: rig.proxy_ns.http("127.0.0.1", THEIR_TICKETS, IO_TIMEOUT)),
             f"https://{host}:{THEIR_HOST}/images/",
         ),

@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 import uuid as uuidlib
+from collections.abc import Callable
 from typing import Any
 
 # vdsm's ImageDaemonError, which carries the daemon's status: 409 for a
@@ -89,7 +90,7 @@ class EngineDriver:
         *,
         poll: float = 0.2,
         renew_margin: float = 1.5,
-        verify: Any = None,
+        verify: Callable[[], object] | None = None,
     ) -> None:
         self.ticket = ticket
         self.phases: list[str] = []

@@ -15,6 +15,7 @@ import pytest
 
 from bench import profiles, report
 from bench.compare import compare, rows, warnings
+from tests.support.loopfs import needs_root
 
 MiB = 1024**2
 GiB = 1024**3
@@ -56,11 +57,6 @@ def assert_gone(storage: profiles.Storage) -> None:
         left.append("backing file")
         backing.unlink()
     assert left == []
-
-
-def needs_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for loop devices and mounts")
 
 
 # Sizing and room.

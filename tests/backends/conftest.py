@@ -16,22 +16,21 @@ targets by capability, so no test is skipped for lack of one.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import pathlib
 import shutil
-import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 import nbd
 import pytest
 
 from storage.qemu_nbd import QemuNbd
+from tests.support.daemon import Daemon, finish, new_directory
+from tests.support.loopfs import needs_root, run
 from vdsm_imageio.backends import Backend
 from vdsm_imageio.backends.file import open_file
 from vdsm_imageio.backends.hostconn import Connector
@@ -43,7 +42,6 @@ from .images import MiB
 
 IMAGE_SIZE = 8 * MiB
 QCOW2_CLUSTER = 64 * 1024  # qemu-img's default
-CMD_TIMEOUT = 60
 
 # The repository's .cache (ignored by git) is on a disk; pytest's tmp_path
 # may be on tmpfs, which behaves unlike the storage images live on.
@@ -91,17 +89,6 @@ class BackendFactory:
     def close_all(self) -> None:
         for backend in self.opened:
             backend.close()
-
-
-def run(*argv: str) -> str:
-    return subprocess.run(
-        argv, check=True, capture_output=True, text=True, timeout=CMD_TIMEOUT
-    ).stdout.strip()
-
-
-def needs_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for loop devices and mounts")
 
 
 @contextlib.contextmanager
@@ -329,31 +316,18 @@ def nbd_qcow2_target(name: str, directory: str, socket_dir: str) -> Iterator[Tar
         os.unlink(path)
 
 
-def _integration() -> Any:
-    """The integration suite's daemon harness, under a name of its own."""
-    name = "vdsm_integration_harness"
-    if name not in sys.modules:
-        path = os.path.join(os.path.dirname(__file__), os.pardir, "integration", "conftest.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="session")
-def host_daemon() -> Iterator[Any]:
+def host_daemon() -> Iterator[Daemon]:
     """A real daemon holding the images that http backends reach."""
-    it = _integration()
-    daemon = it.Daemon(it._base_dir())
+    daemon = Daemon(new_directory())
     try:
         yield daemon
     finally:
-        it._stop(daemon)
+        if (problem := finish(daemon)) is not None:
+            pytest.fail(problem)
 
 
-def http_opener(daemon: Any, url: str, *, unix_socket: bool) -> Callable[[str, bool], Backend]:
+def http_opener(daemon: Daemon, url: str, *, unix_socket: bool) -> Callable[[str, bool], Backend]:
     """Each backend gets a ticket of its own on the host daemon for url:
     write or read as its mode, sparse as asked (the host's ticket decides
     whether zeroing punches holes)."""
@@ -361,26 +335,25 @@ def http_opener(daemon: Any, url: str, *, unix_socket: bool) -> Callable[[str, b
 
     def open_(mode: str, sparse: bool) -> Backend:
         ticket_id = str(uuid.uuid4())
+        transfer_id = f"conformance-{ticket_id[:8]}"
         ticket = {
             "uuid": ticket_id,
             "size": IMAGE_SIZE,
             "ops": ["write"] if mode == "rw" else ["read"],
             "timeout": 300,
             "url": url,
-            "transfer_id": f"conformance-{ticket_id[:8]}",
+            "transfer_id": transfer_id,
             "sparse": sparse,
         }
         daemon.result("Ticket.add", ticket=ticket)
         host_url = f"https://127.0.0.1:{daemon.port}/images/{ticket_id}"
-        return open_http(
-            host_url, mode=mode, connector=connector, transfer_id=ticket["transfer_id"]
-        )
+        return open_http(host_url, mode=mode, connector=connector, transfer_id=transfer_id)
 
     return open_
 
 
 @contextlib.contextmanager
-def http_file_target(name: str, daemon: Any) -> Iterator[Target]:
+def http_file_target(name: str, daemon: Daemon) -> Iterator[Target]:
     """A file on the host daemon, reached over TLS as from another machine."""
     path = make_image(str(daemon.images))
     try:
@@ -400,7 +373,7 @@ def http_file_target(name: str, daemon: Any) -> Iterator[Target]:
 
 
 @contextlib.contextmanager
-def http_qcow2_target(name: str, daemon: Any) -> Iterator[Target]:
+def http_qcow2_target(name: str, daemon: Daemon) -> Iterator[Target]:
     """qcow2 guest data through qemu-nbd on the host daemon, reached through
     the unix socket it advertises (the host is this machine)."""
     path = os.path.join(daemon.images, f"{uuid.uuid4().hex}.qcow2")
@@ -472,7 +445,9 @@ SOLID_TARGETS = [name for name in TARGETS if name not in HOLE_TARGETS + HOST_DEC
 UNPRIVILEGED = ("file", "file-prealloc", "nbd-raw", "nbd-qcow2", "http-file", "http-qcow2")
 
 
-def _param(name: str) -> Any:
+def _param(name: str) -> object:
+    """A fixture param for a target, marked loop when the target needs root
+    (the type, ParameterSet, is private to pytest)."""
     return pytest.param(name, marks=[] if name in UNPRIVILEGED else [pytest.mark.loop])
 
 
@@ -524,7 +499,18 @@ def nbd_factory(request: pytest.FixtureRequest) -> Iterator[BackendFactory]:
     yield from _factory(request)
 
 
-ServerMaker = Callable[..., QemuNbd]
+class ServerMaker(Protocol):
+    """The serve fixture: a qemu-nbd for image, stopped at teardown."""
+
+    def __call__(
+        self,
+        image: str,
+        fmt: str = "raw",
+        *,
+        read_only: bool = False,
+        bitmap: str | None = None,
+        export_name: str = "",
+    ) -> QemuNbd: ...
 
 
 @pytest.fixture
@@ -532,9 +518,19 @@ def serve(socket_dir: str) -> Iterator[ServerMaker]:
     """Start qemu-nbd servers; every one is stopped at teardown."""
     with contextlib.ExitStack() as stack:
 
-        def start(image: str, fmt: str = "raw", **kw: object) -> QemuNbd:
+        def start(
+            image: str,
+            fmt: str = "raw",
+            *,
+            read_only: bool = False,
+            bitmap: str | None = None,
+            export_name: str = "",
+        ) -> QemuNbd:
             sock = os.path.join(socket_dir, f"{uuid.uuid4().hex}.sock")
-            return stack.enter_context(QemuNbd(image, fmt, sock, **kw))  # type: ignore[arg-type]
+            server = QemuNbd(
+                image, fmt, sock, read_only=read_only, bitmap=bitmap, export_name=export_name
+            )
+            return stack.enter_context(server)
 
         yield start
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.support.loopfs import run
 from vdsm_imageio.backends import DirtyExtent, ZeroExtent
 from vdsm_imageio.backends.nbd import NbdBackend, open_nbd, parse_url, unix_url
 from vdsm_imageio.backends.nbdstatus import (
@@ -28,7 +29,7 @@ from vdsm_imageio.errors import (
     UnsupportedContext,
 )
 
-from .conftest import IMAGE_SIZE, ServerMaker, make_image, run
+from .conftest import IMAGE_SIZE, ServerMaker, make_image
 from .images import METADATA_SLACK, KiB, MiB, allocated, pattern, read, write
 
 GiB = 1024 * MiB
@@ -43,15 +44,19 @@ def qemu_io(image: str, *commands: str) -> None:
 
 
 def zero_extents(backend: NbdBackend) -> list[ZeroExtent]:
-    found = list(backend.extents("zero", 0, backend.size))
-    assert all(isinstance(e, ZeroExtent) for e in found)
-    return found  # type: ignore[return-value]
+    found: list[ZeroExtent] = []
+    for e in backend.extents("zero", 0, backend.size):
+        assert isinstance(e, ZeroExtent), e
+        found.append(e)
+    return found
 
 
 def dirty_extents(backend: NbdBackend) -> list[DirtyExtent]:
-    found = list(backend.extents("dirty", 0, backend.size))
-    assert all(isinstance(e, DirtyExtent) for e in found)
-    return found  # type: ignore[return-value]
+    found: list[DirtyExtent] = []
+    for e in backend.extents("dirty", 0, backend.size):
+        assert isinstance(e, DirtyExtent), e
+        found.append(e)
+    return found
 
 
 # qcow2 allocation.

@@ -10,14 +10,15 @@ After each round every byte of the region is compared with the model.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import random
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 
+from tests.support.together import together
 from vdsm_imageio.backends import Backend
 
 from .conftest import BackendFactory, Target, file_target, loop_target, nbd_raw_target
@@ -93,65 +94,16 @@ def adjacent_ops(
     return ops
 
 
-class Writers:
-    """Threads that each apply one op per round on a backend of their own."""
-
-    def __init__(self, backends: list[Backend]) -> None:
-        self._backends = backends
-        self._ops: list[Op] = []
-        self._errors: list[BaseException] = []
-        self._start = threading.Barrier(len(backends) + 1, timeout=ROUND_TIMEOUT)
-        self._done = threading.Barrier(len(backends) + 1, timeout=ROUND_TIMEOUT)
-        self._stop = False
-        self._threads = [
-            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(len(backends))
-        ]
-        for t in self._threads:
-            t.start()
-
-    def _run(self, i: int) -> None:
-        try:
-            while True:
-                self._start.wait()
-                if self._stop:
-                    return
-                self._ops[i].apply(self._backends[i])
-                self._done.wait()
-        except threading.BrokenBarrierError:
-            return
-        except BaseException as e:
-            self._errors.append(e)
-            self._start.abort()
-            self._done.abort()
-
-    def round(self, ops: list[Op]) -> None:
-        """Run ops together, one per writer; returns when all are done."""
-        assert len(ops) == len(self._backends)
-        self._ops = ops
-        try:
-            self._start.wait()
-            self._done.wait()
-        except threading.BrokenBarrierError:
-            if self._errors:
-                raise self._errors[0] from None
-            raise
-
-    def close(self) -> None:
-        self._stop = True
-        with contextlib.suppress(threading.BrokenBarrierError):
-            self._start.wait()
-        for t in self._threads:
-            t.join(ROUND_TIMEOUT)
-        assert not any(t.is_alive() for t in self._threads), "a writer is stuck"
-
-
 @contextlib.contextmanager
-def writers(backends: list[Backend]) -> Iterator[Writers]:
-    w = Writers(backends)
-    try:
-        yield w
-    finally:
-        w.close()
+def writers(backends: list[Backend]) -> Iterator[Callable[[list[Op]], None]]:
+    """A function that applies ops together, one per backend, each from a
+    thread of its own; it returns when all are done."""
+    with together(len(backends), ROUND_TIMEOUT) as t:
+
+        def apply(ops: list[Op]) -> None:
+            t.round([functools.partial(op.apply, b) for op, b in zip(ops, backends, strict=True)])
+
+        yield apply
 
 
 def run_rounds(
@@ -168,11 +120,11 @@ def run_rounds(
     base = 64 * KiB
     size = len(backends) * 2 * block
     model = bytearray(target.read_back(base, size))
-    with writers(backends) as w:
+    with writers(backends) as apply:
         for n in range(rounds):
             rng = random.Random(f"{seed}-{n}")
             ops = adjacent_ops(rng, writers=len(backends), base=base, block=block, zero=zero)
-            w.round(ops)
+            apply(ops)
             for op in ops:
                 rel = op.offset - base
                 model[rel : rel + op.length] = op.data or bytes(op.length)
@@ -228,7 +180,7 @@ def test_aligned_write_over_a_partial_one_is_not_lost(sectored: BackendFactory) 
     block = aligned.block_size
     base = 64 * KiB
     size = 2 * block
-    with writers([aligned, partial]) as w:
+    with writers([aligned, partial]) as apply:
         for n in range(300):
             rng = random.Random(f"aligned-{n}")
             whole = rng.randbytes(size)
@@ -236,7 +188,7 @@ def test_aligned_write_over_a_partial_one_is_not_lost(sectored: BackendFactory) 
             if end // block != start // block:
                 end = start + 1  # one partial block, inside the aligned range
             piece = rng.randbytes(end - start)
-            w.round([Op(base, whole, size), Op(start, piece, end - start)])
+            apply([Op(base, whole, size), Op(start, piece, end - start)])
             got = sectored.target.read_back(base, size)
             rel = start - base
             inside = got[rel : rel + len(piece)]

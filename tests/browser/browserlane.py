@@ -19,8 +19,9 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
+
+from tests.support.relay import LoopbackRelay
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -162,7 +163,7 @@ class PageServer:
         self._thread.join(STOP_TIMEOUT)
 
 
-class Relay:
+class Relay(LoopbackRelay):
     """A TCP relay to the daemon: a slow link, or one that breaks.
 
     Bytes pass through untouched (TLS stays between the browser and the
@@ -185,52 +186,25 @@ class Relay:
     PIECE = 64 * 1024
 
     def __init__(self, port: int, rate: int | None = None) -> None:
-        self._upstream = ("127.0.0.1", port)
         self._rate = rate
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.1)
-        self.port = self._listener.getsockname()[1]
-        self._lock = threading.Lock()
         self._after: int | None = None
         self._left = 0
         self._total = 0
         self.resets = 0
-        self._stopped = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._socks: list[socket.socket] = []
-        self._start(self._accept)
+        super().__init__(port, connect_timeout=IO_TIMEOUT, join_timeout=STOP_TIMEOUT)
 
     def arm_resets(self, *, after: int, count: int) -> None:
         with self._lock:
             self._after = self._total + after
             self._left = count
 
-    def _start(self, target: Callable[..., None], *args: object) -> None:
-        t = threading.Thread(target=target, args=args, daemon=True)
-        self._threads.append(t)
-        t.start()
-
-    def _accept(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self._upstream, timeout=IO_TIMEOUT)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._socks += [client, upstream]
-            # Bounded by the daemon's and the browser's own timeouts, and
-            # by stop(), which shuts every socket down.
-            for s in (client, upstream):
-                s.settimeout(None)
-            self._start(self._pump, client, upstream, True)
-            self._start(self._pump, upstream, client, False)
+    def _connected(self, client: socket.socket, upstream: socket.socket) -> None:
+        # Bounded by the daemon's and the browser's own timeouts, and
+        # by stop(), which shuts every socket down.
+        for s in (client, upstream):
+            s.settimeout(None)
+        self._spawn(self._pump, client, upstream, True)
+        self._spawn(self._pump, upstream, client, False)
 
     def _pump(self, src: socket.socket, dst: socket.socket, from_browser: bool) -> None:
         carried = 0
@@ -271,17 +245,3 @@ class Relay:
             self._left -= 1
             self.resets += 1
             return True
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._listener.close()
-        with self._lock:
-            socks = list(self._socks)
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-        for t in self._threads:
-            t.join(STOP_TIMEOUT)

@@ -8,58 +8,46 @@ daemon's https://127.0.0.1). Chromium that does not start fails the lane.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from browserlane import Chromium, LaneError, PageServer, Relay, trusting_home
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+
+from tests.browser.browserlane import Chromium, LaneError, PageServer, Relay, trusting_home
+from tests.support.daemon import Daemon, finish, ini, new_directory
 
 HERE = Path(__file__).resolve().parent
 CDP_TIMEOUT_MS = 60_000
 
 
-def _integration() -> Any:
-    """The integration suite's daemon harness, under a name of its own."""
-    name = "vdsm_integration_harness"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, HERE.parent / "integration" / "conftest.py"
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="module")
-def daemon() -> Iterator[Any]:
-    it = _integration()
-    d = it.Daemon(it._base_dir())
+def daemon() -> Iterator[Daemon]:
+    d = Daemon(new_directory())
     try:
         yield d
     finally:
-        it._stop(d)
+        problem = finish(d)
+        if problem is not None:
+            pytest.fail(problem)
 
 
 @pytest.fixture(scope="module")
-def proxy(daemon: Any) -> Iterator[Any]:
+def proxy(daemon: Daemon) -> Iterator[Daemon]:
     """A proxy beside the daemon (serve --local DIR --proxy): its
     certificate comes from the same CA, which Chromium trusts."""
-    it = _integration()
-    p = it.Daemon(it._base_dir(), {"control": {"ticket_port": 0}}, directory=daemon.dir, proxy=True)
+    p = Daemon(daemon.dir, ini({"control": {"ticket_port": 0}}), proxy=True)
     try:
         yield p
     finally:
-        it._stop(p)
+        problem = finish(p)
+        if problem is not None:
+            pytest.fail(problem)
 
 
 @pytest.fixture(scope="module")
-def chromium(daemon: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
+def chromium(daemon: Daemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
     base = tmp_path_factory.mktemp("chromium")
     try:
         home = trusting_home(base / "home", daemon.ca)
@@ -104,7 +92,7 @@ def page_server() -> Iterator[PageServer]:
 
 
 @pytest.fixture
-def make_relay(daemon: Any) -> Iterator[Callable[..., Relay]]:
+def make_relay(daemon: Daemon) -> Iterator[Callable[..., Relay]]:
     """Start relays to the daemon: make_relay(rate=bytes_per_second)."""
     started: list[Relay] = []
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 from playwright.sync_api import Page
+
+from tests.support.daemon import Daemon
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -46,7 +47,7 @@ CLICK = """url => {
     ],
 )
 def test_chromium_saves_the_utf8_name(
-    daemon: Any, page: Page, tmp_path: Path, filename: str, saved: str
+    daemon: Daemon, page: Page, tmp_path: Path, filename: str, saved: str
 ) -> None:
     data = os.urandom(64 * KiB)
     ticket_id, _ = daemon.add_ticket(size=len(data), data=data, filename=filename)

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browserlane import Relay
 from playwright.sync_api import Page
+
+from tests.browser.browserlane import Relay
+from tests.support.daemon import Daemon
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -62,7 +64,7 @@ def upload(page: Page, file: Path, url: str, **options: Any) -> dict[str, Any]:
     return dict(page.evaluate("() => window.upload"))
 
 
-def wait_idle(daemon: Any, ticket_id: str, timeout: float = 10.0) -> dict[str, Any]:
+def wait_idle(daemon: Daemon, ticket_id: str, timeout: float = 10.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         status: dict[str, Any] = daemon.status(ticket_id)
@@ -72,7 +74,7 @@ def wait_idle(daemon: Any, ticket_id: str, timeout: float = 10.0) -> dict[str, A
         time.sleep(0.05)
 
 
-def assert_uploaded(daemon: Any, ticket_id: str, image: Path, source: Path) -> None:
+def assert_uploaded(daemon: Daemon, ticket_id: str, image: Path, source: Path) -> None:
     size = source.stat().st_size
     assert sha256(image, size) == sha256(source)
     assert wait_idle(daemon, ticket_id)["transferred"] == size
@@ -87,7 +89,7 @@ def assert_progress_shown(page: Page, state: dict[str, Any]) -> None:
     assert page.inner_text("#percent") == "100%"
 
 
-def test_unaligned_size_uploads_in_chunks(daemon: Any, page: Page, tmp_path: Path) -> None:
+def test_unaligned_size_uploads_in_chunks(daemon: Daemon, page: Page, tmp_path: Path) -> None:
     size = 3 * MiB + 517
     source = make_file(tmp_path / "unaligned.raw", size)
     ticket_id, image = daemon.add_ticket(size=size)
@@ -105,7 +107,7 @@ def test_unaligned_size_uploads_in_chunks(daemon: Any, page: Page, tmp_path: Pat
     assert state["shownSteps"] == sorted(state["shownSteps"])
 
 
-def test_256_mib_in_8_mib_chunks(daemon: Any, page: Page, tmp_path: Path) -> None:
+def test_256_mib_in_8_mib_chunks(daemon: Daemon, page: Page, tmp_path: Path) -> None:
     size = 256 * MiB
     source = make_file(tmp_path / "large.raw", size)
     ticket_id, image = daemon.add_ticket(size=size)
@@ -118,7 +120,7 @@ def test_256_mib_in_8_mib_chunks(daemon: Any, page: Page, tmp_path: Path) -> Non
 
 
 def test_chunk_is_retried_after_connection_reset(
-    daemon: Any, page: Page, make_relay: Callable[..., Relay], tmp_path: Path
+    daemon: Daemon, page: Page, make_relay: Callable[..., Relay], tmp_path: Path
 ) -> None:
     size = 6 * MiB + 4097
     source = make_file(tmp_path / "reset.raw", size)
@@ -155,7 +157,7 @@ def test_chunk_is_retried_after_connection_reset(
 
 
 def test_cancel_then_resume_from_transferred(
-    daemon: Any, page: Page, make_relay: Callable[..., Relay], tmp_path: Path
+    daemon: Daemon, page: Page, make_relay: Callable[..., Relay], tmp_path: Path
 ) -> None:
     chunk = 16 * MiB
     size = 2 * chunk + 8 * MiB + 1000
@@ -191,7 +193,7 @@ def test_cancel_then_resume_from_transferred(
 
 
 def test_expired_ticket_reason_is_readable_by_the_page(
-    daemon: Any, page: Page, tmp_path: Path
+    daemon: Daemon, page: Page, tmp_path: Path
 ) -> None:
     size = 2 * MiB
     source = make_file(tmp_path / "expired.raw", size)

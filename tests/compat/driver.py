@@ -29,7 +29,7 @@ counts = {"https_connections": 0, "unix_connections": 0}
 advertised: dict[str, Any] = {}
 
 
-def count_connects(cls: type, key: str) -> None:
+def count_connects(cls: Any, key: str) -> None:
     connect = cls.connect
 
     def counting_connect(self: Any) -> None:

@@ -23,9 +23,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from test_ovirt_imageio_client import CLIENT_PYTHON, ROOT, SETUP, Daemon, running_daemon
 
 from storage.qemu_nbd import QemuNbd
+from tests.compat.test_ovirt_imageio_client import (
+    ROOT,
+    Daemon,
+    running_daemon,
+)
 
 pytestmark = [pytest.mark.compat, pytest.mark.timeout(900)]
 
@@ -61,14 +65,6 @@ CMD_TIMEOUT = 600
 
 
 @pytest.fixture(scope="module")
-def client_python() -> Path:
-    result = subprocess.run([str(SETUP)], capture_output=True, text=True, timeout=900, check=False)
-    if result.returncode != 0:
-        pytest.fail(f"{SETUP.name} failed:\n{result.stdout}{result.stderr}")
-    return CLIENT_PYTHON
-
-
-@pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     with running_daemon(tmp_path_factory.mktemp("compat-checksum")) as d:
         yield d
@@ -100,6 +96,7 @@ def add_ticket(daemon: Daemon, url: str, size: int) -> str:
 
 def ours(daemon: Daemon, ticket_id: str, pairs: list[tuple[str, int]]) -> dict[str, Any]:
     parts = urlsplit(daemon.data_url)
+    assert parts.hostname is not None, daemon.data_url
     ctx = ssl.create_default_context(cafile=str(daemon.ca_file))
     conn = http.client.HTTPSConnection(parts.hostname, parts.port, context=ctx, timeout=300)
     out: dict[str, Any] = {}

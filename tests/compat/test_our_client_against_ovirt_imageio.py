@@ -12,24 +12,18 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bench.daemons import Theirs
 from vdsm_imageio.pki import ensure_local_pki
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from bench.daemons import Theirs  # noqa: E402
-
 pytestmark = [pytest.mark.compat, pytest.mark.timeout(900)]
 
-SETUP = ROOT / "tests" / "compat" / "setup-ovirt-imageio.sh"
-REF_VENV = ROOT / ".cache" / "ovirt-imageio-venv"
 CLIENT = ROOT / ".venv" / "bin" / "vdsm-imageio"
 MiB = 1024**2
 SIZE = 64 * MiB
@@ -38,16 +32,13 @@ TIMEOUT = 300
 
 
 @pytest.fixture(scope="module")
-def theirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Theirs]:
-    setup = subprocess.run([str(SETUP)], capture_output=True, text=True, timeout=900, check=False)
-    if setup.returncode != 0:
-        pytest.fail(f"{SETUP.name} failed:\n{setup.stdout}{setup.stderr}")
+def theirs(tmp_path_factory: pytest.TempPathFactory, reference_venv: Path) -> Iterator[Theirs]:
     base = tmp_path_factory.mktemp("theirs")
     pki = ensure_local_pki(base / "pki")
     daemon = Theirs(
         base / "daemon",
         buffer_size=4 * MiB,
-        program=REF_VENV / "bin" / "ovirt-imageio",
+        program=reference_venv / "bin" / "ovirt-imageio",
         pki=pki.ca_file.parent,
     )
     daemon.start()
@@ -111,7 +102,7 @@ def test_upload_and_download_with_verification(
     subprocess.run(["qemu-img", "convert", "-O", "qcow2", src, qcow2], check=True, timeout=60)
     disk = tmp_path / "disk.raw"
     disk.write_bytes(b"\x77" * SIZE)  # a used disk: its holes must be zeroed
-    extra = ["--cafile", theirs.ca]
+    extra: list[str | Path] = ["--cafile", theirs.ca]
     if transport == "tls":
         extra.append("--no-unix-socket")
 

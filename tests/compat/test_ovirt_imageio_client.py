@@ -29,9 +29,7 @@ import pytest
 pytestmark = [pytest.mark.compat, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
-SETUP = ROOT / "tests" / "compat" / "setup-ovirt-imageio.sh"
 DRIVER = ROOT / "tests" / "compat" / "driver.py"
-CLIENT_PYTHON = ROOT / ".cache" / "ovirt-imageio-venv" / "bin" / "python"
 DAEMON = ROOT / ".venv" / "bin" / "vdsm-imageio"
 
 MiB = 1024**2
@@ -98,14 +96,6 @@ class Daemon:
             },
         )
         return self.data_url + ticket_id
-
-
-@pytest.fixture(scope="module")
-def client_python() -> Path:
-    result = subprocess.run([str(SETUP)], capture_output=True, text=True, timeout=900, check=False)
-    if result.returncode != 0:
-        pytest.fail(f"{SETUP.name} failed:\n{result.stdout}{result.stderr}")
-    return CLIENT_PYTHON
 
 
 @pytest.fixture(scope="module")

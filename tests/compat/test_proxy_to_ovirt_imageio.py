@@ -11,30 +11,25 @@ HTTP ticket API (bench/daemons.py), our proxy over JSON-RPC.
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import json
 import random
 import ssl
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from bench.daemons import Theirs
+from tests.integration.proxypair import stop
+from tests.support.daemon import Daemon, ini, new_directory
 from vdsm_imageio.pki import ensure_local_pki
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from bench.daemons import Theirs  # noqa: E402
 
 pytestmark = [pytest.mark.compat, pytest.mark.timeout(900)]
 
-SETUP = ROOT / "tests" / "compat" / "setup-ovirt-imageio.sh"
-REF_VENV = ROOT / ".cache" / "ovirt-imageio-venv"
 CLIENT = ROOT / ".venv" / "bin" / "vdsm-imageio"
 MiB = 1024**2
 SIZE = 48 * MiB + 4096
@@ -42,47 +37,30 @@ RUNS = [(0, 4096), (MiB + 512, 3 * MiB), (20 * MiB, 9 * MiB + 7), (SIZE - MiB, M
 TIMEOUT = 300
 
 
-def _integration() -> Any:
-    """The integration suite's daemon harness, under a name of its own."""
-    name = "vdsm_integration_harness"
-    if name not in sys.modules:
-        path = ROOT / "tests" / "integration" / "conftest.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Theirs, Any]]:
-    setup = subprocess.run([str(SETUP)], capture_output=True, text=True, timeout=900, check=False)
-    if setup.returncode != 0:
-        pytest.fail(f"{SETUP.name} failed:\n{setup.stdout}{setup.stderr}")
-    it = _integration()
-    base = Path(it._base_dir()) / f"proxy-theirs-{uuid.uuid4().hex[:8]}"
+def rig(reference_venv: Path) -> Iterator[tuple[Theirs, Daemon]]:
+    base = new_directory()
     pki = ensure_local_pki(base / "pki")
     theirs = Theirs(
         base / "theirs",
         buffer_size=None,
-        program=REF_VENV / "bin" / "ovirt-imageio",
+        program=reference_venv / "bin" / "ovirt-imageio",
         pki=pki.ca_file.parent,
     )
     theirs.start()
     try:
         # A proxy profile on the directory whose CA signed theirs.
-        proxy = it.Daemon(base, {"control": {"ticket_port": 0}}, directory=base, proxy=True)
+        proxy = Daemon(base, ini({"control": {"ticket_port": 0}}), proxy=True)
         try:
             yield theirs, proxy
         finally:
-            it._stop(proxy)
+            stop(proxy)
     finally:
         theirs.stop()
         subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
-def add(theirs: Theirs, proxy: Any, path: Path, ops: list[str]) -> str:
+def add(theirs: Theirs, proxy: Daemon, path: Path, ops: list[str]) -> str:
     ticket_id = str(uuid.uuid4())
     ticket = {
         "uuid": ticket_id,
@@ -114,7 +92,7 @@ def get(conn: http.client.HTTPConnection, target: str) -> tuple[int, bytes]:
 
 
 def test_options_through_our_proxy_of_an_ovirt_imageio_host(
-    rig: tuple[Theirs, Any], tmp_path: Path
+    rig: tuple[Theirs, Daemon], tmp_path: Path
 ) -> None:
     theirs, proxy = rig
     disk = tmp_path / "disk.raw"
@@ -144,7 +122,7 @@ def test_options_through_our_proxy_of_an_ovirt_imageio_host(
 
 
 def test_our_client_through_our_proxy_to_an_ovirt_imageio_host(
-    rig: tuple[Theirs, Any], tmp_path: Path
+    rig: tuple[Theirs, Daemon], tmp_path: Path
 ) -> None:
     theirs, proxy = rig
     src = tmp_path / "src.raw"

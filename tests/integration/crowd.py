@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import io
 import itertools
 import json
 import os
@@ -166,8 +167,10 @@ class Crowd:
                     self.at(time.monotonic() + 1, "drip", slot)
                 return
             # Up: anything readable is the server's close (or TLS chatter).
+            up = slot.sock
+            assert up is not None
             while True:
-                if not slot.sock.recv(65536):
+                if not up.recv(65536):
                     self.lost(slot, "closed_by_server")
                     return
         except (ssl.SSLWantReadError, BlockingIOError):
@@ -235,6 +238,9 @@ def main() -> None:
     )
     sources = itertools.cycle(args.source or ["127.0.0.1"])
     slots = [Slot(kind, next(sources)) for kind in kinds]
+    stdin = sys.stdin.buffer
+    # A pipe from the test: read1 returns what one read gives, never waits for more.
+    assert isinstance(stdin, io.BufferedReader)
     crowd.sel.register(sys.stdin, selectors.EVENT_READ, None)
     commands = b""
     announced = True
@@ -250,7 +256,7 @@ def main() -> None:
         timeout = min(0.5, max(0.0, crowd.timers[0][0] - now)) if crowd.timers else 0.5
         for key, _ in crowd.sel.select(timeout):
             if key.data is None:
-                data = sys.stdin.buffer.read1(64)
+                data = stdin.read1(64)
                 if not data:
                     end = 0.0
                 commands += data

@@ -8,32 +8,25 @@ by the proxy's own account.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import socket
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from conftest import Daemon
+import pytest
+
+from tests.support.daemon import Daemon, finish
 
 CMD_TIMEOUT = 30.0
 
 
-def harness() -> Any:
-    """The integration suite's daemon harness (its conftest), under a name
-    of its own: ``import conftest`` may find another directory's."""
-    name = "vdsm_integration_harness"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "conftest.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+def stop(daemon: Daemon) -> None:
+    """Stop a daemon a module fixture started; fail if its life went wrong."""
+    problem = finish(daemon)
+    if problem is not None:
+        pytest.fail(problem)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import socket
 
 
 def read_reply(sock: socket.socket, method: str = "GET") -> tuple[http.client.HTTPResponse, bytes]:
-    resp = http.client.HTTPResponse(sock, method=method)  # type: ignore[arg-type]
+    resp = http.client.HTTPResponse(sock, method=method)
     resp.begin()
     return resp, resp.read()
 

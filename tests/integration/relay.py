@@ -20,11 +20,13 @@ import socket
 import threading
 import time
 
+from tests.support.relay import LoopbackRelay
+
 CHUNK = 256 * 1024
-POLL = 0.05
+POLL = LoopbackRelay.POLL
 
 
-class Relay:
+class Relay(LoopbackRelay):
     def __init__(
         self,
         upstream_port: int,
@@ -33,21 +35,13 @@ class Relay:
         hold_up_after: int | None = None,
         hold_down_after: int | None = None,
     ) -> None:
-        self._upstream = ("127.0.0.1", upstream_port)
         self._rate = rate
         self._hold = {"up": hold_up_after, "down": hold_down_after}
         self.counts = {"up": 0, "down": 0}
         self.held = threading.Event()
         self._released = threading.Event()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
         self._started = time.monotonic()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(POLL)
-        self.port = self._listener.getsockname()[1]
-        self._threads: list[threading.Thread] = []
-        self._sockets: list[socket.socket] = []
-        self._spawn(self._accept)
+        super().__init__(upstream_port, connect_timeout=10, join_timeout=5)
 
     @property
     def up(self) -> int:
@@ -70,42 +64,12 @@ class Relay:
             self._started = time.monotonic()
 
     def stop(self) -> None:
-        self._stop.set()
         self._released.set()
-        for t in self._threads:
-            t.join(5)
-        self._listener.close()
-        for s in self._sockets:
-            with contextlib.suppress(OSError):
-                s.close()
+        super().stop()
 
-    def __enter__(self) -> Relay:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _spawn(self, target: object, *args: object) -> None:
-        t = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
-        self._threads.append(t)
-        t.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(self._upstream, timeout=10)
-            except OSError:
-                client.close()
-                continue
-            self._sockets += [client, server]
-            self._spawn(self._pump, client, server, "up")
-            self._spawn(self._pump, server, client, "down")
+    def _connected(self, client: socket.socket, upstream: socket.socket) -> None:
+        self._spawn(self._pump, client, upstream, "up")
+        self._spawn(self._pump, upstream, client, "down")
 
     def _pump(self, src: socket.socket, dst: socket.socket, way: str) -> None:
         try:

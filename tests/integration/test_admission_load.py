@@ -22,14 +22,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypedDict
 
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon, MakeDaemon
 
 # Calibration and seven rounds of four transfers, with the crowd ramping up.
 pytestmark = pytest.mark.timeout(400)
@@ -105,7 +104,8 @@ class Crowd:
         lines = []
         while not self._lines.empty():
             lines.append(self._lines.get())
-        assert self.proc.returncode == 0, self.proc.stderr.read()  # type: ignore[union-attr]
+        assert self.proc.stderr is not None
+        assert self.proc.returncode == 0, self.proc.stderr.read()
         last = [line for line in lines if line.strip()][-1]
         return dict(json.loads(last))
 
@@ -175,7 +175,20 @@ def enough_descriptors() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))
 
 
-def measure(daemon: Daemon, sources: list[str], attempts: int = 1) -> dict[str, Any]:
+class Measurement(TypedDict):
+    """What measure() found; printed whole when a bound is missed."""
+
+    size_mib: int
+    ratio: dict[str, float]  # best loaded run / best run alone
+    refused: list[str]
+    failed: list[str]
+    crowd: dict[str, int]  # crowd.py's counters
+    evicted: int
+    evicted_per_s_under_transfer: int
+    alone_and_loaded_mib_s: dict[str, list[tuple[int, int]]]
+
+
+def measure(daemon: Daemon, sources: list[str], attempts: int = 1) -> Measurement:
     """Each transfer alone and then in the crowd, ROUNDS times in turns.
 
     Neighbours on a shared machine come and go: taking turns gives both
@@ -235,7 +248,7 @@ def measure(daemon: Daemon, sources: list[str], attempts: int = 1) -> dict[str, 
 
 
 def test_hostile_crowd_from_other_addresses_neither_refuses_nor_slows_transfers(
-    make_daemon: Callable[..., Daemon],
+    make_daemon: MakeDaemon,
 ) -> None:
     daemon = make_daemon()
     result = measure(daemon, OTHER_SOURCES)
@@ -251,7 +264,7 @@ def test_hostile_crowd_from_other_addresses_neither_refuses_nor_slows_transfers(
     print(report)
 
 
-def test_client_sharing_its_address_with_the_crowd(make_daemon: Callable[..., Daemon]) -> None:
+def test_client_sharing_its_address_with_the_crowd(make_daemon: MakeDaemon) -> None:
     """The per-peer cap cannot tell a client from a crowd on its own address.
 
     The client's new connection is the youngest of its address, so it is

@@ -8,18 +8,18 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
-from clientrun import MiB, run_client, start_client, stop, wait_for, write_runs
-from relay import Relay
-from test_faults import needs_root, small_ext4
 
+from tests.integration.clientrun import MiB, run_client, start_client, stop, wait_for, write_runs
+from tests.integration.relay import Relay
+from tests.support.loopfs import ext4_on_loop, needs_root
 from vdsm_imageio.client import errors
 from vdsm_imageio.pki import ensure_local_pki
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon, MakeDaemon
 
 SIZE = 8 * MiB
 
@@ -28,7 +28,7 @@ def url(port: int, ticket_id: str) -> str:
     return f"https://127.0.0.1:{port}/images/{ticket_id}"
 
 
-def failed(done: Any, code: int, *words: str) -> str:
+def failed(done: subprocess.CompletedProcess[str], code: int, *words: str) -> str:
     """The one line the client printed; it holds every word."""
     assert done.returncode == code, f"exit {done.returncode}, wanted {code}:\n{done.stderr}"
     lines = done.stderr.strip().splitlines()
@@ -46,7 +46,9 @@ def source(tmp_path: Path) -> Path:
     return src
 
 
-def upload(daemon: Daemon, src: Path, ticket_id: str, tmp_path: Path, *extra: Any) -> Any:
+def upload(
+    daemon: Daemon, src: Path, ticket_id: str, tmp_path: Path, *extra: str | Path
+) -> subprocess.CompletedProcess[str]:
     return run_client(
         "upload",
         src,
@@ -102,12 +104,12 @@ def test_source_larger_than_the_disk_is_exit_5(
 
 
 @pytest.mark.loop
-def test_full_storage_on_the_server_is_exit_6(make_daemon: Any, tmp_path: Path) -> None:
+def test_full_storage_on_the_server_is_exit_6(make_daemon: MakeDaemon, tmp_path: Path) -> None:
     needs_root()
     d = make_daemon()
     src = tmp_path / "src.raw"
     write_runs(src, 48 * MiB, [(0, 48 * MiB)], seed=22)
-    with small_ext4(d.images, 24 * MiB) as fs:
+    with ext4_on_loop(d.images, "fs", size=24 * MiB, reserve=False) as fs:
         disk = fs / "disk.raw"
         with open(disk, "wb") as f:
             f.truncate(48 * MiB)
@@ -138,7 +140,7 @@ def test_nothing_listening_is_exit_7(source: Path, tmp_path: Path) -> None:
 
 
 def test_daemon_gone_during_the_transfer_is_exit_7_and_offers_resume(
-    make_daemon: Any, tmp_path: Path
+    make_daemon: MakeDaemon, tmp_path: Path
 ) -> None:
     d = make_daemon()
     src = tmp_path / "src.raw"

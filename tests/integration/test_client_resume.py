@@ -13,7 +13,7 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clientrun import (
+from tests.integration.clientrun import (
     MiB,
     run,
     run_client,
@@ -23,10 +23,11 @@ from clientrun import (
     wait_for,
     write_runs,
 )
-from relay import Relay
+from tests.integration.relay import Relay
+from tests.support.procs import running
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 SIZE = 256 * MiB
 # Fast enough for a short test, slow enough that the client's one-second
@@ -41,17 +42,7 @@ def url(port: int, ticket_id: str) -> str:
 
 def qemu_nbd_serving(path: Path) -> list[int]:
     """Pids of qemu-nbd processes whose command line names path."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"qemu-nbd") and os.fsencode(path) in argv:
-            found.append(int(pid))
-    return found
+    return [pid for pid, argv in running(b"qemu-nbd") if os.fsencode(path) in argv]
 
 
 def test_upload_killed_half_way_resumes_sending_less_than_half_again(
@@ -61,7 +52,15 @@ def test_upload_killed_half_way_resumes_sending_less_than_half_again(
     write_runs(src, SIZE, [(0, SIZE)], seed=11)
     ticket_id, disk = daemon.add_ticket(size=SIZE)
     state = tmp_path / "state"
-    args = [src, "--no-unix-socket", "--cafile", daemon.ca, "--state-dir", state, "-q"]
+    args: list[str | Path] = [
+        src,
+        "--no-unix-socket",
+        "--cafile",
+        daemon.ca,
+        "--state-dir",
+        state,
+        "-q",
+    ]
     with Relay(daemon.port, rate=RATE, hold_up_after=SIZE // 2) as relay:
         proc = start_client("upload", args[0], url(relay.port, ticket_id), *args[1:])
         try:
@@ -91,7 +90,7 @@ def test_download_killed_half_way_resumes_receiving_less_than_half_again(
     ticket_id, image = daemon.add_ticket(size=SIZE, ops=("read",))
     write_runs(image, SIZE, [(0, SIZE)], seed=12)
     target = tmp_path / "out.raw"
-    args = ["--no-unix-socket", "--cafile", daemon.ca, "-q"]
+    args: list[str | Path] = ["--no-unix-socket", "--cafile", daemon.ca, "-q"]
     with Relay(daemon.port, rate=RATE, hold_down_after=SIZE // 2) as relay:
         proc = start_client("download", url(relay.port, ticket_id), target, *args)
         try:
@@ -121,7 +120,7 @@ def test_ctrl_c_stops_qemu_nbd_keeps_the_journal_and_exits_130(
     run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, src)
     ticket_id, disk = daemon.add_ticket(size=SIZE // 2)
     state = tmp_path / "state"
-    args = ["--no-unix-socket", "--cafile", daemon.ca, "--state-dir", state]
+    args: list[str | Path] = ["--no-unix-socket", "--cafile", daemon.ca, "--state-dir", state]
     with Relay(daemon.port, rate=RATE, hold_up_after=SIZE // 4) as relay:
         proc = start_client("upload", src, url(relay.port, ticket_id), *args)
         try:

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from clientrun import (
+
+from storage.qemu_nbd import QemuNbd
+from tests.integration.clientrun import (
     CLIENT,
     MiB,
     allocated,
@@ -28,12 +30,10 @@ from clientrun import (
     stop,
     write_runs,
 )
-from relay import Relay
-
-from storage.qemu_nbd import QemuNbd
+from tests.integration.relay import Relay
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon, MakeDaemon
 
 KiB = 1024
 SIZE = 64 * MiB
@@ -52,7 +52,7 @@ def url(daemon: Daemon, ticket_id: str, port: int | None = None) -> str:
     return f"https://127.0.0.1:{port or daemon.port}/images/{ticket_id}"
 
 
-def ok(done: Any) -> None:
+def ok(done: subprocess.CompletedProcess[str]) -> None:
     assert done.returncode == 0, f"exit {done.returncode}:\n{done.stderr}"
 
 
@@ -112,7 +112,7 @@ def test_upload_raw_with_holes_zeroes_the_holes_of_a_used_disk(
     write_runs(src, SIZE, RUNS, seed=1)
     # A used disk: every byte that is a hole in the source must be zeroed.
     ticket_id, disk = daemon.add_ticket(size=SIZE, data=b"\xff" * SIZE)
-    args = [src, url(daemon, ticket_id), *common(daemon, tmp_path), "-v"]
+    args: list[str | Path] = [src, url(daemon, ticket_id), *common(daemon, tmp_path), "-v"]
     if transport == "tls":
         args.append("--no-unix-socket")
     done = run_client("upload", *args)
@@ -162,7 +162,9 @@ def test_upload_with_disk_format_qcow2_sends_the_file_itself(
     daemon.result("Ticket.remove", uuid=ticket_id)
 
 
-def test_workers_never_exceed_what_the_server_allows(make_daemon: Any, tmp_path: Path) -> None:
+def test_workers_never_exceed_what_the_server_allows(
+    make_daemon: MakeDaemon, tmp_path: Path
+) -> None:
     # The daemon refuses a third writer (503): a client that opened its
     # four connections anyway would fail.
     daemon = make_daemon(http={"max_writers": 2})
@@ -186,7 +188,7 @@ def test_download_raw_leaves_holes(daemon: Daemon, tmp_path: Path, transport: st
     ticket_id, image = daemon.add_ticket(size=SIZE, ops=("read",))
     write_runs(image, SIZE, RUNS, seed=4)
     target = tmp_path / "out.raw"
-    args = [url(daemon, ticket_id), target, *ca(daemon), "-v"]
+    args: list[str | Path] = [url(daemon, ticket_id), target, *ca(daemon), "-v"]
     if transport == "tls":
         args.append("--no-unix-socket")
     done = run_client("download", *args)

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clientrun import (
+from tests.integration.clientrun import (
     MiB,
     qcow2_with_runs,
     run_client,
@@ -17,13 +17,12 @@ from clientrun import (
     wait_for,
     write_runs,
 )
-from relay import Relay
-
+from tests.integration.relay import Relay
 from vdsm_imageio.client import errors
 from vdsm_imageio.client.journal import parse
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 SIZE = 64 * MiB
 CORRUPT_AT = 4096 + 17

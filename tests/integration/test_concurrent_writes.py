@@ -13,6 +13,7 @@ Extents asked while others write and punch holes must stay well formed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import random
@@ -23,11 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from imageclient import Client, image_ticket, well_formed
-from sectored import ext4_on_loop, needs_root
+
+from tests.integration.imageclient import Client, image_ticket, well_formed
+from tests.support.loopfs import ext4_on_loop, needs_root
+from tests.support.together import Together
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -41,58 +44,11 @@ def sectored(daemon: Daemon) -> Iterator[dict[int, Path]]:
     needs_root()
     with contextlib.ExitStack() as stack:
         yield {
-            size: stack.enter_context(ext4_on_loop(daemon.images, f"sec{size}", sector_size=size))
+            size: stack.enter_context(
+                ext4_on_loop(daemon.images, f"sec{size}", sector_size=size, direct_io=True)
+            )
             for size in SECTOR_SIZES
         }
-
-
-class Together:
-    """Threads that each run one call per round, all starting at once."""
-
-    def __init__(self, count: int) -> None:
-        self._calls: list[Callable[[], None]] = []
-        self._errors: list[BaseException] = []
-        self._start = threading.Barrier(count + 1, timeout=ROUND_TIMEOUT)
-        self._done = threading.Barrier(count + 1, timeout=ROUND_TIMEOUT)
-        self._stop = False
-        self._threads = [
-            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(count)
-        ]
-        for t in self._threads:
-            t.start()
-
-    def _run(self, i: int) -> None:
-        try:
-            while True:
-                self._start.wait()
-                if self._stop:
-                    return
-                self._calls[i]()
-                self._done.wait()
-        except threading.BrokenBarrierError:
-            return
-        except BaseException as e:
-            self._errors.append(e)
-            self._start.abort()
-            self._done.abort()
-
-    def round(self, calls: list[Callable[[], None]]) -> None:
-        self._calls = calls
-        try:
-            self._start.wait()
-            self._done.wait()
-        except threading.BrokenBarrierError:
-            if self._errors:
-                raise self._errors[0] from None
-            raise
-
-    def close(self) -> None:
-        self._stop = True
-        with contextlib.suppress(threading.BrokenBarrierError):
-            self._start.wait()
-        for t in self._threads:
-            t.join(ROUND_TIMEOUT)
-        assert not any(t.is_alive() for t in self._threads), "a writer is stuck"
 
 
 @contextlib.contextmanager
@@ -154,7 +110,7 @@ def test_writers_sharing_sectors_lose_nothing(
         base, region = MiB, count * 2 * sector
         model = bytearray(read_region(path, base, region))
         with clients(daemon, ticket_id, count) as conns:
-            together = Together(count)
+            together = Together(count, ROUND_TIMEOUT)
             try:
                 for n in range(rounds):
                     rng = random.Random(f"{sector}-{count}-{n}")
@@ -162,11 +118,11 @@ def test_writers_sharing_sectors_lose_nothing(
                     calls: list[Callable[[], None]] = []
                     for conn, (a, b) in zip(conns, itertools.pairwise(points), strict=True):
                         if rng.random() < 0.25:
-                            calls.append(lambda c=conn, a=a, b=b: c.zero(a, b - a))
+                            calls.append(functools.partial(conn.zero, a, b - a))
                             data = bytes(b - a)
                         else:
                             data = rng.randbytes(b - a)
-                            calls.append(lambda c=conn, a=a, d=data: c.put(a, d))
+                            calls.append(functools.partial(conn.put, a, data))
                         model[a - base : b - base] = data
                     together.round(calls)
                     got = read_region(path, base, region)

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.clock import FakeClock
+from tests.support.tickets import valid_ticket
 from vdsm_imageio import callclient
 from vdsm_imageio.registry import Registry
 from verbs import create_control, protocol
@@ -26,14 +28,6 @@ from verbs.service import ServiceInfo
 from verbs.ticket import ticket_methods
 
 IO_TIMEOUT = 10.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Client:
@@ -135,17 +129,17 @@ def client(server: ControlServer) -> Iterator[Client]:
 
 
 def ticket(**kw: Any) -> dict[str, Any]:
-    t = {
-        "uuid": "secret-1",
-        "size": 4096,
-        "ops": ["read", "write"],
-        "timeout": 300,
-        "url": "file:///var/tmp/disk.raw",
-        "transfer_id": "tx-1",
-        "engine_extra": {"ignored": True},
-    }
-    t.update(kw)
-    return t
+    return valid_ticket(
+        **{
+            "uuid": "secret-1",
+            "size": 4096,
+            "ops": ["read", "write"],
+            "url": "file:///var/tmp/disk.raw",
+            "transfer_id": "tx-1",
+            "engine_extra": {"ignored": True},
+            **kw,
+        }
+    )
 
 
 def test_ticket_round_trip(client: Client, clock: FakeClock) -> None:

@@ -15,30 +15,19 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.support.procs import running
+
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon, MakeDaemon
 
 MiB = 1024**2
 WAIT = 10.0
-
-MakeDaemon = Callable[..., "Daemon"]
 
 
 def qemu_nbd_of(d: Daemon) -> list[int]:
     """Live qemu-nbd processes serving something under d's directory."""
     marker = os.fsencode(str(d.dir)) + b"/"
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
-        except OSError:
-            continue
-        if argv[0] == b"qemu-nbd" and any(marker in a for a in argv) and state not in "ZX":
-            found.append(int(entry.name))
-    return found
+    return [pid for pid, argv in running(b"qemu-nbd") if any(marker in a for a in argv)]
 
 
 def wait_until(check: Callable[[], bool], timeout: float = WAIT) -> bool:

@@ -29,7 +29,7 @@ import pytest
 from storage.qemu_nbd import QemuNbd
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 MiB = 1024**2
 SIZE = 48 * MiB
@@ -172,7 +172,7 @@ class Images:
             QemuNbd(str(path), "raw", str(self.daemon.dir / f"{name}.sock"), read_only=True)
         )
         ticket_id = str(uuidlib.uuid4())
-        ticket = {
+        ticket: dict[str, Any] = {
             "uuid": ticket_id,
             "size": SIZE,
             "ops": ["read"],

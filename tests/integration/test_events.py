@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.support.daemon import PROGRAM
+
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon, MakeDaemon
 
 KiB = 1024
 MiB = 1024**2
@@ -71,7 +73,7 @@ class Subscriber:
     ) -> list[dict[str, Any]]:
         """Notifications up to and including the first one stop() accepts."""
         deadline = time.monotonic() + timeout
-        got = []
+        got: list[dict[str, Any]] = []
         while True:
             msg = self.next(deadline)
             got.append(msg)
@@ -107,9 +109,7 @@ def slow_put(
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_progress_during_upload_then_inactive(
-    make_daemon: Callable[..., Daemon], transport: str
-) -> None:
+def test_progress_during_upload_then_inactive(make_daemon: MakeDaemon, transport: str) -> None:
     # A request accounts its bytes per filled buffer: a small buffer lets
     # a 4 MiB upload move in steps, as a large image does with the default.
     d = make_daemon(http={"progress_interval": 0.25, "buffer_size": 256 * KiB})
@@ -212,7 +212,7 @@ def test_unknown_event_is_invalid_params_naming_events(daemon: Daemon) -> None:
 
 
 def test_reaper_removes_ticket_expired_longer_than_grace(
-    make_daemon: Callable[..., Daemon],
+    make_daemon: MakeDaemon,
 ) -> None:
     d = make_daemon(daemon={"expired_ticket_grace": 1})
     sub = Subscriber(d, ["Ticket.expired", "Ticket.removed"])
@@ -273,7 +273,7 @@ def test_subscriber_that_never_reads_blocks_nobody(daemon: Daemon) -> None:
                 },
             )
             daemon.result("Ticket.remove", uuid=ticket_id)
-        got = []
+        got: list[str] = []
         deadline = time.monotonic() + EVENT_TIMEOUT
         while len(got) < count:
             got.append(reader.next(deadline)["params"]["uuid"])
@@ -291,13 +291,14 @@ def test_subscriber_that_never_reads_blocks_nobody(daemon: Daemon) -> None:
 
 
 def test_call_subscribe_prints_json_lines_until_sigint(daemon: Daemon) -> None:
-    vdsm_imageio = str(daemon.proc.args[0])  # type: ignore[index]
+    vdsm_imageio = str(PROGRAM)
     proc = subprocess.Popen(
         [vdsm_imageio, "call", "--socket", daemon.control_path, "--subscribe", "Ticket.removed"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+    assert proc.stdout is not None
     try:
         subscribed = time.monotonic() + IO_TIMEOUT
         ticket_id = ""
@@ -309,7 +310,6 @@ def test_call_subscribe_prints_json_lines_until_sigint(daemon: Daemon) -> None:
             daemon.result("Ticket.remove", uuid=ticket_id)
             ready, _, _ = select.select([proc.stdout], [], [], 0.5)
             if ready:
-                assert proc.stdout is not None
                 line = proc.stdout.readline()
         assert line, "no notification printed"
         msg = json.loads(line)
@@ -327,7 +327,7 @@ def test_call_subscribe_prints_json_lines_until_sigint(daemon: Daemon) -> None:
 
 
 def test_subscriber_that_never_reads_does_not_delay_shutdown(
-    make_daemon: Callable[..., Daemon],
+    make_daemon: MakeDaemon,
 ) -> None:
     d = make_daemon()
     stuck = Subscriber(d)

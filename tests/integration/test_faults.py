@@ -8,34 +8,28 @@ import http.client
 import os
 import random
 import socket
-import subprocess
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from rawhttp import closed_by_server, read_reply
+
+from tests.integration.rawhttp import closed_by_server, read_reply
+from tests.support.loopfs import ext4_on_loop, needs_root
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon, MakeDaemon
 
 KiB = 1024
 MiB = 1024**2
-CMD_TIMEOUT = 60
-
-MakeDaemon = Callable[..., "Daemon"]
 
 
-def run(*argv: str) -> str:
-    return subprocess.run(
-        argv, check=True, capture_output=True, text=True, timeout=CMD_TIMEOUT
-    ).stdout
-
-
-def put(conn: Any, ticket_id: str, offset: int, data: bytes, flush: str = "y") -> int:
+def put(
+    conn: http.client.HTTPConnection, ticket_id: str, offset: int, data: bytes, flush: str = "y"
+) -> int:
     conn.request(
         "PUT",
         f"/images/{ticket_id}?flush={flush}",
@@ -145,34 +139,6 @@ def test_kill_during_flushed_uploads_keeps_every_acknowledged_byte(
 # ENOSPC: 507 with a clear message, the bytes before the failure intact.
 
 
-@contextlib.contextmanager
-def small_ext4(directory: Path, size: int) -> Iterator[Path]:
-    """An ext4 of size bytes on a loop device, mounted at directory/fs."""
-    image = directory / "fs.img"
-    with open(image, "wb") as f:
-        f.truncate(size)
-    run("mkfs.ext4", "-q", "-F", "-m", "0", str(image))
-    device = run("losetup", "--find", "--show", str(image)).strip()
-    mountpoint = directory / "fs"
-    mountpoint.mkdir()
-    try:
-        run("mount", device, str(mountpoint))
-        try:
-            yield mountpoint
-        finally:
-            deadline = time.monotonic() + 10
-            while True:  # the daemon may close the image just after a reply
-                try:
-                    run("umount", str(mountpoint))
-                    break
-                except subprocess.CalledProcessError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
-    finally:
-        run("losetup", "--detach", device)
-
-
 def common_prefix(a: bytes, b: bytes, block: int = 64 * KiB) -> int:
     n = 0
     while n < min(len(a), len(b)) and a[n : n + block] == b[n : n + block]:
@@ -180,11 +146,6 @@ def common_prefix(a: bytes, b: bytes, block: int = 64 * KiB) -> int:
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
     return n
-
-
-def needs_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for loop devices and mounts")
 
 
 def put_raw(
@@ -211,17 +172,25 @@ def put_raw(
     return res.status, text.decode(), res.getheader("Connection")
 
 
+@contextlib.contextmanager
+def ticket_on_full_storage(d: Daemon, *, sparse: bool) -> Iterator[dict[str, Any]]:
+    """A write ticket for a 64 MiB image on a 24 MiB ext4: writing it all
+    fills the file system."""
+    size = 64 * MiB
+    with ext4_on_loop(d.images, "fs", size=24 * MiB, reserve=False) as fs:
+        image = fs / "disk.raw"
+        with open(image, "wb") as f:
+            f.truncate(size)
+        ticket = url_ticket(image, size, ["write"], sparse=sparse)
+        d.result("Ticket.add", ticket=ticket)
+        yield ticket
+
+
 @pytest.mark.loop
 def test_full_file_system_is_507_and_keeps_the_bytes_before(make_daemon: MakeDaemon) -> None:
     needs_root()
     d = make_daemon()
-    size = 64 * MiB
-    with small_ext4(d.images, 24 * MiB) as fs:
-        image = fs / "disk.raw"
-        with open(image, "wb") as f:
-            f.truncate(size)
-        ticket = url_ticket(image, size, ["write"], sparse=True)
-        d.result("Ticket.add", ticket=ticket)
+    with ticket_on_full_storage(d, sparse=True) as ticket:
         first = os.urandom(4 * MiB)
         conn = d.unix()
         assert put(conn, ticket["uuid"], 0, first) == 200
@@ -255,19 +224,13 @@ def test_full_file_system_is_507_and_keeps_the_bytes_before(make_daemon: MakeDae
 def test_allocating_zero_on_a_full_file_system_is_507(make_daemon: MakeDaemon) -> None:
     needs_root()
     d = make_daemon()
-    size = 64 * MiB
-    with small_ext4(d.images, 24 * MiB) as fs:
-        image = fs / "disk.raw"
-        with open(image, "wb") as f:
-            f.truncate(size)
-        # Not sparse: zero must allocate, which a 24 MiB file system cannot.
-        ticket = url_ticket(image, size, ["write"], sparse=False)
-        d.result("Ticket.add", ticket=ticket)
+    # Not sparse: zero must allocate, which a 24 MiB file system cannot.
+    with ticket_on_full_storage(d, sparse=False) as ticket:
         conn = d.unix()
         conn.request(
             "PATCH",
             f"/images/{ticket['uuid']}",
-            body=b'{"op": "zero", "offset": 0, "size": %d}' % size,
+            body=b'{"op": "zero", "offset": 0, "size": %d}' % ticket["size"],
         )
         res = conn.getresponse()
         text = res.read().decode()

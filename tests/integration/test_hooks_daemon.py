@@ -4,19 +4,18 @@ transfer-record hook, and after hooks that fail without harm."""
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
-import socket
 import time
 import uuid as uuidlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon, MakeDaemon
 
 REPO = Path(__file__).resolve().parents[2]
 RECORD_HOOK = REPO / "hooks" / "after_ticket_remove" / "50-transfer-record"
@@ -45,19 +44,8 @@ def new_ticket(daemon: Daemon, size: int = MiB) -> dict[str, Any]:
     }
 
 
-class TicketsConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=10)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
-
-
 def http_request(daemon: Daemon, method: str, ticket_id: str, body: Any = None) -> tuple[int, str]:
-    con = TicketsConnection(str(daemon.dir / "tickets.sock"))
+    con = daemon.tickets()
     with contextlib.closing(con):
         con.request(
             method,
@@ -82,7 +70,7 @@ def upload(daemon: Daemon, ticket_id: str, data: bytes) -> None:
     assert res.status == 200
 
 
-def test_vetoing_before_add_hook_fails_add_with_300_and_no_ticket(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_vetoing_before_add_hook_fails_add_with_300_and_no_ticket(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon()
     install(daemon, "before_ticket_add", "50-deny", 'echo "host is in maintenance" >&2; exit 1')
     ticket = new_ticket(daemon)
@@ -100,7 +88,7 @@ def test_vetoing_before_add_hook_fails_add_with_300_and_no_ticket(make_daemon) -
     assert http_request(daemon, "GET", ticket["uuid"])[0] == 404
 
 
-def test_before_add_hook_sees_the_ticket_and_allows_it(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_before_add_hook_sees_the_ticket_and_allows_it(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon()
     seen = daemon.dir / "seen.json"
     install(daemon, "before_ticket_add", "50-look", f'cat > {seen}; echo "$EVENT" >> {seen}.env')
@@ -112,7 +100,7 @@ def test_before_add_hook_sees_the_ticket_and_allows_it(make_daemon) -> None:  # 
     assert Path(f"{seen}.env").read_text() == "before_ticket_add\n"
 
 
-def test_vetoing_before_remove_hook_keeps_ticket_live(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_vetoing_before_remove_hook_keeps_ticket_live(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon()
     hook = install(daemon, "before_ticket_remove", "50-keep", 'echo "not yet" >&2; exit 7')
     ticket = new_ticket(daemon)
@@ -128,7 +116,7 @@ def test_vetoing_before_remove_hook_keeps_ticket_live(make_daemon) -> None:  # t
     assert daemon.result("Ticket.remove", uuid=ticket["uuid"]) is True
 
 
-def test_failing_after_hooks_do_not_fail_the_operation(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_failing_after_hooks_do_not_fail_the_operation(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon()
     install(daemon, "after_ticket_add", "50-fail", 'echo "broken" >&2; exit 1')
     install(daemon, "after_ticket_remove", "50-fail", 'echo "broken" >&2; exit 1')
@@ -138,7 +126,7 @@ def test_failing_after_hooks_do_not_fail_the_operation(make_daemon) -> None:  # 
     wait_for(lambda: daemon.log().count("hook=50-fail") >= 2 and "| broken" in daemon.log())
 
 
-def test_transfer_record_hook_writes_one_line_per_removed_ticket(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_transfer_record_hook_writes_one_line_per_removed_ticket(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon()
     target = daemon.dir / "hooks" / "after_ticket_remove" / RECORD_HOOK.name
     target.parent.mkdir(parents=True)
@@ -175,14 +163,14 @@ def test_transfer_record_hook_writes_one_line_per_removed_ticket(make_daemon) ->
     assert all(t["uuid"] not in text for t in (full, partial, untouched))
 
 
-def wait_for(condition: Any, timeout: float = 10) -> None:
+def wait_for(condition: Callable[[], object], timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
 
 
-def test_after_transfer_idle_runs_when_an_upload_ends(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_after_transfer_idle_runs_when_an_upload_ends(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon()
     seen = daemon.dir / "idle"
     install(
@@ -203,7 +191,7 @@ def test_after_transfer_idle_runs_when_an_upload_ends(make_daemon) -> None:  # t
     assert json.loads(status)["active"] is False
 
 
-def test_replace_runs_the_remove_and_add_hooks(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_replace_runs_the_remove_and_add_hooks(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon()
     log = daemon.dir / "events.log"
     for event in ("before_ticket_add", "after_ticket_add", "before_ticket_remove"):
@@ -234,7 +222,7 @@ def test_replace_runs_the_remove_and_add_hooks(make_daemon) -> None:  # type: ig
 
 
 @pytest.mark.parametrize("event", ["before_ticket_add", "before_ticket_remove"])
-def test_vetoed_replace_keeps_the_old_ticket(make_daemon, event: str) -> None:  # type: ignore[no-untyped-def]
+def test_vetoed_replace_keeps_the_old_ticket(make_daemon: MakeDaemon, event: str) -> None:
     daemon = make_daemon()
     ticket = new_ticket(daemon)
     assert http_request(daemon, "PUT", ticket["uuid"], ticket)[0] == 200

@@ -17,16 +17,20 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 import pytest
-from rawhttp import closed_by_server, send, still_open
+
+from tests.integration.rawhttp import closed_by_server, send, still_open
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon, MakeDaemon
 
 MiB = 1024**2
 
+# The sockets fixture: keeps a socket open until the test ends.
+Keep = Callable[[socket.socket], socket.socket]
+
 
 @pytest.fixture
-def sockets() -> Iterator[Callable[[socket.socket], socket.socket]]:
+def sockets() -> Iterator[Keep]:
     """Keep a socket until the test ends."""
     with ExitStack() as stack:
 
@@ -90,9 +94,11 @@ def closed_after_reading(sock: socket.socket, timeout: float = 3.0) -> bool:
 # Unauthenticated budget and per-peer cap.
 
 
-def test_full_budget_closes_the_oldest_unauthenticated_connection(make_daemon, sockets) -> None:  # type: ignore[no-untyped-def]
+def test_full_budget_closes_the_oldest_unauthenticated_connection(
+    make_daemon: MakeDaemon, sockets: Keep
+) -> None:
     daemon = make_daemon(http={"max_unauthenticated": 3})
-    held = []
+    held: list[socket.socket] = []
     for i in range(3):
         held.append(sockets(tcp_from(daemon, f"127.0.0.{2 + i}")))
         wait_connections(daemon, i + 1)
@@ -104,7 +110,9 @@ def test_full_budget_closes_the_oldest_unauthenticated_connection(make_daemon, s
     assert "limit=3" in line
 
 
-def test_full_peer_cap_closes_that_peers_oldest_only(make_daemon, sockets) -> None:  # type: ignore[no-untyped-def]
+def test_full_peer_cap_closes_that_peers_oldest_only(
+    make_daemon: MakeDaemon, sockets: Keep
+) -> None:
     daemon = make_daemon(http={"max_unauthenticated_per_peer": 2})
     other = sockets(tcp_from(daemon, "127.0.0.3"))
     mine = [sockets(tcp_from(daemon, "127.0.0.2")) for _ in range(2)]
@@ -116,7 +124,7 @@ def test_full_peer_cap_closes_that_peers_oldest_only(make_daemon, sockets) -> No
     assert "reason=max_unauthenticated_per_peer limit=2 group=127.0.0.2 " in line
 
 
-def test_unix_socket_peers_are_capped_per_user(make_daemon, sockets) -> None:  # type: ignore[no-untyped-def]
+def test_unix_socket_peers_are_capped_per_user(make_daemon: MakeDaemon, sockets: Keep) -> None:
     daemon = make_daemon(http={"max_unauthenticated_per_peer": 2})
     first = sockets(daemon.raw_unix())
     wait_connections(daemon, 1)
@@ -127,7 +135,9 @@ def test_unix_socket_peers_are_capped_per_user(make_daemon, sockets) -> None:  #
     assert f"group=unix uid={os.getuid()} " in line
 
 
-def test_a_half_done_tls_handshake_counts_as_unauthenticated(make_daemon, sockets) -> None:  # type: ignore[no-untyped-def]
+def test_a_half_done_tls_handshake_counts_as_unauthenticated(
+    make_daemon: MakeDaemon, sockets: Keep
+) -> None:
     daemon = make_daemon(http={"max_unauthenticated": 2})
     ticket_id, _ = daemon.add_ticket(size=MiB, data=b"data")
     # A ClientHello the server answers; the client never finishes.
@@ -146,7 +156,7 @@ def test_a_half_done_tls_handshake_counts_as_unauthenticated(make_daemon, socket
 # Authorized connections.
 
 
-def test_authorized_connection_is_never_evicted(make_daemon, sockets) -> None:  # type: ignore[no-untyped-def]
+def test_authorized_connection_is_never_evicted(make_daemon: MakeDaemon, sockets: Keep) -> None:
     daemon = make_daemon(http={"max_unauthenticated": 2, "max_unauthenticated_per_peer": 2})
     ticket_id, _ = daemon.add_ticket(size=MiB, data=b"abc")
     authorized = sockets(daemon.raw_tls())
@@ -161,7 +171,9 @@ def test_authorized_connection_is_never_evicted(make_daemon, sockets) -> None:  
     assert (resp.status, body) == (206, b"bc")
 
 
-def test_options_on_a_live_ticket_authorizes_options_star_does_not(make_daemon, sockets) -> None:  # type: ignore[no-untyped-def]
+def test_options_on_a_live_ticket_authorizes_options_star_does_not(
+    make_daemon: MakeDaemon, sockets: Keep
+) -> None:
     daemon = make_daemon(http={"max_unauthenticated": 2})
     ticket_id, _ = daemon.add_ticket(size=MiB)
     probed = sockets(daemon.raw_unix())
@@ -176,7 +188,9 @@ def test_options_on_a_live_ticket_authorizes_options_star_does_not(make_daemon, 
     assert still_open(probed, ticket_id)
 
 
-def test_authorized_connections_past_max_connections_get_503(make_daemon, sockets) -> None:  # type: ignore[no-untyped-def]
+def test_authorized_connections_past_max_connections_get_503(
+    make_daemon: MakeDaemon, sockets: Keep
+) -> None:
     daemon = make_daemon(http={"max_connections": 2})
     ticket_id, _ = daemon.add_ticket(size=MiB)
     held = [sockets(daemon.raw_unix()) for _ in range(2)]
@@ -208,7 +222,9 @@ def test_removed_ticket_closes_its_idle_authorized_connection(daemon: Daemon) ->
 # Deadlines and resources.
 
 
-def test_first_head_deadline_counts_the_tls_handshake(make_daemon, sockets) -> None:  # type: ignore[no-untyped-def]
+def test_first_head_deadline_counts_the_tls_handshake(
+    make_daemon: MakeDaemon, sockets: Keep
+) -> None:
     daemon = make_daemon(http={"header_timeout": 4}, tls={"handshake_timeout": 10})
     start = time.monotonic()
     sock = sockets(daemon.raw_tcp())
@@ -221,7 +237,7 @@ def test_first_head_deadline_counts_the_tls_handshake(make_daemon, sockets) -> N
     assert "TIMEOUT peer=127.0.0.1" in daemon.log()
 
 
-def test_hostile_sockets_hold_no_threads_and_few_descriptors(daemon: Daemon, sockets) -> None:  # type: ignore[no-untyped-def]
+def test_hostile_sockets_hold_no_threads_and_few_descriptors(daemon: Daemon, sockets: Keep) -> None:
     baseline = _threads(daemon.proc.pid)
     fds = _fds(daemon.proc.pid)
     for i in range(300):

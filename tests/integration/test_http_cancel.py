@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon, MakeDaemon
 
 KiB = 1024
 MiB = 1024**2
@@ -238,7 +238,7 @@ def test_status_shows_connections_and_idle_time(daemon: Daemon) -> None:
     assert daemon.status(ticket_id)["connections"] == 0
 
 
-def test_daemon_stops_promptly_during_a_slow_download(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_daemon_stops_promptly_during_a_slow_download(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon()
     ticket_id, _ = daemon.add_ticket(size=GiB, ops=("read",))
     sock = daemon.raw_tls()

@@ -17,16 +17,16 @@ import subprocess
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from storage.qemu_nbd import QemuNbd
+from vdsm_imageio.checksum import HashObject
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon, MakeDaemon
 
 KiB = 1024
 MiB = 1024**2
@@ -49,9 +49,11 @@ def block_checksum(data: bytes, block_size: int = 4 * MiB, algorithm: str = "bla
     the image as qemu sees it (whole sectors)."""
     data += bytes(-len(data) % 512)
 
-    def new() -> Any:
-        if algorithm in ("blake2b", "blake2s"):
-            return hashlib.new(algorithm, digest_size=32)
+    def new() -> HashObject:
+        if algorithm == "blake2b":
+            return hashlib.blake2b(digest_size=32)
+        if algorithm == "blake2s":
+            return hashlib.blake2s(digest_size=32)
         return hashlib.new(algorithm)
 
     root = new()
@@ -308,7 +310,7 @@ class ThrottledNbd(QemuNbd):
         ]
 
 
-def test_remove_cancels_running_checksum(make_daemon: Callable[..., Daemon]) -> None:
+def test_remove_cancels_running_checksum(make_daemon: MakeDaemon) -> None:
     # Small buffers: a cancel is seen between two reads of the slow storage.
     daemon = make_daemon(http={"buffer_size": 256 * KiB})
     size = 32 * MiB  # 8 s at the throttled rate

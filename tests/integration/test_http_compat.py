@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import pytest
-import rawhttp
+
+from tests.integration import rawhttp
+from tests.support.daemon import terminate
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 KiB = 1024
 MiB = 1024**2
@@ -412,12 +414,7 @@ def qemu_nbd(
             time.sleep(0.02)
         yield sock
     finally:
-        proc.terminate()
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, STOP_TIMEOUT)
         if proc.stderr:
             proc.stderr.close()
         image.unlink(missing_ok=True)

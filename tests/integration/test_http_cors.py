@@ -12,10 +12,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
-from rawhttp import send
+
+from tests.integration.rawhttp import send
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 MiB = 1024**2
 ORIGIN = "http://127.0.0.1:8080"

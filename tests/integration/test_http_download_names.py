@@ -16,7 +16,7 @@ from urllib.parse import unquote
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 KiB = 1024
 CURL_TIMEOUT = 60

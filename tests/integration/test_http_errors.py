@@ -13,10 +13,11 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
-from rawhttp import closed_by_server, read_reply, send, still_open
+
+from tests.integration.rawhttp import closed_by_server, read_reply, send, still_open
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 MiB = 1024**2
 

@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.support.daemon import UnixHTTPConnection
+
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 MiB = 1024**2
 
@@ -282,9 +284,7 @@ def test_options_star_needs_no_ticket(daemon: Daemon) -> None:
 def test_unix_socket_from_options_serves_requests(daemon: Daemon) -> None:
     ticket_id, _ = daemon.add_ticket(size=MiB, data=b"hello")
     _, _, body = options(daemon, f"/images/{ticket_id}")
-    from conftest import UnixHTTPConnection
-
-    conn = UnixHTTPConnection(body["unix_socket"])
+    conn = UnixHTTPConnection(body["unix_socket"], timeout=daemon.limits.io)
     status, _, got = request(conn, "GET", f"/images/{ticket_id}", headers={"Range": "bytes=0-4"})
     conn.close()
     assert (status, got) == (206, b"hello")

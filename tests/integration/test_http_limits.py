@@ -6,10 +6,10 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-from rawhttp import closed_by_server, read_reply, send
+from tests.integration.rawhttp import closed_by_server, read_reply, send
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon, MakeDaemon
 
 MiB = 1024**2
 
@@ -45,7 +45,7 @@ def test_plain_http_on_the_tls_port_is_closed_and_harmless(daemon: Daemon) -> No
     conn.close()
 
 
-def test_incomplete_request_head_is_closed_after_header_timeout(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_incomplete_request_head_is_closed_after_header_timeout(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon(http={"header_timeout": 1})
     partial = daemon.raw_unix()
     partial.sendall(b"GET /images/x HTTP/1.1\r\nHost: loc")
@@ -67,7 +67,7 @@ def test_incomplete_request_head_is_closed_after_header_timeout(make_daemon) -> 
     dripping.close()
 
 
-def test_silent_connections_are_closed_after_their_deadlines(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_silent_connections_are_closed_after_their_deadlines(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon(http={"header_timeout": 1}, tls={"handshake_timeout": 1})
     tls_silent = daemon.raw_tcp()  # not even a TLS handshake
     unix_silent = daemon.raw_unix()
@@ -82,7 +82,7 @@ def test_silent_connections_are_closed_after_their_deadlines(make_daemon) -> Non
 # Per-ticket connection limits.
 
 
-def test_second_writer_gets_503_while_first_holds_its_slot(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_second_writer_gets_503_while_first_holds_its_slot(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon(http={"max_writers": 1, "max_readers": 1})
     ticket_id, _ = daemon.add_ticket(size=MiB)
     first = daemon.raw_unix()
@@ -112,7 +112,7 @@ def test_second_writer_gets_503_while_first_holds_its_slot(make_daemon) -> None:
     assert resp.status == 200
 
 
-def test_options_advertise_configured_limits(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_options_advertise_configured_limits(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon(http={"max_writers": 1, "max_readers": 3})
     ticket_id, _ = daemon.add_ticket(size=MiB)
     conn = daemon.unix()

@@ -21,7 +21,7 @@ import pytest
 from storage.qemu_nbd import QemuNbd
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon, MakeDaemon
 
 MiB = 1024**2
 KiB = 1024
@@ -303,7 +303,7 @@ def test_stopped_server_fails_requests_not_the_daemon(daemon: Daemon, volumes: V
 
 @pytest.mark.parametrize("parallel_reads, connections", [(1, 1), (2, 2), (3, 3)])
 def test_download_reads_with_parallel_nbd_connections(
-    make_daemon: Any, parallel_reads: int, connections: int
+    make_daemon: MakeDaemon, parallel_reads: int, connections: int
 ) -> None:
     # Small buffers, so an 8 MiB download is many segments dealt to the lanes.
     daemon = make_daemon(http={"buffer_size": 64 * KiB, "parallel_reads": parallel_reads})
@@ -334,7 +334,7 @@ def test_download_reads_with_parallel_nbd_connections(
 
 @pytest.mark.parametrize("nbd_splice, opened_over_unix", [(True, 1), (False, 2)])
 def test_nbd_splice_switch_chooses_the_unix_download_reader(
-    make_daemon: Any, nbd_splice: bool, opened_over_unix: int
+    make_daemon: MakeDaemon, nbd_splice: bool, opened_over_unix: int
 ) -> None:
     # The bench measures nbdwire against libnbd alone with this switch: off,
     # a unix download reads through libnbd (the backend and parallel_reads - 1

@@ -25,13 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from proxypair import Pair, add_pair, free_port, harness, host_links, proxy_ticket
-from rawhttp import closed_by_server, send
 
+from tests.integration.clientrun import run_client
+from tests.integration.proxypair import Pair, add_pair, free_port, host_links, proxy_ticket, stop
+from tests.integration.rawhttp import closed_by_server, send
+from tests.support.daemon import Daemon, ini, new_directory
 from vdsm_imageio import pki
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import MakeDaemon
 
 MiB = 1024**2
 WAIT = 10.0
@@ -41,25 +43,19 @@ IO_TIMEOUT = 10.0
 @pytest.fixture(scope="module")
 def rig() -> Iterator[tuple[Daemon, Daemon]]:
     """A host daemon and a proxy beside it with the ticket API on TCP."""
-    it = harness()
-    host = it.Daemon(it._base_dir())
+    host = Daemon(new_directory())
     try:
-        proxy = it.Daemon(
-            it._base_dir(),
-            {"control": {"ticket_port": free_port()}},
-            directory=host.dir,
-            proxy=True,
-        )
+        proxy = Daemon(host.dir, ini({"control": {"ticket_port": free_port()}}), proxy=True)
     except BaseException:
-        it._stop(host)
+        stop(host)
         raise
     try:
         yield host, proxy
     finally:
         try:
-            it._stop(proxy)
+            stop(proxy)
         finally:
-            it._stop(host)
+            stop(host)
 
 
 def pattern(size: int, seed: int = 0) -> bytes:
@@ -133,7 +129,7 @@ def test_json_rpc_stays_available_on_the_proxy(rig: tuple[Daemon, Daemon]) -> No
 
 
 def test_options_through_the_proxy_are_the_hosts_at_most(
-    make_daemon: Callable[..., Daemon],
+    make_daemon: MakeDaemon,
 ) -> None:
     host = make_daemon(http={"max_readers": 3, "max_writers": 2})
     proxy = make_daemon(directory=host.dir, proxy=True, control={"ticket_port": 0})
@@ -250,7 +246,7 @@ def test_checksum_through_the_proxy_is_computed_on_the_host(
 
 @pytest.mark.parametrize("unix_socket", [True, False], ids=["unix-socket", "tls"])
 def test_proxy_uses_the_hosts_unix_socket_on_the_same_machine(
-    make_daemon: Callable[..., Daemon], unix_socket: bool
+    make_daemon: MakeDaemon, unix_socket: bool
 ) -> None:
     host = make_daemon()
     proxy = make_daemon(
@@ -287,7 +283,7 @@ def test_host_refusal_keeps_its_status_and_closes(rig: tuple[Daemon, Daemon]) ->
         sock.close()
 
 
-def test_host_that_stops_answering_is_504(make_daemon: Callable[..., Daemon]) -> None:
+def test_host_that_stops_answering_is_504(make_daemon: MakeDaemon) -> None:
     host = make_daemon()
     proxy = make_daemon(
         directory=host.dir, proxy=True, control={"ticket_port": 0}, backend_http={"timeout": 1}
@@ -311,7 +307,7 @@ def test_host_that_stops_answering_is_504(make_daemon: Callable[..., Daemon]) ->
 
 
 def test_host_restarted_mid_transfer_fails_clearly_and_a_retry_works(
-    make_daemon: Callable[..., Daemon],
+    make_daemon: MakeDaemon,
 ) -> None:
     host = make_daemon()
     proxy = make_daemon(directory=host.dir, proxy=True, control={"ticket_port": 0})
@@ -404,8 +400,6 @@ def test_ticket_removal_on_either_side_cancels(rig: tuple[Daemon, Daemon], side:
 
 
 def test_our_client_through_the_proxy(rig: tuple[Daemon, Daemon], tmp_path: Any) -> None:
-    from clientrun import run_client
-
     host, proxy = rig
     size = 20 * MiB
     source = tmp_path / "source.raw"
@@ -425,7 +419,7 @@ def test_our_client_through_the_proxy(rig: tuple[Daemon, Daemon], tmp_path: Any)
 
 
 def test_remove_on_the_proxy_stops_a_request_waiting_for_the_host(
-    make_daemon: Callable[..., Daemon],
+    make_daemon: MakeDaemon,
 ) -> None:
     host = make_daemon()
     proxy = make_daemon(directory=host.dir, proxy=True, control={"ticket_port": 0})
@@ -448,7 +442,7 @@ def test_remove_on_the_proxy_stops_a_request_waiting_for_the_host(
         os.kill(host.proc.pid, signal.SIGCONT)
 
 
-def test_host_busy_is_503_before_any_byte(make_daemon: Callable[..., Daemon]) -> None:
+def test_host_busy_is_503_before_any_byte(make_daemon: MakeDaemon) -> None:
     host = make_daemon(http={"max_readers": 1})
     proxy = make_daemon(directory=host.dir, proxy=True, control={"ticket_port": 0})
     pair = add_pair(host, proxy, size=64 * MiB, data=pattern(MiB))
@@ -469,7 +463,7 @@ def test_host_busy_is_503_before_any_byte(make_daemon: Callable[..., Daemon]) ->
         reader.close()
 
 
-def test_a_keep_alive_the_host_closed_is_reopened(make_daemon: Callable[..., Daemon]) -> None:
+def test_a_keep_alive_the_host_closed_is_reopened(make_daemon: MakeDaemon) -> None:
     host = make_daemon()
     proxy = make_daemon(directory=host.dir, proxy=True, control={"ticket_port": 0})
     # The host closes a connection idle for a second; the client's to the
@@ -514,7 +508,7 @@ def _client_certificate(pki_dir: Path, out: Path) -> tuple[Path, Path]:
 
 
 def test_proxy_presents_its_certificate_to_a_host_that_requires_one(
-    make_daemon: Callable[..., Daemon], tmp_path: Path
+    make_daemon: MakeDaemon, tmp_path: Path
 ) -> None:
     host = make_daemon(tls={"enable_client_auth": True})
     cert_file, key_file = _client_certificate(host.dir / "pki", tmp_path)
@@ -534,7 +528,7 @@ def test_proxy_presents_its_certificate_to_a_host_that_requires_one(
 
 
 def test_checksum_waits_for_a_host_that_reads_the_whole_image(
-    make_daemon: Callable[..., Daemon],
+    make_daemon: MakeDaemon,
 ) -> None:
     # The host answers a checksum only once it has read the image: longer
     # than [backend_http] timeout may pass, without a byte, on a large one.

@@ -20,23 +20,20 @@ import random
 import shutil
 import ssl
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
-from clientrun import CLIENT
-from proxypair import Pair, add_pair, harness, host_links
 
 from bench import twohosts as netns
 from storage.qemu_nbd import QemuNbd
-
-if TYPE_CHECKING:
-    from conftest import Daemon
+from tests.integration.clientrun import CLIENT
+from tests.integration.proxypair import Pair, add_pair, host_links, stop
+from tests.support.daemon import Daemon, ini, new_directory
 
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1024**2
@@ -84,10 +81,9 @@ class Rig:
         )
 
     def start_host(self, *, port: int = 0) -> Daemon:
-        return harness().Daemon(
-            harness()._base_dir(),
-            {"tls": {"host": netns.HOST_ADDRESS}},
-            directory=self.host.dir,
+        return Daemon(
+            self.host.dir,
+            ini({"tls": {"host": netns.HOST_ADDRESS}}),
             prefix=self.host_ns.prefix,
             port=port,
         )
@@ -97,26 +93,17 @@ class Rig:
 def rig() -> Iterator[Rig]:
     with contextlib.ExitStack() as stack:
         proxy_ns, host_ns = stack.enter_context(netns.two_machines())
-        directory = Path(tempfile.mkdtemp(prefix="vdsm-netns-", dir=harness()._base_dir()))
+        directory = new_directory()
         stack.callback(shutil.rmtree, directory, ignore_errors=True)
         netns.write_pki(directory / "pki")
-        host = harness().Daemon(
-            harness()._base_dir(),
-            {"tls": {"host": netns.HOST_ADDRESS}},
-            directory=directory,
-            prefix=host_ns.prefix,
-        )
+        host = Daemon(directory, ini({"tls": {"host": netns.HOST_ADDRESS}}), prefix=host_ns.prefix)
         holder: list[Rig] = []
         # The host of the end: a test may have restarted it.
         stack.callback(lambda: _stop_unless_killed(holder[0].host if holder else host))
-        proxy = harness().Daemon(
-            harness()._base_dir(),
-            {"control": {"ticket_port": 0}},
-            directory=directory,
-            proxy=True,
-            prefix=proxy_ns.prefix,
+        proxy = Daemon(
+            directory, ini({"control": {"ticket_port": 0}}), proxy=True, prefix=proxy_ns.prefix
         )
-        stack.callback(harness()._stop, proxy)
+        stack.callback(stop, proxy)
         context = ssl.create_default_context(cafile=str(proxy.ca))
         holder.append(Rig(proxy_ns, host_ns, host, proxy, context))
         yield holder[0]
@@ -124,7 +111,7 @@ def rig() -> Iterator[Rig]:
 
 def _stop_unless_killed(daemon: Daemon) -> None:
     if not daemon.killed:
-        harness()._stop(daemon)
+        stop(daemon)
 
 
 def pattern(size: int, seed: int = 0) -> bytes:
@@ -328,7 +315,7 @@ def test_ovirt_imageio_client_qcow2_guest_data_through_the_proxy(
     disk = rig.host.images / f"{uuid.uuid4().hex}.qcow2"
     qemu_img("create", "-q", "-f", "qcow2", disk, str(size))
     # The host serves the disk's guest data through qemu-nbd (its url_roots: its directory).
-    with QemuNbd(disk, "qcow2", str(rig.host.dir / f"{uuid.uuid4().hex[:8]}.sock")) as server:
+    with QemuNbd(str(disk), "qcow2", str(rig.host.dir / f"{uuid.uuid4().hex[:8]}.sock")) as server:
         ticket_id = str(uuid.uuid4())
         for daemon, url in (
             (rig.host, server.url),

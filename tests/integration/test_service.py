@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.daemon import MakeDaemon
+
 KiB = 1024
 MiB = 1024**2
 GiB = 1024**3
@@ -35,7 +37,9 @@ def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
     sock.close()
 
 
-def test_daemon_notifies_ready_then_stopping(make_daemon, notify_socket: socket.socket) -> None:  # type: ignore[no-untyped-def]
+def test_daemon_notifies_ready_then_stopping(
+    make_daemon: MakeDaemon, notify_socket: socket.socket
+) -> None:
     daemon = make_daemon()
     assert notify_socket.recv(4096) == b"READY=1"
     # Ready means ready: the control channel answers.
@@ -45,7 +49,9 @@ def test_daemon_notifies_ready_then_stopping(make_daemon, notify_socket: socket.
     assert daemon.proc.returncode == 0
 
 
-def test_daemon_notifies_abstract_socket(make_daemon, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_daemon_notifies_abstract_socket(
+    make_daemon: MakeDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
     name = f"vdsm-imageio-test-notify-{os.getpid()}-{time.monotonic_ns()}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind("\0" + name)
@@ -55,7 +61,7 @@ def test_daemon_notifies_abstract_socket(make_daemon, monkeypatch: pytest.Monkey
         assert sock.recv(4096) == b"READY=1"
 
 
-def test_sigterm_during_upload_exits_within_a_second(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_during_upload_exits_within_a_second(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon()
     ticket_id, _ = daemon.add_ticket(size=GiB)
     sock = daemon.raw_tls()
@@ -101,7 +107,7 @@ def test_sigterm_during_upload_exits_within_a_second(make_daemon) -> None:  # ty
     assert "Traceback" not in log
 
 
-def test_privileges_dropped_after_binding(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_privileges_dropped_after_binding(make_daemon: MakeDaemon) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to drop privileges")
     daemon = make_daemon(daemon={"drop_privileges": "yes", "user": "nobody", "group": "nogroup"})
@@ -164,7 +170,9 @@ def test_unknown_service_user_stops_start_with_a_message(tmp_path: Path) -> None
     assert "no such user: 'no-such-user-x'" in proc.stderr
 
 
-def test_logging_goes_to_rotated_file_at_configured_level(make_daemon, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_logging_goes_to_rotated_file_at_configured_level(
+    make_daemon: MakeDaemon, tmp_path: Path
+) -> None:
     log_file = tmp_path / "log" / "daemon.log"
     log_file.parent.mkdir()
     daemon = make_daemon(

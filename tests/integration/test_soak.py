@@ -32,13 +32,21 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from imageclient import TRANSPORTS, Client, new_image, put_cut_off, ticket_for, well_formed
-from sectored import ext4_on_loop, needs_root
+
+from tests.integration.imageclient import (
+    TRANSPORTS,
+    Client,
+    new_image,
+    put_cut_off,
+    ticket_for,
+    well_formed,
+)
+from tests.support.loopfs import ext4_on_loop, needs_root
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from conftest import Daemon
+    from tests.support.daemon import Daemon, MakeDaemon
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -328,15 +336,15 @@ def kill_and_restart(soak: Soak, writers: list[Writer], restart: Callable[[], Da
 
 @pytest.mark.loop
 def test_soak_mixed_requests_with_a_kill_match_the_model(
-    make_daemon: Callable[..., Daemon],
+    make_daemon: MakeDaemon,
 ) -> None:
     needs_root()
     seed = int(os.environ.get("SOAK_SEED", random.randrange(2**32)))
     print(f"soak seed={seed}")
     # Two connections of each writer, and one cut off at a time.
-    conf = {"http": {"max_writers": 3 * WRITERS}}
-    daemon = make_daemon(**conf)
-    with ext4_on_loop(daemon.images, "sec4096", sector_size=SECTOR) as directory:
+    http = {"max_writers": 3 * WRITERS}
+    daemon = make_daemon(http=http)
+    with ext4_on_loop(daemon.images, "sec4096", sector_size=SECTOR, direct_io=True) as directory:
         path = new_image(directory, IMAGE_SIZE)
         soak = Soak(daemon, path, seed)
         daemon.result("Ticket.add", ticket=soak.ticket)
@@ -350,7 +358,7 @@ def test_soak_mixed_requests_with_a_kill_match_the_model(
                     time.sleep(0.1)
                 if not soak.stop.is_set():
                     kill_and_restart(
-                        soak, writers, lambda: make_daemon(directory=daemon.dir, **conf)
+                        soak, writers, lambda: make_daemon(directory=daemon.dir, http=http)
                     )
                 for t in threads:
                     t.join(max(0.0, soak.deadline + WAIT_TIMEOUT - time.monotonic()))

@@ -14,7 +14,6 @@ import json
 import os
 import socket
 import stat
-import subprocess
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
@@ -22,28 +21,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import rawhttp
-from test_volumes import link_of, make_volume, volume_ticket
+
+from tests.integration import rawhttp
+from tests.integration.test_volumes import link_of, make_volume, volume_ticket
+from tests.support.loopfs import ext4_on_loop, run
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon, MakeDaemon
 
 KiB = 1024
 MiB = 1024**2
-CMD_TIMEOUT = 60
-
-
-class VdsmConnection(http.client.HTTPConnection):
-    """What vdsm uses: http.client over a unix socket path."""
-
-    def __init__(self, path: str, timeout: float = 10) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
 
 
 class Reply:
@@ -65,7 +52,7 @@ def vdsm_request(
     daemon: Daemon, method: str, ticket_id: str, body: Any = None, raw: bytes | None = None
 ) -> Reply:
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode("utf8"))
-    con = VdsmConnection(tickets_path(daemon))
+    con = daemon.tickets()
     with contextlib.closing(con):
         con.request(method, f"/tickets/{ticket_id}", body=data)
         res = con.getresponse()
@@ -237,7 +224,7 @@ def test_put_huge_body_is_413(daemon: Daemon) -> None:
 
 def test_put_with_other_content_type_is_415(daemon: Daemon) -> None:
     ticket = engine_ticket(daemon)
-    con = VdsmConnection(tickets_path(daemon))
+    con = daemon.tickets()
     with contextlib.closing(con):
         con.request(
             "PUT",
@@ -339,7 +326,7 @@ def test_no_ticket_id_is_400(daemon: Daemon, method: str) -> None:
     assert "ticket id is missing" in reply.text
 
 
-def test_delete_without_uuid_removes_every_ticket(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_delete_without_uuid_removes_every_ticket(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon()
     tickets = [engine_ticket(daemon) for _ in range(3)]
     for ticket in tickets[:2]:
@@ -385,7 +372,7 @@ def test_full_vdsm_flow_with_an_upload(daemon: Daemon) -> None:
 
 def test_other_paths_are_404_and_images_are_not_served(daemon: Daemon) -> None:
     ticket_id, _ = daemon.add_ticket(size=MiB)
-    con = VdsmConnection(tickets_path(daemon))
+    con = daemon.tickets()
     with contextlib.closing(con):
         con.request("GET", f"/images/{ticket_id}")
         res = con.getresponse()
@@ -404,7 +391,7 @@ def test_tickets_are_not_routed_on_the_data_socket(daemon: Daemon) -> None:
     assert daemon.call("Ticket.status", uuid=ticket["uuid"])["error"]["code"] == 100
 
 
-def test_empty_ticket_socket_disables_the_api(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_empty_ticket_socket_disables_the_api(make_daemon: MakeDaemon) -> None:
     daemon = make_daemon(control={"ticket_socket": ""})
     assert not os.path.exists(tickets_path(daemon))
     assert "tickets=" not in daemon.log()
@@ -455,45 +442,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
 # blocked in the kernel writing to a frozen file system cannot, until thawed.
 
 
-def run(*argv: str) -> str:
-    return subprocess.run(
-        argv, check=True, capture_output=True, text=True, timeout=CMD_TIMEOUT
-    ).stdout
-
-
-@contextlib.contextmanager
-def ext4_mount(directory: Path) -> Iterator[Path]:
-    """A small ext4 on a loop device, mounted at directory/fs."""
-    image = directory / "fs.img"
-    with open(image, "wb") as f:
-        f.truncate(64 * MiB)
-    run("mkfs.ext4", "-q", "-F", str(image))
-    device = run("losetup", "--find", "--show", str(image)).strip()
-    mountpoint = directory / "fs"
-    mountpoint.mkdir()
-    try:
-        run("mount", device, str(mountpoint))
-        try:
-            yield mountpoint
-        finally:
-            umount(mountpoint)
-    finally:
-        run("losetup", "--detach", device)
-
-
-def umount(mountpoint: Path) -> None:
-    # The daemon closes the image just after the request ends: retry EBUSY.
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            run("umount", str(mountpoint))
-            return
-        except subprocess.CalledProcessError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 @contextlib.contextmanager
 def frozen(mountpoint: Path) -> Iterator[None]:
     run("fsfreeze", "--freeze", str(mountpoint))
@@ -504,27 +452,37 @@ def frozen(mountpoint: Path) -> Iterator[None]:
         run("fsfreeze", "--unfreeze", str(mountpoint))
 
 
+def put_ticket_on(daemon: Daemon, mountpoint: Path, size: int) -> dict[str, Any]:
+    """A write ticket, added over the HTTP API, on a new image under mountpoint."""
+    image = mountpoint / "disk.raw"
+    with open(image, "wb") as f:
+        f.truncate(size)
+    ticket = engine_ticket(daemon, size=size, url=image.as_uri())
+    assert vdsm_request(daemon, "PUT", ticket["uuid"], ticket).status == 200
+    return ticket
+
+
+def send_blocked_upload(daemon: Daemon, sock: socket.socket, ticket_id: str, size: int) -> None:
+    """A whole upload on sock, until the daemon's write blocks in the kernel."""
+    sock.sendall(
+        f"PUT /images/{ticket_id} HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n".encode()
+    )
+    sock.sendall(b"\xab" * size)
+    wait_blocked_in_kernel(daemon.proc.pid)
+
+
 @pytest.mark.loop
-def test_delete_while_a_write_cannot_stop_is_409_then_204(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_delete_while_a_write_cannot_stop_is_409_then_204(make_daemon: MakeDaemon) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root for loop devices, mounts and fsfreeze")
     daemon = make_daemon(daemon={"remove_timeout": 0.5})
     size = 8 * MiB  # one buffer: the whole body is read before the write
-    with ext4_mount(daemon.images) as mountpoint:
-        image = mountpoint / "disk.raw"
-        with open(image, "wb") as f:
-            f.truncate(size)
-        ticket = engine_ticket(daemon, size=size, url=image.as_uri())
-        assert vdsm_request(daemon, "PUT", ticket["uuid"], ticket).status == 200
+    with ext4_on_loop(daemon.images, "fs") as mountpoint:
+        ticket = put_ticket_on(daemon, mountpoint, size)
         sock = daemon.raw_unix()
         try:
             with frozen(mountpoint):
-                sock.sendall(
-                    f"PUT /images/{ticket['uuid']} HTTP/1.1\r\nHost: x\r\n"
-                    f"Content-Length: {size}\r\n\r\n".encode()
-                )
-                sock.sendall(b"\xab" * size)
-                wait_blocked_in_kernel(daemon.proc.pid)
+                send_blocked_upload(daemon, sock, ticket["uuid"], size)
 
                 busy = vdsm_request(daemon, "DELETE", ticket["uuid"])
                 assert busy.status == 409
@@ -547,27 +505,20 @@ def test_delete_while_a_write_cannot_stop_is_409_then_204(make_daemon) -> None: 
 
 
 @pytest.mark.loop
-def test_replace_while_a_write_cannot_stop_is_409_and_vdsm_sees_482(make_daemon) -> None:  # type: ignore[no-untyped-def]
+def test_replace_while_a_write_cannot_stop_is_409_and_vdsm_sees_482(
+    make_daemon: MakeDaemon,
+) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root for loop devices, mounts and fsfreeze")
     daemon = make_daemon(daemon={"remove_timeout": 0.5})
     size = 8 * MiB  # one buffer: the whole body is read before the write
-    with ext4_mount(daemon.images) as mountpoint:
-        image = mountpoint / "disk.raw"
-        with open(image, "wb") as f:
-            f.truncate(size)
-        ticket = engine_ticket(daemon, size=size, url=image.as_uri())
-        assert vdsm_request(daemon, "PUT", ticket["uuid"], ticket).status == 200
+    with ext4_on_loop(daemon.images, "fs") as mountpoint:
+        ticket = put_ticket_on(daemon, mountpoint, size)
         other = {**ticket, "timeout": 900, "transfer_id": "other"}
         sock = daemon.raw_unix()
         try:
             with frozen(mountpoint):
-                sock.sendall(
-                    f"PUT /images/{ticket['uuid']} HTTP/1.1\r\nHost: x\r\n"
-                    f"Content-Length: {size}\r\n\r\n".encode()
-                )
-                sock.sendall(b"\xab" * size)
-                wait_blocked_in_kernel(daemon.proc.pid)
+                send_blocked_upload(daemon, sock, ticket["uuid"], size)
 
                 busy = vdsm_request(daemon, "PUT", ticket["uuid"], other)
                 assert (busy.status, busy.reason) == (409, "Conflict")

@@ -7,7 +7,6 @@ naming ``url`` on JSON-RPC and 400 naming ``url`` on the HTTP ticket API.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import socket
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 KiB = 1024
 
@@ -45,19 +44,8 @@ def refused_on_jsonrpc(daemon: Daemon, url: str) -> dict[str, Any]:
     return error
 
 
-class UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=10)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
-
-
 def put_ticket(daemon: Daemon, ticket: dict[str, Any]) -> tuple[int, str]:
-    con = UnixConnection(str(daemon.dir / "tickets.sock"))
+    con = daemon.tickets()
     with contextlib.closing(con):
         con.request("PUT", f"/tickets/{ticket['uuid']}", body=json.dumps(ticket).encode())
         res = con.getresponse()

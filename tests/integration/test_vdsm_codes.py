@@ -12,35 +12,23 @@ vdsm would have built from that reply.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
-import socket
 import uuid as uuidlib
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from test_volumes import make_volume, volume_ticket
+
+from tests.integration.test_volumes import make_volume, volume_ticket
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 MiB = 1024**2
 
 
-class UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=10)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
-
-
 def vdsm_error_of_http(daemon: Daemon, method: str, uuid: str, body: Any = None) -> dict[str, Any]:
     """What vdsm's client makes of the ticket API's reply to this request."""
-    con = UnixConnection(str(daemon.dir / "tickets.sock"))
+    con = daemon.tickets()
     with contextlib.closing(con):
         data = None if body is None else json.dumps(body).encode("utf8")
         con.request(method, f"/tickets/{uuid}", body=data)

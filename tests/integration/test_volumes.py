@@ -12,8 +12,10 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tests.support.procs import qemu_nbd_pids
+
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 MiB = 1024**2
 KiB = 1024
@@ -42,7 +44,7 @@ def volume_ticket(vol: dict[str, Any], ops: list[str], size: int = 8 * MiB) -> d
 
 
 def link_of(d: Daemon, vol: dict[str, Any]) -> Path:
-    return d.dir / "run" / "storage" / vol["sd_id"] / vol["img_id"] / vol["vol_id"]
+    return Path(d.dir, "run", "storage", vol["sd_id"], vol["img_id"], vol["vol_id"])
 
 
 def test_file_volume_upload_reaches_the_volume_and_link_is_removed(daemon: Daemon) -> None:
@@ -122,20 +124,6 @@ def make_qcow2_volume(d: Daemon, *, bitmap: str | None = None) -> dict[str, Any]
     return vol
 
 
-def qemu_nbd_pids(d: Daemon) -> list[int]:
-    """Pids of the qemu-nbd processes the daemon runs (sockets under its run dir)."""
-    needle = f"--socket={d.dir / 'run' / 'nbd'}/".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue  # not a pid, or it just exited
-        if argv[0].endswith(b"qemu-nbd") and any(a.startswith(needle) for a in argv):
-            pids.append(int(proc.name))
-    return pids
-
-
 def get_json(d: Daemon, url: str) -> Any:
     conn = d.https()
     conn.request("GET", url)
@@ -150,7 +138,7 @@ def test_raw_nbd_volume_upload_and_download_through_qemu_nbd(daemon: Daemon) -> 
     vol = make_volume(daemon)
     ticket = volume_ticket(dict(vol, nbd=True), ["write"])
     daemon.result("Ticket.add", ticket=ticket)
-    [pid] = qemu_nbd_pids(daemon)
+    [pid] = qemu_nbd_pids(daemon.dir)
     data = random.Random(7).randbytes(3 * MiB) + bytes(MiB) + random.Random(8).randbytes(4 * MiB)
     conn = daemon.unix()
     conn.request("PUT", f"/images/{ticket['uuid']}", body=data)
@@ -166,7 +154,7 @@ def test_raw_nbd_volume_upload_and_download_through_qemu_nbd(daemon: Daemon) -> 
     # qemu-nbd wrote through to the volume and is gone: stopped and reaped.
     assert hashlib.sha256(vol["path"].read_bytes()).digest() == hashlib.sha256(data).digest()
     assert not os.path.exists(f"/proc/{pid}")
-    assert qemu_nbd_pids(daemon) == []
+    assert qemu_nbd_pids(daemon.dir) == []
     assert not link_of(daemon, vol).is_symlink()
 
 
@@ -192,7 +180,7 @@ def test_qcow2_volume_shows_its_holes(daemon: Daemon) -> None:
         conn.close()
     finally:
         daemon.result("Ticket.remove", uuid=ticket["uuid"])
-    assert qemu_nbd_pids(daemon) == []
+    assert qemu_nbd_pids(daemon.dir) == []
 
 
 def test_bitmap_volume_gives_dirty_extents(daemon: Daemon) -> None:
@@ -214,7 +202,7 @@ def test_bitmap_volume_gives_dirty_extents(daemon: Daemon) -> None:
         ]
     finally:
         daemon.result("Ticket.remove", uuid=ticket["uuid"])
-    assert qemu_nbd_pids(daemon) == []
+    assert qemu_nbd_pids(daemon.dir) == []
 
 
 def test_write_ticket_on_read_only_nbd_volume_is_volume_error(daemon: Daemon) -> None:
@@ -226,9 +214,9 @@ def test_write_ticket_on_read_only_nbd_volume_is_volume_error(daemon: Daemon) ->
     assert reply["error"]["code"] == 201, reply
     assert "read-only" in json.dumps(reply["error"])
     assert writer["uuid"] not in [t["uuid"] for t in daemon.result("Ticket.list")]
-    assert len(qemu_nbd_pids(daemon)) == 1
+    assert len(qemu_nbd_pids(daemon.dir)) == 1
     daemon.result("Ticket.remove", uuid=reader["uuid"])
-    assert qemu_nbd_pids(daemon) == []
+    assert qemu_nbd_pids(daemon.dir) == []
     assert not link_of(daemon, vol).is_symlink()
 
 
@@ -238,5 +226,5 @@ def test_cow_volume_that_is_not_qcow2_fails_and_leaves_nothing(daemon: Daemon) -
     reply = daemon.call("Ticket.add", ticket=ticket)
     assert reply["error"]["code"] == 201, reply
     assert "qcow2" in json.dumps(reply["error"])
-    assert qemu_nbd_pids(daemon) == []
+    assert qemu_nbd_pids(daemon.dir) == []
     assert not link_of(daemon, vol).is_symlink()

@@ -110,25 +110,25 @@ RUNS = [
 @pytest.mark.parametrize("lanes", [1, 2, 3])
 @pytest.mark.parametrize("buffer_size", [256 * KiB, MiB, 4 * MiB])
 @pytest.mark.parametrize("block_size", [MiB, 2 * MiB, 4 * MiB])
-def test_digest_equals_the_plain_rule(lanes, buffer_size, block_size):
+def test_digest_equals_the_plain_rule(lanes: int, buffer_size: int, block_size: int) -> None:
     image = Image(SIZE, RUNS)
     got = run(image, block_size=block_size, buffer_size=buffer_size, lanes=lanes)
     assert got == plain_checksum(bytes(image.data), block_size, "blake2b")
 
 
 @pytest.mark.parametrize("algorithm", ["blake2s", "sha1", "sha256", "md5", "sha3_256"])
-def test_digest_equals_the_plain_rule_for_other_algorithms(algorithm):
+def test_digest_equals_the_plain_rule_for_other_algorithms(algorithm: str) -> None:
     image = Image(SIZE, RUNS)
     assert run(image, algorithm=algorithm) == plain_checksum(bytes(image.data), MiB, algorithm)
 
 
-def test_holes_are_never_read():
+def test_holes_are_never_read() -> None:
     image = Image(8 * MiB, [(MiB, 4096), (5 * MiB + 8192, 12288)])
     run(image, block_size=4 * MiB, buffer_size=4 * MiB)
     assert sorted(image.reads) == [(MiB, 4096), (5 * MiB + 8192, 12288)]
 
 
-def test_every_read_is_page_aligned_but_the_last():
+def test_every_read_is_page_aligned_but_the_last() -> None:
     image = Image(SIZE, RUNS)
     run(image, lanes=3)
     for offset, length in image.reads:
@@ -136,13 +136,13 @@ def test_every_read_is_page_aligned_but_the_last():
         assert length % PAGE == 0 or offset + length == SIZE
 
 
-def test_a_fully_zero_image_reads_nothing():
+def test_a_fully_zero_image_reads_nothing() -> None:
     image = Image(64 * MiB + 1, [])
     assert run(image) == plain_checksum(bytes(image.data), MiB, "blake2b")
     assert image.reads == []
 
 
-def test_zeros_reported_as_data_give_the_same_digest():
+def test_zeros_reported_as_data_give_the_same_digest() -> None:
     # A preallocated volume or a block device reports its zeros as data.
     image = Image(SIZE, RUNS)
     everything = [ZeroExtent(0, SIZE, zero=False, hole=False)]
@@ -151,14 +151,14 @@ def test_zeros_reported_as_data_give_the_same_digest():
     assert sum(n for _, n in image.reads) == SIZE
 
 
-def test_progress_reports_every_block_in_order():
+def test_progress_reports_every_block_in_order() -> None:
     image = Image(SIZE, RUNS)
     seen: list[int] = []
     run(image, progress=seen.append, lanes=3, buffer_size=256 * KiB)
     assert seen == [MiB] * 9 + [4608]
 
 
-def test_shared_reader_and_private_readers_agree():
+def test_shared_reader_and_private_readers_agree() -> None:
     image = Image(SIZE, RUNS)
     other = Image(SIZE, RUNS)
     got = run(image, readers=[image.read, other.read], lanes=2)
@@ -166,7 +166,7 @@ def test_shared_reader_and_private_readers_agree():
     assert image.reads and other.reads
 
 
-def test_progress_error_stops_workers_and_returns_buffers():
+def test_progress_error_stops_workers_and_returns_buffers() -> None:
     image = Image(64 * MiB, [(0, 64 * MiB)])
     pool = BufferPool(MiB, 4)
     calls = 0
@@ -187,7 +187,7 @@ def test_progress_error_stops_workers_and_returns_buffers():
     assert [pool.try_acquire() for _ in range(4)].count(None) == 0
 
 
-def test_read_error_is_raised_and_workers_joined():
+def test_read_error_is_raised_and_workers_joined() -> None:
     image = Image(16 * MiB, [(0, 16 * MiB)])
     pool = BufferPool(MiB, 4)
 
@@ -202,7 +202,7 @@ def test_read_error_is_raised_and_workers_joined():
     assert [pool.try_acquire() for _ in range(4)].count(None) == 0
 
 
-def test_empty_pool_runs_on_a_private_buffer():
+def test_empty_pool_runs_on_a_private_buffer() -> None:
     image = Image(SIZE, RUNS)
     pool = BufferPool(MiB, 1)
     held = pool.try_acquire()
@@ -213,7 +213,7 @@ def test_empty_pool_runs_on_a_private_buffer():
     pool.release(held)
 
 
-def test_hashing_runs_on_several_threads_at_once():
+def test_hashing_runs_on_several_threads_at_once() -> None:
     # Two jobs meet inside the reader: only possible if two workers run.
     image = Image(8 * MiB, [(0, 8 * MiB)])
     inside = threading.Barrier(2, timeout=10)
@@ -260,7 +260,7 @@ class CountingHash:
 
 
 @pytest.mark.parametrize("lanes", [1, 2])
-def test_hashing_runs_on_at_most_lanes_threads(lanes):
+def test_hashing_runs_on_at_most_lanes_threads(lanes: int) -> None:
     image = Image(16 * MiB, [(0, 16 * MiB)])
     CountingHash.most = 0
     zero = checksum.ZeroDigests()
@@ -277,7 +277,7 @@ def test_hashing_runs_on_at_most_lanes_threads(lanes):
     assert CountingHash.most == lanes
 
 
-def test_storage_is_read_while_a_block_is_hashed():
+def test_storage_is_read_while_a_block_is_hashed() -> None:
     # One hashing lane: the next job's read starts while a hash runs, or
     # the first hash waits in vain.
     image = Image(8 * MiB, [(0, 8 * MiB)])

@@ -1,5 +1,7 @@
 """Chunk-size and trailer lines of the chunked coding (RFC 9112 section 7.1)."""
 
+from __future__ import annotations
+
 import pytest
 
 from vdsm_imageio.errors import BadRequest
@@ -20,7 +22,7 @@ from vdsm_imageio.http.chunked import check_trailer_line, parse_size_line, size_
         (b"7fffffffffffffff\r\n", 2**63 - 1),
     ],
 )
-def test_size_line_is_parsed(line, size):
+def test_size_line_is_parsed(line: bytes, size: int) -> None:
     assert parse_size_line(line) == size
 
 
@@ -53,24 +55,24 @@ def test_size_line_is_parsed(line, size):
         b"5;a\rb\r\n",
     ],
 )
-def test_malformed_size_line_is_400(line):
+def test_malformed_size_line_is_400(line: bytes) -> None:
     with pytest.raises(BadRequest) as e:
         parse_size_line(line)
     assert e.value.fields["field"] == "chunked body"
 
 
 @pytest.mark.parametrize("size", [0, 1, 15, 16, 4096, 2**63 - 1])
-def test_size_line_round_trips(size):
+def test_size_line_round_trips(size: int) -> None:
     assert parse_size_line(size_line(size)) == size
 
 
-def test_trailer_line_is_a_field_line():
+def test_trailer_line_is_a_field_line() -> None:
     check_trailer_line(b"X-Checksum: abc\r\n")
 
 
 @pytest.mark.parametrize(
     "line", [b"X-A: b\n", b"X-A b\r\n", b" X-A: b\r\n", b"X-A : b\r\n", b"X-A: \x00\r\n"]
 )
-def test_malformed_trailer_line_is_400(line):
+def test_malformed_trailer_line_is_400(line: bytes) -> None:
     with pytest.raises(BadRequest):
         check_trailer_line(line)

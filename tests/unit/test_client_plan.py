@@ -150,7 +150,12 @@ def test_extents_must_cover_the_image_without_gaps() -> None:
 # The journal's text.
 
 
-IDENTITY = {"op": "upload", "source": "/images/a.qcow2", "disk_size": 100, "url": "abc"}
+IDENTITY: journal.Identity = {
+    "op": "upload",
+    "source": "/images/a.qcow2",
+    "disk_size": 100,
+    "url": "abc",
+}
 
 
 def test_journal_round_trip() -> None:

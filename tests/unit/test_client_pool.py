@@ -9,25 +9,19 @@ from __future__ import annotations
 import io
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.clock import FakeClock
 from vdsm_imageio.client import errors
 from vdsm_imageio.client.cli import size_arg
 from vdsm_imageio.client.http import parse_url
-from vdsm_imageio.client.journal import Journal
+from vdsm_imageio.client.journal import Identity, Journal
 from vdsm_imageio.client.plan import Item, Op
 from vdsm_imageio.client.progress import JsonLines
 from vdsm_imageio.client.workers import Pool
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Recorder:
@@ -98,7 +92,7 @@ def test_a_range_is_committed_only_after_its_worker_flushed() -> None:
 
 
 def test_checkpoints_follow_the_clock() -> None:
-    clock = Clock()
+    clock = FakeClock(now=0.0)
     log: list[tuple[str, int, tuple[int, int] | None]] = []
     commits: list[list[tuple[int, int]]] = []
 
@@ -120,7 +114,7 @@ def test_checkpoints_follow_the_clock() -> None:
 
 
 def test_a_slow_flush_spaces_the_checkpoints_out() -> None:
-    clock = Clock()
+    clock = FakeClock(now=0.0)
     log: list[tuple[str, int, tuple[int, int] | None]] = []
     commits: list[list[tuple[int, int]]] = []
 
@@ -177,12 +171,12 @@ def test_cancel_aborts_every_handler_and_commits_nothing_more() -> None:
     commits: list[tuple[int, int]] = []
     pool = Pool(list(handlers), commit=commits.extend, progress=lambda n: None)
 
-    def interrupted() -> object:
+    def interrupted() -> Iterator[Item]:
         yield from items(3)
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        pool.run(interrupted())  # type: ignore[arg-type]
+        pool.run(interrupted())
     assert all(h.aborted for h in handlers)
     assert commits == []
 
@@ -192,7 +186,7 @@ def test_cancel_aborts_every_handler_and_commits_nothing_more() -> None:
 
 def test_journal_survives_a_restart_and_refuses_another_transfer(tmp_path: Path) -> None:
     path = tmp_path / "state" / "x.journal"
-    identity = {"op": "download", "size": 100}
+    identity: Identity = {"op": "download", "size": 100}
     j = Journal.create(path, identity)
     j.commit([(0, 10)])
     j.commit([(50, 60)])
@@ -214,7 +208,7 @@ def test_journal_survives_a_restart_and_refuses_another_transfer(tmp_path: Path)
 
 
 def test_json_progress_lines_are_throttled_and_end_at_the_size() -> None:
-    clock = Clock()
+    clock = FakeClock(now=0.0)
     out = io.StringIO()
     p = JsonLines(out, clock=clock, interval=1.0)
     p.start(100, 20)

@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 import json
 import subprocess
 import sys
@@ -14,7 +16,7 @@ def write(path: Path, text: str) -> None:
     path.write_text(text)
 
 
-def test_every_option_has_a_why():
+def test_every_option_has_a_why() -> None:
     described = config.describe()
     for section, options in described.items():
         assert options, section
@@ -22,7 +24,7 @@ def test_every_option_has_a_why():
             assert why.strip(), f"{section}.{name}"
 
 
-def test_dropins_apply_in_file_name_order(tmp_path):
+def test_dropins_apply_in_file_name_order(tmp_path: Path) -> None:
     write(tmp_path / "conf.d/20-b.conf", "[http]\nmax_readers = 3\n")
     write(tmp_path / "conf.d/10-a.conf", "[http]\nmax_readers = 2\nmax_writers = 5\n")
     cfg = config.load(Config(), [tmp_path])
@@ -30,14 +32,14 @@ def test_dropins_apply_in_file_name_order(tmp_path):
     assert cfg.http.max_writers == 5
 
 
-def test_later_config_dir_wins(tmp_path):
+def test_later_config_dir_wins(tmp_path: Path) -> None:
     write(tmp_path / "a/conf.d/99.conf", "[tls]\nport = 1000\n")
     write(tmp_path / "b/conf.d/00.conf", "[tls]\nport = 2000\n")
     cfg = config.load(Config(), [tmp_path / "a", tmp_path / "b"])
     assert cfg.tls.port == 2000
 
 
-def test_files_not_ending_in_conf_are_ignored(tmp_path):
+def test_files_not_ending_in_conf_are_ignored(tmp_path: Path) -> None:
     write(tmp_path / "conf.d/50.conf.rpmsave", "[tls]\nport = 1\n")
     assert config.load(Config(), [tmp_path]).tls.port == 54322
 
@@ -55,7 +57,7 @@ def test_files_not_ending_in_conf_are_ignored(tmp_path):
         ("[http]\nbuffer_size = 4096\n", "[http] buffer_size: expected at least 65536"),
     ],
 )
-def test_bad_dropin_names_file_section_option(tmp_path, text, message):
+def test_bad_dropin_names_file_section_option(tmp_path: Path, text: str, message: str) -> None:
     write(tmp_path / "conf.d/50.conf", text)
     with pytest.raises(ConfigError) as e:
         config.load(Config(), [tmp_path])
@@ -63,7 +65,7 @@ def test_bad_dropin_names_file_section_option(tmp_path, text, message):
     assert "50.conf" in str(e.value)
 
 
-def test_typed_values_are_converted(tmp_path):
+def test_typed_values_are_converted(tmp_path: Path) -> None:
     write(
         tmp_path / "conf.d/1.conf",
         "[daemon]\nremove_timeout = 2\n[control]\nmode = 0o600\n[tls]\nenable = no\n",
@@ -74,12 +76,12 @@ def test_typed_values_are_converted(tmp_path):
     assert cfg.tls.enable is False
 
 
-def test_abstract_socket_is_written_with_at():
+def test_abstract_socket_is_written_with_at() -> None:
     assert config.socket_address("@/org/ovirt/imageio") == "\0/org/ovirt/imageio"
     assert config.socket_address("/run/x.sock") == "/run/x.sock"
 
 
-def test_local_profile_puts_everything_under_dir(tmp_path):
+def test_local_profile_puts_everything_under_dir(tmp_path: Path) -> None:
     cfg = config.local_profile(Config(), tmp_path)
     assert cfg.tls.host == "127.0.0.1"
     assert cfg.tls.ca_file == str(tmp_path / "pki/ca.pem")
@@ -88,14 +90,14 @@ def test_local_profile_puts_everything_under_dir(tmp_path):
     assert cfg.hooks.dir == str(tmp_path / "hooks")
 
 
-def test_local_profiles_of_two_dirs_use_different_data_sockets(tmp_path):
+def test_local_profiles_of_two_dirs_use_different_data_sockets(tmp_path: Path) -> None:
     a = config.local_profile(Config(), tmp_path / "a")
     b = config.local_profile(Config(), tmp_path / "b")
     assert a.local.socket.startswith("@")
     assert a.local.socket != b.local.socket
 
 
-def test_show_config_prints_effective_json(tmp_path):
+def test_show_config_prints_effective_json(tmp_path: Path) -> None:
     write(tmp_path / "conf.d/50.conf", "[http]\nbuffer_size = 1048576\n")
     out = subprocess.run(
         [
@@ -120,7 +122,7 @@ def test_show_config_prints_effective_json(tmp_path):
     assert shown["control"]["socket"] == str(tmp_path.resolve() / "control.sock")
 
 
-def test_proxy_profile_sits_beside_the_local_daemon(tmp_path):
+def test_proxy_profile_sits_beside_the_local_daemon(tmp_path: Path) -> None:
     local = config.local_profile(Config(), tmp_path)
     proxy = config.proxy_profile(Config(), tmp_path)
     d = tmp_path.resolve()
@@ -136,19 +138,19 @@ def test_proxy_profile_sits_beside_the_local_daemon(tmp_path):
     assert proxy.tls.cert_file == local.tls.cert_file
 
 
-def test_ticket_api_on_tcp_is_off_by_default():
+def test_ticket_api_on_tcp_is_off_by_default() -> None:
     assert Config().control.ticket_port == 0
     config.validate(Config())
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
-def test_ticket_api_binds_loopback_addresses(host):
+def test_ticket_api_binds_loopback_addresses(host: str) -> None:
     cfg = config.update(Config(), {"control": {"ticket_port": 54324, "ticket_host": host}})
     config.validate(cfg)
 
 
 @pytest.mark.parametrize("host", ["", "0.0.0.0", "::", "192.0.2.7", "engine.example.com"])
-def test_ticket_api_refuses_other_addresses_unless_allowed(host):
+def test_ticket_api_refuses_other_addresses_unless_allowed(host: str) -> None:
     cfg = config.update(Config(), {"control": {"ticket_port": 54324, "ticket_host": host}})
     with pytest.raises(ConfigError) as e:
         config.validate(cfg)
@@ -158,7 +160,7 @@ def test_ticket_api_refuses_other_addresses_unless_allowed(host):
     config.validate(allowed)
 
 
-def test_ticket_port_past_65535_is_refused():
+def test_ticket_port_past_65535_is_refused() -> None:
     cfg = config.update(Config(), {"control": {"ticket_port": 65536}})
     with pytest.raises(ConfigError, match=r"\[control\] ticket_port"):
         config.validate(cfg)
@@ -173,13 +175,13 @@ def _serve(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_proxy_needs_local_dir(tmp_path):
+def test_proxy_needs_local_dir(tmp_path: Path) -> None:
     out = _serve("--proxy", "--show-config")
     assert out.returncode == 2
     assert "--proxy needs --local DIR" in out.stderr
 
 
-def test_proxy_reads_its_own_dropins(tmp_path):
+def test_proxy_reads_its_own_dropins(tmp_path: Path) -> None:
     write(tmp_path / "conf.d/50.conf", "[http]\nmax_readers = 3\n")
     write(tmp_path / "proxy/conf.d/50.conf", "[backend_http]\ntimeout = 7\n")
     out = _serve("--local", str(tmp_path), "--proxy", "--show-config")
@@ -190,7 +192,7 @@ def test_proxy_reads_its_own_dropins(tmp_path):
     assert shown["tls"]["port"] == 54323
 
 
-def test_a_public_ticket_api_stops_the_start(tmp_path):
+def test_a_public_ticket_api_stops_the_start(tmp_path: Path) -> None:
     write(tmp_path / "conf.d/50.conf", "[control]\nticket_port = 54324\nticket_host = 0.0.0.0\n")
     out = _serve("--local", str(tmp_path), "--show-config")
     assert out.returncode == 2

@@ -1,12 +1,14 @@
 """The strict request-head parser (RFC 9112 sections 2-6, RFC 9110 section 5)."""
 
+from __future__ import annotations
+
 import pytest
 
 from vdsm_imageio.errors import BadRequest
 from vdsm_imageio.http.head import Fields, parse_field_line, parse_head
 
 
-def test_head_with_fields_is_parsed():
+def test_head_with_fields_is_parsed() -> None:
     req = parse_head(
         b"PUT /images/abc?flush=n HTTP/1.1\r\nHost: x\r\n"
         b"content-length:\t10 \r\nX-Empty:\r\nX-Inner: a  b\r\n\r\n"
@@ -19,7 +21,7 @@ def test_head_with_fields_is_parsed():
     assert req.header("X-Missing") is None
 
 
-def test_head_bytes_round_trip():
+def test_head_bytes_round_trip() -> None:
     raw = b"GET /images/a%20b?x=1&y= HTTP/1.0\r\nRange: bytes=0-1\r\nX-A: \r\n\r\n"
     req = parse_head(raw)
     assert req.path == "/images/a b"
@@ -27,21 +29,21 @@ def test_head_bytes_round_trip():
     assert parse_head(req.to_bytes()) == req
 
 
-def test_percent_escapes_decode_as_utf8():
+def test_percent_escapes_decode_as_utf8() -> None:
     assert parse_head(b"GET /images/%C3%A9 HTTP/1.1\r\n\r\n").path == "/images/\u00e9"
 
 
-def test_methods_are_tokens_and_case_sensitive():
+def test_methods_are_tokens_and_case_sensitive() -> None:
     assert parse_head(b"get / HTTP/1.1\r\n\r\n").method == "get"
     assert parse_head(b"M-SEARCH / HTTP/1.1\r\n\r\n").method == "M-SEARCH"
 
 
-def test_connection_tokens_from_every_line():
+def test_connection_tokens_from_every_line() -> None:
     req = parse_head(b"GET / HTTP/1.1\r\nConnection: keep-alive\r\nConnection: Close\r\n\r\n")
     assert not req.keep_alive
 
 
-def test_fields_keep_order_and_compare_names_case_insensitively():
+def test_fields_keep_order_and_compare_names_case_insensitively() -> None:
     fields = Fields((("A", "1"), ("b", "2"), ("a", "3")))
     assert fields.get("a") == "1"
     assert fields.get_all("A") == ["1", "3"]
@@ -144,13 +146,13 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize("raw, field", MALFORMED)
-def test_malformed_head_is_400_naming_what(raw, field):
+def test_malformed_head_is_400_naming_what(raw: bytes, field: str) -> None:
     with pytest.raises(BadRequest) as e:
         parse_head(raw)
     assert e.value.fields["field"] == field
 
 
-def test_refusal_never_echoes_the_target():
+def test_refusal_never_echoes_the_target() -> None:
     # The target holds the ticket id, which is the secret.
     with pytest.raises(BadRequest) as e:
         parse_head(b"GET /images/secret-ticket-id\xff HTTP/1.1\r\n\r\n")
@@ -169,11 +171,11 @@ def test_refusal_never_echoes_the_target():
         (b"Name: a:b", ("Name", "a:b")),
     ],
 )
-def test_field_line_is_token_colon_ows_value_ows(line, expected):
+def test_field_line_is_token_colon_ows_value_ows(line: bytes, expected: tuple[str, str]) -> None:
     assert parse_field_line(line) == expected
 
 
-def test_chunked_and_content_length_values():
+def test_chunked_and_content_length_values() -> None:
     req = parse_head(b"PUT /x HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n")
     assert req.chunked and req.content_length is None
     req = parse_head(b"PUT /x HTTP/1.1\r\nContent-Length: 007\r\n\r\n")

@@ -7,44 +7,31 @@ from typing import Any
 
 import pytest
 
+from tests.support.clock import FakeClock
+from tests.support.errors import detail
+from tests.support.tickets import valid_ticket
 from vdsm_imageio.errors import HookFailed, TicketBusy, TicketNotFound
-from vdsm_imageio.hooks import Hooks, TicketHooks
+from vdsm_imageio.hooks import Hooks, Payload, TicketHooks
 from vdsm_imageio.registry import Registry
 from vdsm_imageio.ticketspec import TicketSpec
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Recorder:
+class Recorder(Hooks):
     """Stands in for Hooks to see the payloads (the runner has its own tests)."""
 
     def __init__(self) -> None:
+        super().__init__("/nonexistent", timeout=0)  # runs no hook
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
-    def run(self, event: str, payload: dict[str, Any]) -> None:
+    def run(self, event: str, payload: Payload) -> None:
         self.calls.append((event, dict(payload)))
 
 
 def ticket(**kw: Any) -> dict[str, Any]:
-    t = {
-        "uuid": "u1",
-        "size": 1024,
-        "ops": ["write"],
-        "timeout": 300,
-        "url": "file:///image",
-        "transfer_id": "tr1",
-    }
-    t.update(kw)
-    return t
+    return valid_ticket(**{"ops": ["write"], **kw})
 
 
-def wired(hooks: Any, clock: FakeClock, **kw: Any) -> Registry:
+def wired(hooks: Hooks, clock: FakeClock, **kw: Any) -> Registry:
     th = TicketHooks(hooks, clock)
     registry = Registry(
         clock=clock, remove_timeout=0.05, default_inactivity_timeout=60, guard=th.guard, **kw
@@ -71,7 +58,7 @@ def test_vetoed_add_leaves_no_ticket_and_prepares_no_storage(tmp_path: Path) -> 
     registry = wired(Hooks(str(tmp_path), timeout=10), FakeClock(), resolve_url=resolve)
     with pytest.raises(HookFailed) as e:
         registry.add(ticket())
-    assert "not on this host" in e.value.fields["stderr"]
+    assert "not on this host" in detail(e.value, "stderr", str)
     assert prepared == []
     with pytest.raises(TicketNotFound):
         registry.get("u1")
@@ -135,7 +122,7 @@ def test_removal_that_cuts_off_requests_is_interrupted_and_vetoed_once() -> None
 
 def test_payload_is_status_plus_duration() -> None:
     clock = FakeClock()
-    th = TicketHooks(Recorder(), clock)  # type: ignore[arg-type]
+    th = TicketHooks(Recorder(), clock)
     registry = Registry(clock=clock, remove_timeout=0.05, default_inactivity_timeout=60)
     t = registry.add(ticket())
     clock.now += 3

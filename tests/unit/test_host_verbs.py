@@ -11,8 +11,9 @@ import logging
 from typing import Any
 
 import pytest
-from engine_driver import engine_ticket
 
+from tests.engine_driver import engine_ticket
+from tests.support.clock import FakeClock
 from vdsm_imageio.errors import (
     HookFailed,
     LeaseBusy,
@@ -20,7 +21,7 @@ from vdsm_imageio.errors import (
     VolumeError,
     VolumeNotFound,
 )
-from vdsm_imageio.registry import Registry
+from vdsm_imageio.registry import Guard, Registry
 from vdsm_imageio.tickets import Ticket
 from vdsm_imageio.ticketspec import TicketSpec
 from verbs.host import host_methods
@@ -31,14 +32,6 @@ URL = "file:///var/tmp/disk.raw"
 IMAGE_DAEMON_ERROR = 482
 # What the engine reads from Host.get_image_ticket.
 ENGINE_READS = ("uuid", "size", "url", "timeout", "ops", "active", "transferred", "idle_time")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -236,7 +229,7 @@ def test_remove_with_running_request_is_409_busy(
     assert result(methods, "Host.remove_image_ticket", uuid=ticket["uuid"]) is True
 
 
-def vetoing(action: str) -> Any:
+def vetoing(action: str) -> Guard:
     def guard(event: str, ticket: Ticket) -> None:
         if event == action:
             raise HookFailed(

@@ -27,7 +27,7 @@ def test_image_shorter_than_the_range_is_500_that_closes_the_connection() -> Non
     assert reply.message == "Image ended at offset 8388608, before the end of the range at 50331648"
 
 
-def test_a_413_of_a_body_of_known_length_names_its_length():
+def test_a_413_of_a_body_of_known_length_names_its_length() -> None:
     reply = reply_for(PayloadTooLarge(length=5000, limit=4096))
     assert reply is not None
     assert reply.status == 413

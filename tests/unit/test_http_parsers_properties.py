@@ -59,7 +59,7 @@ def mutated(draw: st.DrawFn, valid: st.SearchStrategy[bytes]) -> bytes:
 # Request heads.
 
 # Any UTF-8 but control characters, which the path refuses even escaped.
-PRINTABLE = st.characters(codec="utf-8", exclude_categories=("Cc",))
+PRINTABLE = st.characters(codec="utf-8", exclude_categories=["Cc"])
 segments = st.lists(
     st.text(UNRESERVED, max_size=6)
     | st.text(PRINTABLE, max_size=3).map(lambda s: quote(s, safe="")),

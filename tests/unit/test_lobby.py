@@ -1,9 +1,14 @@
 """The lobby's pure helpers: where a request head ends, how peers are named."""
 
+from __future__ import annotations
+
 import logging
+import socket
+from collections.abc import Hashable
 
 import pytest
 
+from tests.support.clock import FakeClock
 from vdsm_imageio.http.admission import BUDGET, PER_PEER, Eviction
 from vdsm_imageio.http.listeners import Listener
 from vdsm_imageio.http.lobby import EvictionLog, _blank_line, peer_name
@@ -23,7 +28,7 @@ from vdsm_imageio.http.lobby import EvictionLog, _blank_line, peer_name
         ([b"G", b"E", b"T", b" "], False),
     ],
 )
-def test_blank_line_is_found_across_reads(parts, complete):
+def test_blank_line_is_found_across_reads(parts: list[bytes], complete: bool) -> None:
     head = bytearray()
     found = False
     for part in parts:
@@ -33,32 +38,25 @@ def test_blank_line_is_found_across_reads(parts, complete):
     assert found is complete
 
 
-def test_peer_names():
-    listener = Listener(None, "unix", None)  # type: ignore[arg-type]
-    assert peer_name(("127.0.0.2", 4000), listener) == "127.0.0.2:4000"
-    assert peer_name(("::1", 4000, 0, 0), listener) == "[::1]:4000"
-    assert peer_name("", listener) == "unix"
+def test_peer_names() -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        listener = Listener(sock, "unix", None)
+        assert peer_name(("127.0.0.2", 4000), listener) == "127.0.0.2:4000"
+        assert peer_name(("::1", 4000, 0, 0), listener) == "[::1]:4000"
+        assert peer_name("", listener) == "unix"
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
-
-
-def eviction(reason=BUDGET):
+def eviction(reason: str = BUDGET) -> Eviction[Hashable]:
     return Eviction("conn", "127.0.0.2", reason, 64, 1.5)
 
 
-def evicted_lines(caplog):
+def evicted_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.getMessage().startswith("EVICTED")]
 
 
-def test_evictions_are_logged_one_by_one_up_to_the_burst(caplog):
+def test_evictions_are_logged_one_by_one_up_to_the_burst(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    evictions = EvictionLog(burst=3, clock=FakeClock())
+    evictions = EvictionLog(burst=3, clock=FakeClock(100.0))
     for _ in range(3):
         evictions.evicted("127.0.0.2:5000", eviction())
     assert (
@@ -72,9 +70,11 @@ def test_evictions_are_logged_one_by_one_up_to_the_burst(caplog):
     assert evictions.due() is None
 
 
-def test_evictions_past_the_burst_are_counted_and_summed_up_once_a_window(caplog):
+def test_evictions_past_the_burst_are_counted_and_summed_up_once_a_window(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.INFO)
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     evictions = EvictionLog(burst=2, window=1.0, clock=clock)
     for reason in (BUDGET, BUDGET, BUDGET, PER_PEER, BUDGET):
         evictions.evicted("127.0.0.2:5000", eviction(reason))
@@ -94,9 +94,9 @@ def test_evictions_past_the_burst_are_counted_and_summed_up_once_a_window(caplog
     assert evictions.due() is None
 
 
-def test_a_forced_flush_writes_the_counts_at_once(caplog):
+def test_a_forced_flush_writes_the_counts_at_once(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    evictions = EvictionLog(burst=0, clock=FakeClock())
+    evictions = EvictionLog(burst=0, clock=FakeClock(100.0))
     evictions.evicted("127.0.0.2:5000", eviction())
     evictions.flush(force=True)
     assert evicted_lines(caplog) == [

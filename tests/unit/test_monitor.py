@@ -10,32 +10,18 @@ from typing import Any
 
 import pytest
 
+from tests.support.clock import FakeClock
+from tests.support.tickets import valid_ticket
 from vdsm_imageio.errors import TicketNotFound
 from vdsm_imageio.monitor import Event, Monitor, MonitorThread
 from vdsm_imageio.registry import Registry
 from vdsm_imageio.tickets import Operation, Ticket
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def spec(**kw: Any) -> dict[str, Any]:
-    t = {
-        "uuid": "u1",
-        "size": 1000,
-        "ops": ["write"],
-        "timeout": 30,
-        "inactivity_timeout": 5,
-        "url": "file:///image",
-        "transfer_id": "tr1",
-    }
-    t.update(kw)
-    return t
+    return valid_ticket(
+        **{"size": 1000, "ops": ["write"], "timeout": 30, "inactivity_timeout": 5, **kw}
+    )
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.clock import FakeClock
+from tests.support.tickets import valid_ticket
 from vdsm_imageio import checksum, ops, ticketspec
 from vdsm_imageio.backends import DirtyExtent, HostOptions, ZeroExtent
 from vdsm_imageio.backends.file import open_file
@@ -85,17 +87,10 @@ class Body:
 
 def make_ticket(size: int) -> Ticket:
     spec = ticketspec.parse(
-        {
-            "uuid": "u1",
-            "size": size,
-            "ops": ["write"],
-            "timeout": 60,
-            "url": "file:///image",
-            "transfer_id": "t1",
-        },
+        valid_ticket(size=size, ops=["write"], timeout=60, transfer_id="t1"),
         default_inactivity_timeout=60,
     )
-    return Ticket(spec, lambda: 1000.0, spec.url or "")
+    return Ticket(spec, FakeClock(), spec.url or "")
 
 
 def caps(pool: BufferPool, splice: socket.socket | None = None) -> ops.Capabilities:

@@ -1,4 +1,7 @@
+from __future__ import annotations
+
 import threading
+from typing import Literal
 
 import pytest
 
@@ -7,12 +10,18 @@ from vdsm_imageio.errors import TicketCanceled
 from vdsm_imageio.pipeline import BufferPool
 
 
-def io_threads():
+def io_threads() -> list[threading.Thread]:
     """Helper threads of the data path still alive (other tests may own others)."""
     return [t for t in threading.enumerate() if t.name.startswith("io-")]
 
 
-def source(data: bytes, step: int):
+def pooled(pool: BufferPool) -> memoryview:
+    buf = pool.try_acquire()
+    assert buf is not None, "the pool has a free buffer"
+    return buf
+
+
+def source(data: bytes, step: int) -> pipeline.Produce:
     pos = 0
 
     def produce(buf: memoryview) -> int:
@@ -25,13 +34,13 @@ def source(data: bytes, step: int):
     return produce
 
 
-def alive():
+def alive() -> None:
     pass
 
 
 @pytest.mark.parametrize("side", ["produce", "consume"])
 @pytest.mark.parametrize("single", [False, True])
-def test_data_arrives_in_order(side, single):
+def test_data_arrives_in_order(side: Literal["produce", "consume"], single: bool) -> None:
     data = bytes(range(256)) * 1000
     out = bytearray()
     pool = BufferPool(4096, 4)
@@ -43,11 +52,11 @@ def test_data_arrives_in_order(side, single):
 
 
 @pytest.mark.parametrize("side", ["produce", "consume"])
-def test_consumer_error_stops_both_and_returns_buffers(side):
+def test_consumer_error_stops_both_and_returns_buffers(side: Literal["produce", "consume"]) -> None:
     pool = BufferPool(1024, 2)
     calls = 0
 
-    def consume(buf):
+    def consume(buf: memoryview) -> None:
         nonlocal calls
         calls += 1
         if calls == 3:
@@ -61,11 +70,11 @@ def test_consumer_error_stops_both_and_returns_buffers(side):
 
 
 @pytest.mark.parametrize("side", ["produce", "consume"])
-def test_producer_error_reaches_caller(side):
+def test_producer_error_reaches_caller(side: Literal["produce", "consume"]) -> None:
     pool = BufferPool(1024, 2)
     produced = 0
 
-    def produce(buf):
+    def produce(buf: memoryview) -> int:
         nonlocal produced
         produced += 1
         if produced == 4:
@@ -77,12 +86,12 @@ def test_producer_error_reaches_caller(side):
     assert not io_threads()
 
 
-def test_runs_single_buffered_when_pool_has_one_free():
+def test_runs_single_buffered_when_pool_has_one_free() -> None:
     pool = BufferPool(1024, 2)
-    held = pool.try_acquire()
-    threads = []
+    held = pooled(pool)
+    threads: list[str] = []
 
-    def consume(buf):
+    def consume(buf: memoryview) -> None:
         threads.append(threading.current_thread().name)
 
     pipeline.run(pool, source(b"y" * 5000, 1024), consume, threaded_side="consume")
@@ -90,9 +99,9 @@ def test_runs_single_buffered_when_pool_has_one_free():
     assert set(threads) == {threading.current_thread().name}
 
 
-def test_pool_never_allocates_more_than_its_count():
+def test_pool_never_allocates_more_than_its_count() -> None:
     pool = BufferPool(4096, 3)
-    bufs = [pool.try_acquire() for _ in range(3)]
+    bufs = [pooled(pool) for _ in range(3)]
     assert pool.try_acquire() is None
     assert pool.allocated() == 3
     for b in bufs:
@@ -100,22 +109,22 @@ def test_pool_never_allocates_more_than_its_count():
     assert pool.allocated() == 3
 
 
-def test_buffers_are_page_aligned():
+def test_buffers_are_page_aligned() -> None:
     import ctypes
     import mmap
 
     pool = BufferPool(mmap.PAGESIZE * 2, 2)
-    buf = pool.try_acquire()
+    buf = pooled(pool)
     addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
     assert addr % mmap.PAGESIZE == 0
 
 
-def test_request_gets_a_private_buffer_when_pool_is_exhausted():
+def test_request_gets_a_private_buffer_when_pool_is_exhausted() -> None:
     pool = BufferPool(1024 * 1024, 1, fallback_size=4096)
-    held = pool.try_acquire()
-    sizes = []
+    held = pooled(pool)
+    sizes: list[int] = []
 
-    def produce_once(buf):
+    def produce_once(buf: memoryview) -> int:
         sizes.append(len(buf))
         if len(sizes) > 1:
             return 0
@@ -132,13 +141,13 @@ def test_request_gets_a_private_buffer_when_pool_is_exhausted():
     assert pool.try_acquire() is held
 
 
-def test_stuck_requests_never_starve_another():
+def test_stuck_requests_never_starve_another() -> None:
     # Every pooled buffer is held by requests whose clients do not read.
     pool = BufferPool(4096, 2)
-    stuck = [pool.try_acquire(), pool.try_acquire()]
+    stuck = [pooled(pool), pooled(pool)]
     done = threading.Event()
 
-    def request():
+    def request() -> None:
         pipeline.run(pool, source(b"q" * 10_000, 1000), lambda b: None, threaded_side="produce")
         done.set()
 
@@ -150,7 +159,7 @@ def test_stuck_requests_never_starve_another():
         pool.release(b)
 
 
-def reader_of(data: bytes, calls: list[tuple[int, int]] | None = None):
+def reader_of(data: bytes, calls: list[tuple[int, int]] | None = None) -> pipeline.ReadAt:
     def read(offset: int, buf: memoryview) -> None:
         if calls is not None:
             calls.append((offset, len(buf)))
@@ -161,7 +170,7 @@ def reader_of(data: bytes, calls: list[tuple[int, int]] | None = None):
 
 @pytest.mark.parametrize("lanes", [1, 2, 3])
 @pytest.mark.parametrize("start, length", [(0, 100_000), (1000, 4096 * 7), (5, 10)])
-def test_lanes_deliver_in_order(lanes, start, length):
+def test_lanes_deliver_in_order(lanes: int, start: int, length: int) -> None:
     data = bytes(range(256)) * 400
     out = bytearray()
     pool = BufferPool(4096, 8)
@@ -176,14 +185,14 @@ def test_lanes_deliver_in_order(lanes, start, length):
     assert pool.allocated() <= 2 * lanes
 
 
-def test_each_lane_reads_its_own_segments():
+def test_each_lane_reads_its_own_segments() -> None:
     data = bytes(range(256)) * 160
     seen: dict[int, list[int]] = {0: [], 1: []}
 
-    def lane(i):
+    def lane(i: int) -> pipeline.ReadAt:
         read = reader_of(data)
 
-        def run(offset, buf):
+        def run(offset: int, buf: memoryview) -> None:
             seen[i].append(offset)
             read(offset, buf)
 
@@ -195,13 +204,13 @@ def test_each_lane_reads_its_own_segments():
     assert seen == {0: list(range(0, len(data), 8192)), 1: list(range(4096, len(data), 8192))}
 
 
-def test_lanes_run_reads_at_once():
+def test_lanes_run_reads_at_once() -> None:
     # Both lanes must be inside a read at the same time: a barrier that
     # only two concurrent readers can pass.
     barrier = threading.Barrier(2, timeout=5)
     data = bytes(8192 * 4)
 
-    def read(offset, buf):
+    def read(offset: int, buf: memoryview) -> None:
         barrier.wait()
         buf[:] = data[offset : offset + len(buf)]
 
@@ -210,11 +219,11 @@ def test_lanes_run_reads_at_once():
     assert len(out) == len(data)
 
 
-def test_lane_reader_error_is_raised_and_every_lane_stops():
+def test_lane_reader_error_is_raised_and_every_lane_stops() -> None:
     pool = BufferPool(4096, 4)
     data = bytes(4096 * 50)
 
-    def failing(offset, buf):
+    def failing(offset: int, buf: memoryview) -> None:
         if offset >= 4096 * 7:
             raise OSError(5, "read failed")
         buf[:] = data[offset : offset + len(buf)]
@@ -227,13 +236,13 @@ def test_lane_reader_error_is_raised_and_every_lane_stops():
     assert pool.allocated() == 4 and len([pool.try_acquire() for _ in range(4)]) == 4
 
 
-def test_consumer_error_stops_lanes_without_reading_on():
+def test_consumer_error_stops_lanes_without_reading_on() -> None:
     pool = BufferPool(4096, 4)
     calls: list[tuple[int, int]] = []
     data = bytes(4096 * 1000)
     sent = 0
 
-    def consume(buf):
+    def consume(buf: memoryview) -> None:
         nonlocal sent
         sent += 1
         if sent == 3:
@@ -246,7 +255,7 @@ def test_consumer_error_stops_lanes_without_reading_on():
     assert not io_threads()
 
 
-def test_lanes_need_a_pooled_buffer_each():
+def test_lanes_need_a_pooled_buffer_each() -> None:
     pool = BufferPool(4096, 1)
     held = pool.try_acquire()
     assert held is not None

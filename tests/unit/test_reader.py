@@ -8,6 +8,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -16,10 +17,11 @@ from vdsm_imageio.http.reader import SocketReader
 
 KiB = 1024
 MiB = 1024**2
+Pair = tuple[socket.socket, socket.socket]
 
 
 @pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+def pair() -> Iterator[Pair]:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     a.settimeout(5)
     b.settimeout(5)
@@ -42,7 +44,7 @@ def send_in_pieces(
     return t
 
 
-def test_lines_across_refills_and_limits(pair):
+def test_lines_across_refills_and_limits(pair: Pair) -> None:
     server, client = pair
     reader = SocketReader(server, size=16)
     client.sendall(b"first line that is longer than the buffer\r\nshort\nno newline")
@@ -55,7 +57,9 @@ def test_lines_across_refills_and_limits(pair):
     assert reader.readline(100) == b""
 
 
-def test_body_starts_in_the_buffer_and_goes_on_straight(pair):
+def test_body_starts_in_the_buffer_and_goes_on_straight(
+    pair: Pair,
+) -> None:
     server, client = pair
     reader = SocketReader(server, size=4 * KiB)
     body = os.urandom(3 * MiB)
@@ -71,7 +75,7 @@ def test_body_starts_in_the_buffer_and_goes_on_straight(pair):
     sender.join(5)
 
 
-def test_small_reads_go_through_the_buffer(pair):
+def test_small_reads_go_through_the_buffer(pair: Pair) -> None:
     server, client = pair
     reader = SocketReader(server, size=4 * KiB)
     client.sendall(b"abcdefgh")
@@ -81,7 +85,7 @@ def test_small_reads_go_through_the_buffer(pair):
     assert reader.readinto(memoryview(bytearray(100))) == 5
 
 
-def test_end_of_stream_is_zero(pair):
+def test_end_of_stream_is_zero(pair: Pair) -> None:
     server, client = pair
     reader = SocketReader(server, size=4 * KiB)
     client.sendall(b"x" * 10)
@@ -91,7 +95,9 @@ def test_end_of_stream_is_zero(pair):
     assert reader.readinto(buf) == 0
 
 
-def test_straight_read_times_out_with_the_socket_timeout(pair):
+def test_straight_read_times_out_with_the_socket_timeout(
+    pair: Pair,
+) -> None:
     server, _client = pair
     server.settimeout(0.2)
     reader = SocketReader(server, size=4 * KiB)
@@ -103,7 +109,9 @@ def test_straight_read_times_out_with_the_socket_timeout(pair):
     assert server.gettimeout() == 0.2
 
 
-def test_straight_read_returns_what_came_before_the_timeout(pair):
+def test_straight_read_returns_what_came_before_the_timeout(
+    pair: Pair,
+) -> None:
     server, client = pair
     server.settimeout(0.3)
     reader = SocketReader(server, size=4 * KiB)
@@ -111,7 +119,7 @@ def test_straight_read_returns_what_came_before_the_timeout(pair):
     assert reader.readinto(memoryview(bytearray(MiB))) == 100 * KiB
 
 
-def test_shutdown_ends_a_blocked_straight_read(pair):
+def test_shutdown_ends_a_blocked_straight_read(pair: Pair) -> None:
     server, client = pair
     server.settimeout(None)
     reader = SocketReader(server, size=4 * KiB)
@@ -133,7 +141,7 @@ def test_shutdown_ends_a_blocked_straight_read(pair):
     assert got == [KiB]
 
 
-def test_tls_lines_and_body(tmp_path):
+def test_tls_lines_and_body(tmp_path: Path) -> None:
     local = pki.ensure_local_pki(tmp_path / "pki")
     server_ctx = tls.server_context(str(local.cert_file), str(local.key_file), ca_file=None)
     client_ctx = tls.client_context(str(local.ca_file))

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.clock import FakeClock
+from tests.support.tickets import FakeConn, valid_ticket
 from vdsm_imageio.errors import (
     HookFailed,
     TicketBusy,
@@ -22,27 +24,11 @@ from vdsm_imageio.tickets import Kind, Ticket
 from vdsm_imageio.ticketspec import TicketSpec
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.25
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class FakeConn:
-    def __init__(self) -> None:
-        self.aborted = False
-
-    def abort(self) -> None:
-        self.aborted = True
-
-
 class World:
     """The registry's collaborators, recording what happens in what order."""
 
     def __init__(self) -> None:
-        self.clock = FakeClock()
+        self.clock = FakeClock(1000.25)
         self.events: list[str] = []
         self.veto: set[tuple[str, str]] = set()
         self.fail_release: set[str] = set()
@@ -78,16 +64,7 @@ def world() -> World:
 
 
 def ticket(**kw: Any) -> dict[str, Any]:
-    t = {
-        "uuid": "u1",
-        "size": 1024,
-        "ops": ["write"],
-        "timeout": 10,
-        "url": "file:///image",
-        "transfer_id": "old",
-    }
-    t.update(kw)
-    return t
+    return valid_ticket(**{"ops": ["write"], "timeout": 10, "transfer_id": "old", **kw})
 
 
 # Status as ovirt-imageio reports it.

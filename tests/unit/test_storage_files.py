@@ -9,6 +9,7 @@ import pytest
 
 from storage.files import find_volume
 from storage.links import Links
+from tests.support.errors import detail
 from vdsm_imageio.errors import (
     DomainNotFound,
     ImageNotFound,
@@ -63,7 +64,7 @@ def test_volume_that_is_not_a_regular_file_is_volume_error(tmp_path: Path) -> No
     path.mkdir()
     with pytest.raises(VolumeError) as e:
         find_volume(tmp_path, VOLUME)
-    assert "not a regular file" in e.value.fields["reason"]
+    assert "not a regular file" in detail(e.value, "reason", str)
 
 
 def test_domain_in_two_mounts_uses_the_first_by_name(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from storage import lvm
+from tests.support.errors import detail
 from vdsm_imageio.errors import DomainNotFound, VolumeError, VolumeNotFound
 
 VG = "6d9f1a7e-0000-4000-8000-000000000001"
@@ -163,4 +164,4 @@ def test_silent_failure_names_exit_code() -> None:
 def test_missing_lvm_command_is_volume_error() -> None:
     with pytest.raises(VolumeError) as e:
         lvm.Lvm(command="/nonexistent/lvm").lv_info(VG, LV)
-    assert "cannot run lvm" in e.value.fields["reason"]
+    assert "cannot run lvm" in detail(e.value, "reason", str)

@@ -16,6 +16,9 @@ from storage.leases import Leases
 from storage.lvm import Lvm
 from storage.udev import DeviceWatcher
 from storage.volumes import Volumes
+from tests.support.errors import detail
+from tests.support.procs import qemu_nbd_pids
+from tests.support.tickets import volume_of
 from vdsm_imageio.errors import VolumeError, VolumeNotFound
 from vdsm_imageio.registry import Registry
 
@@ -87,12 +90,12 @@ def test_volume_is_torn_down_with_its_last_ticket(
     first = registry.add(ticket("t1"))
     second = registry.add(ticket("t2", ops=("write",)))
     assert first.url == second.url
-    assert volumes.references(first.spec.volume) == 2  # type: ignore[arg-type]
+    assert volumes.references(volume_of(first.spec)) == 2
     registry.remove("t1")
     assert os.path.lexists(link(root))
     registry.remove("t2")
     assert not os.path.lexists(link(root))
-    assert volumes.references(first.spec.volume) == 0  # type: ignore[arg-type]
+    assert volumes.references(volume_of(first.spec)) == 0
 
 
 def test_racing_add_of_one_uuid_keeps_the_winner_prepared(
@@ -122,7 +125,7 @@ def test_lease_failure_fails_add_and_leaves_nothing_linked(root: Path, registry:
     lease = {"path": str(root / "leases"), "offset": 0}
     with pytest.raises(VolumeError) as e:
         registry.add(ticket("t1", ops=("write",), lease=lease))
-    assert "sanlock" in e.value.fields["reason"]
+    assert "sanlock" in detail(e.value, "reason", str)
     assert not (root / "run" / "storage" / SD).exists()
 
 
@@ -159,20 +162,6 @@ def test_tickets_using_a_target(root: Path, registry: Registry, volumes: Volumes
 # Volumes served through qemu-nbd (a real qemu-nbd per volume).
 
 
-def qemu_nbd_pids(root: Path) -> list[int]:
-    """Pids of the qemu-nbd processes serving sockets under root's run dir."""
-    needle = f"--socket={root / 'run' / 'nbd'}/".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue  # not a pid, or it just exited
-        if argv[0].endswith(b"qemu-nbd") and any(a.startswith(needle) for a in argv):
-            pids.append(int(proc.name))
-    return pids
-
-
 def test_nbd_volume_is_served_by_one_qemu_nbd_until_its_last_ticket(
     root: Path, registry: Registry
 ) -> None:
@@ -196,9 +185,9 @@ def test_write_ticket_on_read_only_export_is_refused(
     reader = registry.add(ticket("t1", nbd=True))
     with pytest.raises(VolumeError) as e:
         registry.add(ticket("t2", ops=("write",), nbd=True))
-    assert "read-only" in e.value.fields["reason"]
+    assert "read-only" in detail(e.value, "reason", str)
     # The reader keeps its export; the refused writer holds no reference.
-    assert volumes.references(reader.spec.volume) == 1  # type: ignore[arg-type]
+    assert volumes.references(volume_of(reader.spec)) == 1
     assert len(qemu_nbd_pids(root)) == 1
     registry.remove("t1")
     # With the readers gone, a writer gets a writable export.
@@ -211,7 +200,7 @@ def test_tickets_that_disagree_on_serving_are_refused(root: Path, registry: Regi
     registry.add(ticket("t1"))
     with pytest.raises(VolumeError) as e:
         registry.add(ticket("t2", nbd=True))
-    assert "qemu-nbd" in e.value.fields["reason"]
+    assert "qemu-nbd" in detail(e.value, "reason", str)
     registry.remove("t1")
     assert not os.path.lexists(link(root))
 
@@ -220,7 +209,7 @@ def test_failed_qemu_nbd_start_leaves_nothing(root: Path, registry: Registry) ->
     # The volume holds raw bytes: qemu-nbd refuses it as qcow2.
     with pytest.raises(VolumeError) as e:
         registry.add(ticket("t1", format="cow"))
-    assert "qcow2" in e.value.fields["reason"]
+    assert "qcow2" in detail(e.value, "reason", str)
     assert registry.list() == []
     assert not (root / "run" / "storage" / SD).exists()
     assert qemu_nbd_pids(root) == []

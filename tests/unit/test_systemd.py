@@ -105,9 +105,15 @@ def test_drop_privileges_gives_paths_away_and_cannot_be_undone(tmp_path: Path) -
     assert (st.st_uid, st.st_gid) == (65534, 65534)
 
 
+class CaseSensitiveParser(configparser.ConfigParser):
+    """systemd's keys are case-sensitive; ConfigParser lowers them by default."""
+
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr
+
+
 def test_unit_file_declares_a_notify_service() -> None:
-    unit = configparser.ConfigParser(strict=False, interpolation=None)
-    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit = CaseSensitiveParser(strict=False, interpolation=None)
     unit.read(UNIT)
     service = unit["Service"]
     assert service["Type"] == "notify"

@@ -1,7 +1,12 @@
+from __future__ import annotations
+
 import threading
+from typing import Any
 
 import pytest
 
+from tests.support.clock import FakeClock
+from tests.support.tickets import FakeConn, valid_ticket
 from vdsm_imageio.errors import (
     Forbidden,
     InvalidTicket,
@@ -15,49 +20,21 @@ from vdsm_imageio.registry import Registry
 from vdsm_imageio.tickets import Kind
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-    def tick(self, seconds):
-        self.now += seconds
-
-
-class FakeConn:
-    def __init__(self):
-        self.aborted = False
-
-    def abort(self):
-        self.aborted = True
-
-
-def ticket(**kw):
-    t = {
-        "uuid": "u1",
-        "size": 1024,
-        "ops": ["read"],
-        "timeout": 10,
-        "url": "file:///image",
-        "transfer_id": "tr1",
-    }
-    t.update(kw)
-    return t
+def ticket(**kw: Any) -> dict[str, Any]:
+    return valid_ticket(**{"timeout": 10, **kw})
 
 
 @pytest.fixture
-def clock():
+def clock() -> FakeClock:
     return FakeClock()
 
 
 @pytest.fixture
-def registry(clock):
+def registry(clock: FakeClock) -> Registry:
     return Registry(clock=clock, remove_timeout=0.05, default_inactivity_timeout=60)
 
 
-def test_new_ticket_status(registry):
+def test_new_ticket_status(registry: Registry) -> None:
     status = registry.add(ticket(ops=["write"])).status().to_json()
     assert status == {
         "uuid": "u1",
@@ -79,7 +56,7 @@ def test_new_ticket_status(registry):
     }
 
 
-def test_status_times_are_integers_in_every_state(registry, clock):
+def test_status_times_are_integers_in_every_state(registry: Registry, clock: FakeClock) -> None:
     t = registry.add(ticket())
     clock.tick(0.6)
     for _ in range(3):
@@ -91,7 +68,7 @@ def test_status_times_are_integers_in_every_state(registry, clock):
         assert type(t.status().idle_time) is int
 
 
-def test_ticket_expires_timeout_after_last_activity(registry, clock):
+def test_ticket_expires_timeout_after_last_activity(registry: Registry, clock: FakeClock) -> None:
     t = registry.add(ticket(timeout=10))
     clock.tick(9)
     registry.authorize("u1", "read")
@@ -106,7 +83,7 @@ def test_ticket_expires_timeout_after_last_activity(registry, clock):
     assert t.status().expires_in == 0
 
 
-def test_running_request_keeps_ticket_alive(registry, clock):
+def test_running_request_keeps_ticket_alive(registry: Registry, clock: FakeClock) -> None:
     t = registry.add(ticket(timeout=10))
     with t.operation(0, 100):
         clock.tick(100)
@@ -116,7 +93,7 @@ def test_running_request_keeps_ticket_alive(registry, clock):
     assert not t.expired()
 
 
-def test_extend_revives_expired_ticket(registry, clock):
+def test_extend_revives_expired_ticket(registry: Registry, clock: FakeClock) -> None:
     t = registry.add(ticket(timeout=10))
     clock.tick(30)
     assert t.expired()
@@ -127,7 +104,7 @@ def test_extend_revives_expired_ticket(registry, clock):
     assert t.status().expires_in == 60
 
 
-def test_idle_time_counts_from_last_request(registry, clock):
+def test_idle_time_counts_from_last_request(registry: Registry, clock: FakeClock) -> None:
     t = registry.add(ticket())
     with t.operation(0, 10) as op:
         clock.tick(5)
@@ -137,7 +114,7 @@ def test_idle_time_counts_from_last_request(registry, clock):
     assert t.status().idle_time == 3
 
 
-def test_transferred_is_union_of_completed_and_running(registry):
+def test_transferred_is_union_of_completed_and_running(registry: Registry) -> None:
     t = registry.add(ticket())
     with t.operation(0, 100) as op:
         t.progress(op, 100)
@@ -151,7 +128,7 @@ def test_transferred_is_union_of_completed_and_running(registry):
     assert t.status().transferred == 150
 
 
-def test_transferred_counts_partial_request(registry):
+def test_transferred_counts_partial_request(registry: Registry) -> None:
     t = registry.add(ticket())
     with pytest.raises(RuntimeError), t.operation(200, 100) as op:
         t.progress(op, 40)
@@ -159,44 +136,44 @@ def test_transferred_counts_partial_request(registry):
     assert t.status().transferred == 40
 
 
-def test_write_implies_read(registry):
+def test_write_implies_read(registry: Registry) -> None:
     t = registry.add(ticket(ops=["write"]))
     assert registry.authorize("u1", "read") is t
 
 
-def test_read_ticket_forbids_write(registry):
+def test_read_ticket_forbids_write(registry: Registry) -> None:
     registry.add(ticket(ops=["read"]))
     with pytest.raises(Forbidden, match="does not allow write"):
         registry.authorize("u1", "write")
 
 
-def test_unknown_ticket_is_forbidden_without_echoing_id(registry):
+def test_unknown_ticket_is_forbidden_without_echoing_id(registry: Registry) -> None:
     with pytest.raises(Forbidden) as e:
         registry.authorize("secret-id", "read")
     assert "secret-id" not in str(e.value)
 
 
-def test_add_same_content_is_noop(registry):
+def test_add_same_content_is_noop(registry: Registry) -> None:
     t = registry.add(ticket())
     assert registry.add(ticket(extra_engine_key=1)) is t
 
 
-def test_add_other_content_is_conflict_naming_field(registry):
+def test_add_other_content_is_conflict_naming_field(registry: Registry) -> None:
     registry.add(ticket())
     with pytest.raises(TicketConflict, match="size"):
         registry.add(ticket(size=2048))
 
 
-def test_status_of_unknown_ticket(registry):
+def test_status_of_unknown_ticket(registry: Registry) -> None:
     with pytest.raises(TicketNotFound):
         registry.get("nope")
 
 
-def test_remove_unknown_ticket_is_idempotent(registry):
+def test_remove_unknown_ticket_is_idempotent(registry: Registry) -> None:
     registry.remove("nope")
 
 
-def test_remove_cancels_and_aborts_connections(registry):
+def test_remove_cancels_and_aborts_connections(registry: Registry) -> None:
     t = registry.add(ticket())
     conn = FakeConn()
     t.attach(conn, Kind.READ, limit=8)
@@ -207,7 +184,7 @@ def test_remove_cancels_and_aborts_connections(registry):
         registry.get("u1")
 
 
-def test_remove_with_running_request_is_busy_then_succeeds(registry):
+def test_remove_with_running_request_is_busy_then_succeeds(registry: Registry) -> None:
     t = registry.add(ticket())
     with t.operation(0, 10) as op:
         with pytest.raises(TicketBusy):
@@ -223,12 +200,12 @@ def test_remove_with_running_request_is_busy_then_succeeds(registry):
         registry.get("u1")
 
 
-def test_remove_waits_for_request_to_stop(clock):
+def test_remove_waits_for_request_to_stop(clock: FakeClock) -> None:
     registry = Registry(clock=clock, remove_timeout=5, default_inactivity_timeout=60)
     t = registry.add(ticket())
     started = threading.Event()
 
-    def request():
+    def request() -> None:
         with t.operation(0, 10) as op:
             started.set()
             try:
@@ -246,7 +223,7 @@ def test_remove_waits_for_request_to_stop(clock):
     assert not worker.is_alive()
 
 
-def test_readers_limit_is_enforced(registry):
+def test_readers_limit_is_enforced(registry: Registry) -> None:
     t = registry.add(ticket())
     conns = [FakeConn() for _ in range(3)]
     t.attach(conns[0], Kind.READ, limit=2)
@@ -258,7 +235,7 @@ def test_readers_limit_is_enforced(registry):
     assert t.status().connections == 2
 
 
-def test_reader_upgrades_to_writer(registry):
+def test_reader_upgrades_to_writer(registry: Registry) -> None:
     t = registry.add(ticket(ops=["write"]))
     a, b = FakeConn(), FakeConn()
     t.attach(a, Kind.READ, limit=1)
@@ -269,7 +246,7 @@ def test_reader_upgrades_to_writer(registry):
         t.attach(b, Kind.WRITE, limit=1)
 
 
-def test_invalid_ticket_names_field(registry):
+def test_invalid_ticket_names_field(registry: Registry) -> None:
     bad = ticket()
     del bad["size"]
     with pytest.raises(InvalidTicket) as e:
@@ -277,7 +254,7 @@ def test_invalid_ticket_names_field(registry):
     assert e.value.field == "size"
 
 
-def test_listeners_see_add_and_remove(registry):
+def test_listeners_see_add_and_remove(registry: Registry) -> None:
     seen = []
     registry.subscribe(lambda event, t: seen.append((event, t.transfer_id)))
     registry.add(ticket())
@@ -285,7 +262,7 @@ def test_listeners_see_add_and_remove(registry):
     assert seen == [("added", "tr1"), ("canceled", "tr1"), ("removed", "tr1")]
 
 
-def test_peek_connection_is_counted_and_aborted_but_takes_no_slot(registry):
+def test_peek_connection_is_counted_and_aborted_but_takes_no_slot(registry: Registry) -> None:
     t = registry.add(ticket())
     peek, reader = FakeConn(), FakeConn()
     t.attach(peek, Kind.PEEK, 0)

@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 import json
 from typing import Any
 
@@ -6,7 +8,7 @@ import pytest
 from vdsm_imageio import ticketspec
 from vdsm_imageio.errors import InvalidTicket
 
-ENGINE_TICKET = {
+ENGINE_TICKET: dict[str, Any] = {
     "uuid": "6e7fb4a2-3d57-4b6b-9c1e-4e1a51c0f3a1",
     "timeout": 300,
     "inactivity_timeout": 60,
@@ -19,11 +21,11 @@ ENGINE_TICKET = {
 }
 
 
-def parse(obj):
+def parse(obj: object) -> ticketspec.TicketSpec:
     return ticketspec.parse(obj, default_inactivity_timeout=60)
 
 
-def test_engine_ticket_is_accepted():
+def test_engine_ticket_is_accepted() -> None:
     spec = parse(ENGINE_TICKET)
     # As sent (ovirt-imageio reports them so); write still allows read.
     assert spec.ops == ("write",)
@@ -32,11 +34,11 @@ def test_engine_ticket_is_accepted():
     assert spec.inactivity_timeout == 60
 
 
-def test_unknown_keys_are_ignored():
+def test_unknown_keys_are_ignored() -> None:
     assert parse({**ENGINE_TICKET, "engine_extra": {"a": 1}}) == parse(ENGINE_TICKET)
 
 
-def test_missing_transfer_id_gets_a_name_that_hides_the_uuid():
+def test_missing_transfer_id_gets_a_name_that_hides_the_uuid() -> None:
     t = dict(ENGINE_TICKET)
     del t["transfer_id"]
     spec = parse(t)
@@ -44,13 +46,13 @@ def test_missing_transfer_id_gets_a_name_that_hides_the_uuid():
     assert t["uuid"] not in spec.transfer_id
 
 
-def test_default_inactivity_timeout_from_config():
+def test_default_inactivity_timeout_from_config() -> None:
     t = dict(ENGINE_TICKET)
     del t["inactivity_timeout"]
     assert ticketspec.parse(t, default_inactivity_timeout=17).inactivity_timeout == 17
 
 
-def test_volume_ticket_is_parsed():
+def test_volume_ticket_is_parsed() -> None:
     t = dict(ENGINE_TICKET)
     del t["url"]
     t["volume"] = {
@@ -92,7 +94,7 @@ def test_volume_ticket_is_parsed():
         ({"filename": 3}, "filename"),
     ],
 )
-def test_invalid_field_is_named(change, field):
+def test_invalid_field_is_named(change: dict[str, Any], field: str) -> None:
     t = {**ENGINE_TICKET, **change}
     t = {k: v for k, v in t.items() if v is not None}
     with pytest.raises(InvalidTicket) as e:
@@ -117,7 +119,7 @@ def test_invalid_field_is_named(change, field):
         ("block", "volume"),
     ],
 )
-def test_invalid_volume_field_is_named(volume, field):
+def test_invalid_volume_field_is_named(volume: object, field: str) -> None:
     t = {k: v for k, v in ENGINE_TICKET.items() if k != "url"}
     t["volume"] = volume
     with pytest.raises(InvalidTicket) as e:
@@ -125,7 +127,7 @@ def test_invalid_volume_field_is_named(volume, field):
     assert e.value.field == field
 
 
-def test_not_an_object():
+def test_not_an_object() -> None:
     with pytest.raises(InvalidTicket) as e:
         parse(["uuid"])
     assert e.value.field == "ticket"
@@ -134,13 +136,22 @@ def test_not_an_object():
 # Every field with every wrong type and value: each is refused naming the
 # field, never with another exception.
 NAN, INF = float("nan"), float("inf")
-NOT_INTEGERS = [True, False, 1.5, 1.0, "1", "", [], [1], {}, {"n": 1}, NAN, INF, -INF]
-NOT_TEXT = [True, 0, 7, 1.5, "", [], ["a"], {}, {"a": "b"}, NAN]
-BAD_TEXT = ["\udc80", "a\ud800", "a\x00b", "a\nb", "a\rb", "\x1b[31m", "a\x7fb", "a\x85b"]
-NOT_BOOLEANS = [0, 1, "true", "", [], {}, 1.5, NAN]
+NOT_INTEGERS: list[object] = [True, False, 1.5, 1.0, "1", "", [], [1], {}, {"n": 1}, NAN, INF, -INF]
+NOT_TEXT: list[object] = [True, 0, 7, 1.5, "", [], ["a"], {}, {"a": "b"}, NAN]
+BAD_TEXT: list[object] = [
+    "\udc80",
+    "a\ud800",
+    "a\x00b",
+    "a\nb",
+    "a\rb",
+    "\x1b[31m",
+    "a\x7fb",
+    "a\x85b",
+]
+NOT_BOOLEANS: list[object] = [0, 1, "true", "", [], {}, 1.5, NAN]
 VOLUME = {"domain": "file", "sd_id": "sd", "img_id": "img", "vol_id": "vol"}
 
-WRONG = [
+WRONG: list[tuple[str, object]] = [
     *[("size", v) for v in [*NOT_INTEGERS, -1, 2**63, 2**64, 10**4000, -(10**4000)]],
     *[("timeout", v) for v in [*NOT_INTEGERS, -1, 2**31, 2**64, 10**4000]],
     *[("inactivity_timeout", v) for v in [*NOT_INTEGERS, -1, 2**31, 10**4000]],
@@ -172,20 +183,21 @@ URLS = [
     "x" * 5000,
 ]
 
-WRONG_VOLUME = [
+NOT_FORMATS: list[object] = [None, 1, "", "qcow2", "RAW", [], {}]
+WRONG_VOLUME: list[tuple[str, object]] = [
     *[("domain", v) for v in [*NOT_TEXT, *BAD_TEXT, "nfs", "FILE"]],
     *[
         (f, v)
         for f in ("sd_id", "img_id", "vol_id")
         for v in [*NOT_TEXT, *BAD_TEXT, "../x", "a/b", "-a", "a b", "x" * 129]
     ],
-    *[("format", v) for v in [None, 1, "", "qcow2", "RAW", [], {}]],
+    *[("format", v) for v in NOT_FORMATS],
     *[("nbd", v) for v in NOT_BOOLEANS],
     *[("bitmap", v) for v in NOT_TEXT + BAD_TEXT],
     *[("lease", v) for v in ["/dev/leases", 1, [], True]],
 ]
 
-WRONG_LEASE = [
+WRONG_LEASE: list[tuple[str, object]] = [
     *[("path", v) for v in [*NOT_TEXT, *BAD_TEXT]],
     *[("offset", v) for v in [*NOT_INTEGERS, -1, 2**63, 10**4000]],
 ]

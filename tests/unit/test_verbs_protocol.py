@@ -117,7 +117,7 @@ def test_notification_line_is_one_line_without_id() -> None:
         {"jsonrpc": "2.0", "method": "m", "id": 1.5},
     ],
 )
-def test_valid_request_shapes(request_obj) -> None:
+def test_valid_request_shapes(request_obj: dict[str, Any]) -> None:
     assert protocol.validate(request_obj) is request_obj
 
 
@@ -137,7 +137,7 @@ def test_valid_request_shapes(request_obj) -> None:
         "m",
     ],
 )
-def test_invalid_request_shapes_are_refused(request_obj) -> None:
+def test_invalid_request_shapes_are_refused(request_obj: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         protocol.validate(request_obj)
 

@@ -7,18 +7,12 @@ from typing import Any
 
 import pytest
 
+from tests.support.clock import FakeClock
+from tests.support.tickets import valid_ticket
 from vdsm_imageio.registry import Registry
 from verbs.protocol import respond
 from verbs.service import ServiceInfo, service_methods
 from verbs.ticket import ticket_methods
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -32,16 +26,9 @@ def registry(clock: FakeClock) -> Registry:
 
 
 def ticket(**kw: Any) -> dict[str, Any]:
-    t = {
-        "uuid": "secret-1",
-        "size": 1024,
-        "ops": ["read"],
-        "timeout": 300,
-        "url": "file:///var/tmp/disk.raw",
-        "transfer_id": "tx-1",
-    }
-    t.update(kw)
-    return t
+    return valid_ticket(
+        **{"uuid": "secret-1", "url": "file:///var/tmp/disk.raw", "transfer_id": "tx-1", **kw}
+    )
 
 
 def call(methods: dict[str, Any], method: str, **params: Any) -> Any:

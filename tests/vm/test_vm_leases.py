@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vmstorage import LeaseHolder, holds, sanlock_status
 
 from storage.leases import Lease, Leases
+from tests.vm.vmstorage import LeaseHolder, holds, sanlock_status
 from vdsm_imageio.errors import LeaseBusy, LockspaceUnavailable
 
 VolumeFactory = Callable[..., dict[str, Any]]

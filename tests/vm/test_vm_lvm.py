@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vmstorage import Domain, MiB, is_active, lvm
 
 from storage.lvm import Lvm
+from tests.support.errors import detail
+from tests.vm.vmstorage import Domain, MiB, is_active, lvm
 from vdsm_imageio.errors import DomainNotFound, VolumeError, VolumeNotFound
 
 VolumeFactory = Callable[..., dict[str, Any]]
@@ -92,8 +93,8 @@ def test_deactivate_open_volume_says_open_elsewhere(
         assert lvm_.lv_info(domain.sd_id, vol["vol_id"]).open
         with pytest.raises(VolumeError) as e:
             lvm_.deactivate(domain.sd_id, vol["vol_id"])
-        assert "open elsewhere" in e.value.fields["reason"]
-        assert "in use" in e.value.fields["reason"]
+        assert "open elsewhere" in detail(e.value, "reason", str)
+        assert "in use" in detail(e.value, "reason", str)
         assert is_active(domain, vol["vol_id"])
     finally:
         os.close(fd)

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from vmstorage import Domain, dm_name, lvm, run
 
 from storage.udev import DeviceWatcher
+from tests.vm.vmstorage import Domain, dm_name, lvm, run
 
 VolumeFactory = Callable[..., dict[str, Any]]
 EVENT_TIMEOUT = 30
@@ -91,7 +91,7 @@ def test_watch_reports_removed_device(
         deactivate(domain, vol)
         # A late "change" from the activation may come first; "remove" must follow.
         deadline = time.monotonic() + EVENT_TIMEOUT
-        seen = []
+        seen: list[tuple[str, str]] = []
         while not seen or seen[-1] != (node, "remove"):
             seen.append(events.get(timeout=max(0.0, deadline - time.monotonic())))
         assert all(e == (node, "change") for e in seen[:-1]), seen

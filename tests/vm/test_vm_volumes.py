@@ -16,12 +16,23 @@ from urllib.parse import urlsplit
 
 import pytest
 import sanlock
-from vmstorage import Domain, LeaseHolder, dm_name, holds, is_active, run, sanlock_status, spec
 
 from storage.leases import Leases
 from storage.lvm import Lvm
 from storage.udev import DeviceWatcher
 from storage.volumes import Volumes
+from tests.support.errors import detail
+from tests.support.tickets import volume_of
+from tests.vm.vmstorage import (
+    Domain,
+    LeaseHolder,
+    dm_name,
+    holds,
+    is_active,
+    run,
+    sanlock_status,
+    spec,
+)
 from vdsm_imageio.errors import ImageNotFound, LeaseBusy, VolumeError, VolumeNotFound
 from vdsm_imageio.registry import Registry
 
@@ -108,7 +119,7 @@ def test_two_tickets_share_one_preparation(
     first = registry.add(ticket(vol))
     second = registry.add(ticket(vol))
     assert first.url == second.url
-    assert volumes.references(second.spec.volume) == 2  # type: ignore[arg-type]
+    assert volumes.references(volume_of(second.spec)) == 2
     registry.remove(first.spec.uuid)
     assert is_active(domain, vol["vol_id"])
     assert link_of(second.url).is_block_device()
@@ -164,7 +175,7 @@ def test_lease_kept_while_a_writer_remains(
     volumes.release(writer)
     # The reader still uses the volume; the lease only guarded writing.
     assert not holds(sanlock_status(), lockspace, vol["vol_id"])
-    assert volumes.references(reader.volume) == 1  # type: ignore[arg-type]
+    assert volumes.references(volume_of(reader)) == 1
     volumes.release(reader)
 
 
@@ -216,7 +227,7 @@ def test_volume_open_elsewhere_at_teardown_is_reported(
     try:
         with pytest.raises(VolumeError) as e:
             volumes.release(s)
-        assert "open elsewhere" in e.value.fields["reason"]
+        assert "open elsewhere" in detail(e.value, "reason", str)
         assert not os.path.lexists(link)
     finally:
         os.close(fd)

@@ -19,10 +19,11 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
-from corpus import Guard, Scene
+
+from tests.integration.hostile.corpus import Guard, Scene
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 
 @pytest.fixture(scope="module")

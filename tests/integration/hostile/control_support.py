@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 IO_TIMEOUT = 10.0
 IMAGE_SIZE = 1024**2
@@ -37,6 +37,20 @@ STABLE_STATUS = (
     "url",
     "volume",
 )
+# (name, value) of ticket timeouts both control channels refuse: not an
+# integer of seconds, or out of range.
+BAD_TIMEOUTS: list[tuple[str, Any]] = [
+    ("float", 1.5),
+    ("string", "300"),
+    ("true", True),
+    ("null", None),
+    ("list", [300]),
+    ("object", {"s": 300}),
+    ("negative", -1),
+    ("2**31", 2**31),
+    ("2**64", 2**64),
+    ("10**4000", 10**4000),
+]
 
 
 class LineClient:

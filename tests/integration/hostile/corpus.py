@@ -12,10 +12,10 @@ import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 IMAGE_SIZE = 1024**2
 # Long enough for any reply to a refused request; a close is seen at once.
@@ -152,7 +152,7 @@ class Reply:
     headers: http.client.HTTPMessage
     body: bytes
 
-    def header(self, name: str) -> Any:
+    def header(self, name: str) -> str | None:
         return self.headers.get(name)
 
 
@@ -164,7 +164,7 @@ def exchange(sock: socket.socket, raw: bytes) -> Reply:
         pass  # refused before it was all read: the reply is still there
     # A reply to HEAD has no content whatever its Content-Length says.
     method = "HEAD" if raw.startswith(b"HEAD ") else "GET"
-    resp = http.client.HTTPResponse(sock, method=method)  # type: ignore[arg-type]
+    resp = http.client.HTTPResponse(sock, method=method)
     try:
         resp.begin()
         return Reply(resp.status, resp.headers, resp.read())

@@ -15,10 +15,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from control_support import LineClient, World, assert_daemon_healthy, log_mark, make_world
+
+from tests.integration.hostile.control_support import (
+    BAD_TIMEOUTS,
+    LineClient,
+    World,
+    assert_daemon_healthy,
+    log_mark,
+    make_world,
+)
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 PARSE = -32700
 INVALID_REQUEST = -32600
@@ -319,18 +327,7 @@ EXTEND = [
             ),
         )
         for method in ("Ticket.extend", "Host.extend_image_ticket")
-        for name, value in [
-            ("float", 1.5),
-            ("string", "300"),
-            ("true", True),
-            ("null", None),
-            ("list", [300]),
-            ("object", {"s": 300}),
-            ("negative", -1),
-            ("2**31", 2**31),
-            ("2**64", 2**64),
-            ("10**4000", 10**4000),
-        ]
+        for name, value in BAD_TIMEOUTS
     ],
     Case(
         "extend-unknown", line(req("Ticket.extend", {"uuid": "no-such", "timeout": 1})), NOT_FOUND

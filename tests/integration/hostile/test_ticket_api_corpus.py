@@ -17,11 +17,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import rawhttp
-from control_support import IO_TIMEOUT, World, assert_daemon_healthy, log_mark, make_world
+
+from tests.integration import rawhttp
+from tests.integration.hostile.control_support import (
+    BAD_TIMEOUTS,
+    IO_TIMEOUT,
+    World,
+    assert_daemon_healthy,
+    log_mark,
+    make_world,
+)
 
 if TYPE_CHECKING:
-    from conftest import Daemon
+    from tests.support.daemon import Daemon
 
 MAX_BODY = 64 * 1024
 NEW = "@new"  # the target's uuid: a new one, also in the body
@@ -192,19 +200,7 @@ PATCH = [
             400,
             "timeout",
         )
-        for name, v in [
-            ("float", 1.5),
-            ("string", "300"),
-            ("true", True),
-            ("null", None),
-            ("list", [300]),
-            ("object", {"s": 1}),
-            ("negative", -1),
-            ("2**31", 2**31),
-            ("2**64", 2**64),
-            ("10**4000", 10**4000),
-            ("nested", nested(20)),
-        ]
+        for name, v in [*BAD_TIMEOUTS, ("nested", nested(20))]
     ],
     Case("patch-timeout-nan", "PATCH", RW, b'{"timeout": NaN}', 400, "timeout"),
     Case("patch-timeout-1e400", "PATCH", RW, b'{"timeout": 1e400}', 400, "timeout"),

@@ -1,9 +1,11 @@
-"""Images on storage with 512 and 4096-byte sectors, inside a daemon's directory.
+"""ext4 on loop devices, inside a daemon's directory, for tests that need
+what only real storage does: a sector size of 512 or 4096 bytes
+(``losetup --sector-size``, so direct I/O must align to it), a file system
+that fills up, one that can be frozen. Mounted under the daemon's images
+directory, an image on it needs nothing outside the daemon's directory.
 
-Each is a file on ext4 made on a loop device of that logical sector size
-(``losetup --sector-size``) and mounted under the daemon's images
-directory, so direct I/O must align to the sector size and a ticket for it
-needs nothing outside the daemon's directory.
+Loop devices and mounts need root: ``needs_root()`` skips the test
+otherwise. The bench does not import this module (it imports pytest).
 """
 
 from __future__ import annotations
@@ -33,22 +35,32 @@ def needs_root() -> None:
 
 
 @contextlib.contextmanager
-def ext4_on_loop(directory: Path, name: str, *, sector_size: int) -> Iterator[Path]:
-    """A mounted ext4 whose device has sector_size-byte sectors: directory/name."""
+def ext4_on_loop(
+    directory: Path,
+    name: str,
+    *,
+    size: int = FS_SIZE,
+    sector_size: int = 512,
+    direct_io: bool = False,
+    reserve: bool = True,
+) -> Iterator[Path]:
+    """A mounted ext4 of size bytes whose device has sector_size-byte
+    sectors: directory/name. reserve=False leaves no blocks for root alone,
+    so that root fills exactly size bytes."""
     backing = directory / f"{name}.fs"
     with open(backing, "wb") as f:
-        f.truncate(FS_SIZE)
+        f.truncate(size)
     try:
         device = run(
             "losetup",
             "--find",
             "--show",
-            "--direct-io=on",
+            f"--direct-io={'on' if direct_io else 'off'}",
             f"--sector-size={sector_size}",
             str(backing),
         )
         try:
-            run("mkfs.ext4", "-q", "-F", device)
+            run("mkfs.ext4", "-q", "-F", *([] if reserve else ["-m", "0"]), device)
             mountpoint = directory / name
             mountpoint.mkdir()
             run("mount", device, str(mountpoint))
