@@ -208,7 +208,7 @@ def test_expired_ticket_reason_is_readable_by_the_page(
     assert daemon.status(ticket_id)["transferred"] == 0
 
 
-def test_upload_through_a_proxy(daemon: Any, proxy: Any, page: Page, tmp_path: Path) -> None:
+def test_upload_through_a_proxy(daemon: Daemon, proxy: Daemon, page: Page, tmp_path: Path) -> None:
     # The admin portal uploads to the proxy on the engine's host, which
     # relays each chunk to the daemon on the host that holds the disk.
     size = 20 * MiB + 3
