@@ -348,10 +348,12 @@ def add_before_proxy(rig: Rig, checkout: Path, work: Path, stack: contextlib.Exi
     """A second proxy of ours, running the code of checkout (an earlier
     commit) from this virtual environment, beside ours on the proxy's
     machine and relaying to the same host daemon: chain ``before``."""
-    python = REPO / ".venv" / "bin" / "python"
+    # -P: without it the working directory (this checkout, when the bench
+    # runs from it) comes before PYTHONPATH on sys.path and wins.
+    python = (str(REPO / ".venv" / "bin" / "python"), "-P")
     env = ("env", f"PYTHONPATH={checkout}")
     where = subprocess.run(
-        [*env, str(python), "-c", "import vdsm_imageio; print(vdsm_imageio.__file__)"],
+        [*env, *python, "-c", "import vdsm_imageio; print(vdsm_imageio.__file__)"],
         capture_output=True,
         text=True,
         check=True,
@@ -370,7 +372,7 @@ def add_before_proxy(rig: Rig, checkout: Path, work: Path, stack: contextlib.Exi
     argv = [
         *rig.proxy_ns.prefix,
         *env,
-        str(python),
+        *python,
         "-m",
         "vdsm_imageio.cli",
         "serve",
