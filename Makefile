@@ -8,6 +8,9 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv python3-pip python3-sanlock python3-libnbd python3-pyudev \
 	qemu-utils curl util-linux e2fsprogs openssl \
 	gcc python3-dev
+# Proxy mode's tests and bench: ip netns and veth pairs (two machines in
+# one), ss (which connections the proxy holds).
+APT_PACKAGES += iproute2
 PIP_PACKAGES := pytest pytest-timeout hypothesis mypy ruff py-spy
 # Browser lane: tests/browser drives Debian's Chromium headless through
 # Playwright (its Python package only: the browser is the system's, never

@@ -16,11 +16,16 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU seconds the process has used so far."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds the process has used so far."""
     text = Path(f"/proc/{pid}/stat").read_text()
     # The command name may hold spaces and parentheses: split after the last ')'.
     fields = text[text.rindex(")") + 2 :].split()
     # Fields 14 and 15 of stat(5); fields[0] here is field 3.
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
 
 def status_kib(pid: int, key: str) -> int:

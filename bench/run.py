@@ -31,7 +31,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 
-from . import clientbench, profiles, report, session
+from . import clientbench, profiles, proxybench, proxyrig, report, session
 from . import images as imagesmod
 from .cases import case_ids
 from .session import REF_VENV, REPO, ProfileRun
@@ -119,10 +119,11 @@ def _stop_on_signal(signo: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    profile_ids = case_ids() + clientbench.case_ids()
     if args.list:
-        print("\n".join(case_ids() + clientbench.case_ids()))
+        print("\n".join(profile_ids + proxybench.case_ids()))
         return 0
-    session.select(case_ids() + clientbench.case_ids(), args.cases)
+    wanted = session.select(profile_ids + proxybench.case_ids(), args.cases)
     for signo in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signo, _stop_on_signal)
     logging.basicConfig(
@@ -139,13 +140,21 @@ def main(argv: list[str] | None = None) -> int:
     log.info("IMAGES size=%d dir=%s", args.size, args.dir)
     images = imagesmod.ensure(args.dir, args.size)
     done: list[ProfileRun] = []
-    with ExitStack() as stack:
-        scratch = imagesmod.Scratch(images)
-        stack.callback(scratch.close)
-        for name in args.profiles:
-            run = session.run_profile(args, name, images, scratch, stamp)
-            _print_profile(run)
-            done.append(run)
+    if any(i in profile_ids for i in wanted):
+        with ExitStack() as stack:
+            scratch = imagesmod.Scratch(images)
+            stack.callback(scratch.close)
+            for name in args.profiles:
+                run = session.run_profile(args, name, images, scratch, stamp)
+                _print_profile(run)
+                done.append(run)
+    proxy_cases = [i for i in wanted if i in proxybench.case_ids()]
+    if proxy_cases:
+        # Proxy mode between two network namespaces (bench.proxybench).
+        try:
+            proxybench.run(args, images, stamp, proxy_cases)
+        except proxyrig.BenchError as e:
+            print(f"proxy rows not run: {e}")
     _print_summary(done, time.monotonic() - started)
     return 0
 
@@ -190,8 +199,9 @@ def _print_summary(done: list[ProfileRun], seconds: float) -> None:
         verdict = report.nbdwire(r.results)
         if verdict:
             print(f"{r.name}: {verdict.line()}")
-    per_profile = ", ".join(
-        f"{r.name} {r.seconds:.0f} s" + (" (skipped)" if r.skipped else "") for r in done
+    per_profile = (
+        ", ".join(f"{r.name} {r.seconds:.0f} s" + (" (skipped)" if r.skipped else "") for r in done)
+        or "no storage profile"
     )
     print(
         f"elapsed: {per_profile}; whole run {seconds:.0f} s (budget {BUDGET_SECONDS} s"

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import clientbench, physical, procs, profiles, report
+from . import clientbench, physical, procs, profiles, proxybench, report
 from . import images as imagesmod
 from .cases import NBDWIRE_CASE, Context, all_cases, case_ids
 from .clients import ImageioClient
@@ -128,7 +128,9 @@ def _measure(
     and effective settings."""
     work = storage.root / "work"
     work.mkdir(parents=True, exist_ok=True)
-    selected = set(select(case_ids() + clientbench.case_ids(), args.cases))
+    # The proxy rows run apart (bench.proxybench); ids of theirs select none here.
+    ids = case_ids() + clientbench.case_ids()
+    selected = set(ids) & set(select(ids + proxybench.case_ids(), args.cases))
     daemons = _start_daemons(args, storage.root, stack, libnbd=NBDWIRE_CASE in selected)
     nbd_url = None
     if shutil.which("qemu-nbd"):

@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="self-contained profile: everything under DIR, loopback only",
     )
+    serve_p.add_argument(
+        "--proxy",
+        action="store_true",
+        help="with --local: a proxy beside DIR's daemon, under DIR/proxy "
+        "(TLS 54323, ticket API on 127.0.0.1:54324)",
+    )
     serve_p.add_argument("--port", type=int, help="TLS port (0 picks a free port)")
     serve_p.add_argument(
         "--show-config",
@@ -71,14 +77,21 @@ def _parser() -> argparse.ArgumentParser:
 def effective_config(ns: argparse.Namespace) -> configmod.Config:
     cfg = configmod.Config()
     dirs: list[Path] = list(ns.config_dir)
+    if ns.proxy and ns.local is None:
+        raise configmod.ConfigError("--proxy needs --local DIR")
     if ns.local is not None:
-        cfg = configmod.local_profile(cfg, ns.local)
-        dirs.insert(0, ns.local)
+        if ns.proxy:
+            cfg = configmod.proxy_profile(cfg, ns.local)
+            dirs.insert(0, ns.local / "proxy")
+        else:
+            cfg = configmod.local_profile(cfg, ns.local)
+            dirs.insert(0, ns.local)
     elif not dirs:
         dirs = [DEFAULT_CONFIG_DIR]
     cfg = configmod.load(cfg, dirs)
     if ns.port is not None:
         cfg = configmod.update(cfg, {"tls": {"port": ns.port}})
+    configmod.validate(cfg)
     return cfg
 
 
@@ -98,7 +111,7 @@ def serve(ns: argparse.Namespace) -> int:
         return 2
     _setup_logging(cfg)
     if ns.local is not None:
-        _prepare_local(ns.local)
+        _prepare_local(ns.local, proxy=ns.proxy)
     from .services import Services
 
     services = Services(cfg)
@@ -118,10 +131,11 @@ def serve(ns: argparse.Namespace) -> int:
             log.error("START failed reason=cannot drop privileges: %s", e)
             services.stop()
             return 1
-    print(
-        f"ready data={services.data_url} control={cfg.control.socket}", file=sys.stderr, flush=True
-    )
-    log.info("READY data=%s control=%s", services.data_url, cfg.control.socket)
+    ready = f"data={services.data_url} control={cfg.control.socket}"
+    if services.tickets_url:
+        ready += f" tickets={services.tickets_url}"
+    print(f"ready {ready}", file=sys.stderr, flush=True)
+    log.info("READY %s", ready)
     systemd.notify("READY=1")
     signo = signals.wait()
     log.info("SIGNAL signo=%d stopping", signo)
@@ -140,11 +154,13 @@ def _identity(cfg: configmod.Config) -> systemd.Identity | None:
     return systemd.identity(cfg.daemon.user, cfg.daemon.group)
 
 
-def _prepare_local(local_dir: Path) -> None:
+def _prepare_local(local_dir: Path, *, proxy: bool) -> None:
     from .pki import ensure_local_pki
 
     for sub in ("images", "hooks", "run", "conf.d"):
         (local_dir / sub).mkdir(parents=True, exist_ok=True)
+        if proxy and sub != "images":
+            (local_dir / "proxy" / sub).mkdir(parents=True, exist_ok=True)
     ensure_local_pki(local_dir / "pki")
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import hashlib
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,19 @@ class Control:
     socket: str = _opt("/run/vdsm-imageio/control.sock", "JSON-RPC control channel for vdsm")
     mode: int = _opt(0o660, "permissions of the control socket: vdsm's group may use it")
     ticket_socket: str = _opt("/run/vdsm-imageio/tickets.sock", "ovirt-imageio's HTTP ticket API for an unmodified vdsm (mode as above); empty disables")
+    ticket_port: int = _opt(0, "the same HTTP ticket API on TCP, as the engine drives a proxy on its own host (54324 by convention); 0 disables", minimum=0)
+    ticket_host: str = _opt("127.0.0.1", "address the TCP ticket API binds; it has no authentication, so only a loopback address unless allow_remote_tickets")
+    allow_remote_tickets: bool = _opt(False, "let ticket_host be an address other hosts reach: anyone who can connect to it adds tickets")
+
+
+@dataclass(frozen=True)
+class BackendHttp:
+    ca_file: str = _opt("", "CA that signs the host daemons' certificates, for tickets whose url is https:// (proxy mode); empty uses [tls] ca_file")
+    cert_file: str = _opt("", "client certificate presented to host daemons that require one; empty presents none")
+    key_file: str = _opt("", "private key of cert_file; empty when cert_file holds it")
+    connect_timeout: float = _opt(10.0, "seconds to connect to a host daemon and finish TLS before the request fails with 502")
+    timeout: float = _opt(60.0, "seconds a host daemon may stay silent during a request before it fails with 504")
+    unix_socket: bool = _opt(True, "reach a host daemon on this machine through the unix socket it advertises instead of TLS")
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,7 @@ class Config:
     local: Local = field(default_factory=Local)
     control: Control = field(default_factory=Control)
     http: Http = field(default_factory=Http)
+    backend_http: BackendHttp = field(default_factory=BackendHttp)
     storage: Storage = field(default_factory=Storage)
     hooks: Hooks = field(default_factory=Hooks)
     logging: Logging = field(default_factory=Logging)
@@ -153,6 +168,67 @@ def local_profile(config: Config, local_dir: Path) -> Config:
             "logging": {"file": ""},
         },
     )
+
+
+def proxy_profile(config: Config, local_dir: Path) -> Config:
+    """A proxy beside the ``--local`` daemon of local_dir (DESIGN.md section 12).
+
+    Its sockets, run directory, hooks and conf.d live in local_dir/proxy;
+    it serves TLS on 54323 and the ticket API on 127.0.0.1:54324, the ports
+    an engine host uses, and trusts the local daemon through the CA both
+    share in local_dir/pki.
+    """
+    d = local_dir.resolve()
+    p = d / "proxy"
+    tag = hashlib.sha256(str(p).encode()).hexdigest()[:16]
+    return update(
+        local_profile(config, local_dir),
+        {
+            "daemon": {"run_dir": str(p / "run")},
+            "tls": {"port": PROXY_PORT},
+            "local": {"socket": f"@/org/vdsm-imageio/local/{tag}"},
+            "control": {
+                "socket": str(p / "control.sock"),
+                "ticket_socket": str(p / "tickets.sock"),
+                "ticket_port": PROXY_TICKET_PORT,
+            },
+            "backend_http": {"ca_file": str(d / "pki/ca.pem")},
+            "hooks": {"dir": str(p / "hooks"), "transfer_record": str(p / "transfers.jsonl")},
+        },
+    )
+
+
+# The ports of ovirt-imageio's proxy on an engine host, which the engine
+# and its clients expect.
+PROXY_PORT = 54323
+PROXY_TICKET_PORT = 54324
+MAX_PORT = 65535
+
+
+def validate(config: Config) -> None:
+    """Rules that span options; ConfigError names the options."""
+    control = config.control
+    if control.ticket_port > MAX_PORT:
+        raise ConfigError(
+            f"[control] ticket_port: expected at most {MAX_PORT}, got {control.ticket_port}"
+        )
+    if control.ticket_port and not control.allow_remote_tickets:
+        if not is_loopback(control.ticket_host):
+            raise ConfigError(
+                f"[control] ticket_host: {control.ticket_host or '(every address)'} is not a "
+                "loopback address, and the ticket API has no authentication: anyone who "
+                "reaches it adds tickets; set [control] allow_remote_tickets = true to bind it"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        # A name (or nothing: every address) may resolve anywhere.
+        return False
 
 
 def load(config: Config, config_dirs: list[Path]) -> Config:

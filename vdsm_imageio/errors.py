@@ -234,6 +234,94 @@ class PeerClosed(ImageioError):
         super().__init__(f"Client closed the connection: {reason}", reason=reason)
 
 
+# Caused by the host daemon behind a proxy ticket (backends.http). Each is a
+# storage failure for the request (a BackendError), and names who failed in
+# its class: the host could not be reached, went away, took too long, or
+# refused the request. ``host`` is "address:port" or "unix socket", never
+# the URL: its path holds the host's ticket id.
+
+
+class HostError(BackendError):
+    """The host failed the request in a way of its own (a 5xx, a reply that
+    is not its API's); the subclasses name the other ways."""
+
+    def __init__(self, *, host: str, reason: str) -> None:
+        ImageioError.__init__(
+            self, f"Host daemon at {host} failed: {reason}", host=host, reason=reason
+        )
+        self.host = host
+
+
+class HostUnreachable(HostError):
+    """No connection: refused, no route, name not found, TLS refused."""
+
+    def __init__(self, *, host: str, reason: str) -> None:
+        ImageioError.__init__(
+            self, f"Cannot reach the host daemon at {host}: {reason}", host=host, reason=reason
+        )
+        self.host = host
+
+
+class HostUntrusted(HostUnreachable):
+    """The host's certificate does not verify against [backend_http] ca_file."""
+
+    def __init__(self, *, host: str, reason: str) -> None:
+        ImageioError.__init__(
+            self, f"Host daemon at {host} is not trusted: {reason}", host=host, reason=reason
+        )
+        self.host = host
+
+
+class HostGone(HostError):
+    """The host closed or broke the connection, or sent what is not HTTP."""
+
+    def __init__(self, *, host: str, reason: str) -> None:
+        ImageioError.__init__(
+            self,
+            f"Host daemon at {host} closed the connection: {reason}",
+            host=host,
+            reason=reason,
+        )
+        self.host = host
+
+
+class HostTimeout(HostError):
+    def __init__(self, *, host: str, timeout: float) -> None:
+        ImageioError.__init__(
+            self,
+            f"Host daemon at {host} did not answer within {timeout:g} seconds",
+            host=host,
+            reason="timed out",
+            timeout=timeout,
+        )
+        self.host = host
+        self.timeout = timeout
+
+
+class HostRefused(HostError):
+    """The host answered the request with an error status; the client gets
+    that status (``http.errors``) and the host's one-line message. size is
+    the image's size when known, which a 416 tells."""
+
+    def __init__(self, *, host: str, status: int, reason: str, size: int | None = None) -> None:
+        ImageioError.__init__(
+            self,
+            f"Host daemon at {host}: {reason}",
+            host=host,
+            reason=reason,
+            status=status,
+            size=size,
+        )
+        self.host = host
+        self.status = status
+        self.size = size
+
+
+class HostForbidden(HostRefused):
+    """403 from the host: its ticket is missing, expired, canceled or does
+    not allow the request. The client's connection closes, as for ours."""
+
+
 # Caused by the storage plane or a hook: the control request cannot proceed.
 
 

@@ -22,6 +22,14 @@ connection can (``Capabilities``). The ways, tried in this order:
   (``pipeline.run_lanes``);
 - the double-buffered pipeline, which always works (``pipeline.run``).
 
+A backend that is told a request's range first (``Streams``: the http
+backend, one GET or PUT to its host for the whole range) is told it before
+a download's head goes out, so a refusal there is still the reply's status,
+and around an upload's body, which it then flushes itself if asked. A
+backend that relays to the daemon holding the image (``Relayed``) has that
+daemon compute checksums where the data is, and what OPTIONS offers for it
+is at most what that daemon offers (``offer``).
+
 A new backend implements the Backend protocol and the capabilities it gains
 from; no handler changes.
 """
@@ -29,13 +37,23 @@ from; no handler changes.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
 from . import checksum, checksum_io, pipeline, zerocopy
-from .backends import Backend, DirtyExtent, LimitedWriters, Spliceable, SpliceReaders, ZeroExtent
+from .backends import (
+    Backend,
+    DirtyExtent,
+    LimitedWriters,
+    Relayed,
+    Spliceable,
+    SpliceReaders,
+    Streams,
+    ZeroExtent,
+)
 from .backends.handles import Handles
 from .errors import BadRequest, ImageEnded, RangeNotSatisfiable, UnsupportedContext
 from .pipeline import BufferPool
@@ -84,6 +102,38 @@ def max_writers(backend: Backend, limit: int) -> int:
     return limit
 
 
+@dataclass(frozen=True)
+class Offer:
+    """What OPTIONS advertises for a ticket's image."""
+
+    features: list[str]
+    max_readers: int
+    max_writers: int
+    size: int
+
+
+def offer(
+    backend: Backend, *, features: Sequence[str], readers: int, writers: int, size: int
+) -> Offer:
+    """What this service offers for an image on backend, given the features,
+    connection limits and size it offers for any image (writers 0: none).
+
+    A request on a relayed image ends at the daemon that holds it: the
+    offer is no more than that daemon's (features, limits, size). Its unix
+    socket is in no offer: a client of ours cannot reach it.
+    """
+    writers = max_writers(backend, writers) if writers else 0
+    if not isinstance(backend, Relayed):
+        return Offer(list(features), readers, writers, size)
+    host = backend.host_options()
+    return Offer(
+        features=[f for f in features if f in host.features],
+        max_readers=min(readers, host.max_readers),
+        max_writers=min(writers, host.max_writers),
+        size=min(size, backend.size),
+    )
+
+
 class Download:
     """Send [start, start + length) of the image to the client: begin (the
     response head) first, then every byte through send or the socket."""
@@ -123,10 +173,19 @@ class Download:
         return ways
 
     def run(self, progress: Progress) -> None:
-        self._begin()
-        for way in self._ways:
-            if way(progress):
-                return
+        with self._told():
+            self._begin()
+            for way in self._ways:
+                if way(progress):
+                    return
+
+    def _told(self) -> AbstractContextManager[None]:
+        """The range told to a backend that streams it (its storage is
+        asked before the head goes out); nothing for the others."""
+        backend = self._handles.backend
+        if isinstance(backend, Streams):
+            return backend.reading(self.start, self.length)
+        return nullcontext()
 
     def _splice_file(self, fd: int, sock: socket.socket, progress: Progress) -> bool:
         zerocopy.send(fd, self.start, self.length, sock, progress, lanes=self._caps.lanes)
@@ -201,13 +260,22 @@ class Upload:
         return self.declared if self.declared is not None else self.size - self.start
 
     def run(self, progress: Progress) -> None:
-        written = self._receive(progress)
+        backend, declared = self.backend, self.declared
+        if isinstance(backend, Streams) and declared is not None:
+            # The whole body is one write to the storage, flushed there if
+            # asked; a body of unknown length goes the plain way.
+            with backend.writing(self.start, declared, flush=self.flush):
+                self._check(self._receive(progress))
+            return
+        self._check(self._receive(progress))
+        if self.flush:
+            backend.flush()
+
+    def _check(self, written: int) -> None:
         if self.declared is not None and written != self.declared:
             raise BadRequest(
                 field="body", reason=f"got {written} bytes, Content-Range says {self.declared}"
             )
-        if self.flush:
-            self.backend.flush()
 
     def _receive(self, progress: Progress) -> int:
         body, backend, declared = self.body, self.backend, self.declared
@@ -315,6 +383,13 @@ class Checksum:
     def run(self, progress: Progress) -> str:
         size = self.length
         backend = self.handles.backend
+        if isinstance(backend, Relayed):
+            # Computed by the daemon that holds the image: the data never
+            # crosses the network. Counted as a local checksum counts what
+            # it read.
+            digest = backend.checksum(self.algorithm, self.block_size)
+            progress(size)
+            return digest
         extents = _zero_extents(backend, size)
         blocks = checksum.plan(extents, size, self.block_size, checksum.BLOCK_ALIGNMENT)
         readers = self.handles.readers(self.lanes)

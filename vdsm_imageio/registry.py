@@ -29,6 +29,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 from . import ticketspec
 from .errors import (
@@ -298,5 +299,8 @@ def _url_only(spec: TicketSpec) -> str:
 
 
 def _loggable(url: str) -> str:
-    # An https URL of a proxied ticket ends with the remote ticket id.
-    return url.rsplit("/", 1)[0] + "/..." if url.startswith("https:") else url
+    # The path of a proxied ticket's https URL holds the host's ticket id,
+    # which is also this ticket's secret: only the host is logged.
+    if not url.startswith("https:"):
+        return url
+    return f"https://{urlsplit(url).netloc}/..."

@@ -26,6 +26,7 @@ from storage.volumes import Volumes
 
 from . import __version__, ktls, tls
 from .backends import opener
+from .backends.hostconn import Connector
 from .backends.sectorlock import SectorLocks
 from .config import Config, socket_address
 from .errors import BadRequest, TicketNotFound
@@ -136,14 +137,24 @@ class Services:
         )
         # One table for the process: connections to one image share its locks.
         self.sector_locks = SectorLocks()
+        # Proxy tickets (url https://...) reach their host daemons with it.
+        self.connector = host_connector(config)
         self.server = Server(
             config,
             router,
-            partial(opener.open_ticket, roots=self.url_roots, locks=self.sector_locks),
+            partial(
+                opener.open_ticket,
+                roots=self.url_roots,
+                locks=self.sector_locks,
+                connector=self.connector,
+            ),
         )
-        ticket_socket = config.control.ticket_socket
+        control = config.control
+        ticket_tcp = (control.ticket_host, control.ticket_port) if control.ticket_port else None
         self.ticket_server = (
-            TicketServer(config, self.registry, ticket_socket) if ticket_socket else None
+            TicketServer(config, self.registry, control.ticket_socket or None, tcp=ticket_tcp)
+            if control.ticket_socket or ticket_tcp
+            else None
         )
         self.tls_port: int | None = None
         factory = control_factory or _control_factory()
@@ -184,7 +195,8 @@ class Services:
             # File tickets work without it; block volumes cannot be watched.
             log.warning("UDEV monitor unavailable reason=%s", e)
         if self.ticket_server is not None:
-            Path(self.ticket_server.path).parent.mkdir(parents=True, exist_ok=True)
+            if self.ticket_server.path is not None:
+                Path(self.ticket_server.path).parent.mkdir(parents=True, exist_ok=True)
             self.ticket_server.start()
         Path(cfg.control.socket).parent.mkdir(parents=True, exist_ok=True)
         self.control.start()
@@ -205,7 +217,7 @@ class Services:
         """What the daemon created and must still own after dropping privileges."""
         cfg = self.config
         paths = [cfg.control.socket, cfg.daemon.run_dir]
-        if self.ticket_server is not None:
+        if self.ticket_server is not None and self.ticket_server.path is not None:
             paths.append(self.ticket_server.path)
         return [p for p in paths if os.path.exists(p)]
 
@@ -250,6 +262,16 @@ class Services:
             host = f"[{host}]"
         return f"https://{host}:{self.tls_port}/images/"
 
+    @property
+    def tickets_url(self) -> str | None:
+        """The HTTP ticket API on TCP, when it listens there."""
+        if self.ticket_server is None or self.ticket_server.port is None:
+            return None
+        host = self.config.control.ticket_host or "localhost"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.ticket_server.port}/tickets/"
+
     def info(self) -> dict[str, Any]:
         return {
             "version": __version__,
@@ -267,6 +289,20 @@ class Services:
 
 def _no_ticket_id(ex: Exchange) -> None:
     raise BadRequest(field="path", reason="the ticket id is missing (/images/<ticket>)")
+
+
+def host_connector(config: Config) -> Connector:
+    """[backend_http]; without a CA of its own, the CA of [tls] (one oVirt CA
+    signs the engine's and the hosts' certificates)."""
+    cfg = config.backend_http
+    return Connector(
+        ca_file=cfg.ca_file or config.tls.ca_file or None,
+        cert_file=cfg.cert_file or None,
+        key_file=cfg.key_file or None,
+        connect_timeout=cfg.connect_timeout,
+        timeout=cfg.timeout,
+        unix_socket=cfg.unix_socket,
+    )
 
 
 def _control_factory() -> ControlFactory:

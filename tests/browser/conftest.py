@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
 from tests.browser.browserlane import Chromium, LaneError, PageServer, Relay, trusting_home
-from tests.support.daemon import Daemon, finish, new_directory
+from tests.support.daemon import Daemon, finish, ini, new_directory
 
 HERE = Path(__file__).resolve().parent
 CDP_TIMEOUT_MS = 60_000
@@ -29,6 +29,19 @@ def daemon() -> Iterator[Daemon]:
         yield d
     finally:
         problem = finish(d)
+        if problem is not None:
+            pytest.fail(problem)
+
+
+@pytest.fixture(scope="module")
+def proxy(daemon: Daemon) -> Iterator[Daemon]:
+    """A proxy beside the daemon (serve --local DIR --proxy): its
+    certificate comes from the same CA, which Chromium trusts."""
+    p = Daemon(daemon.dir, ini({"control": {"ticket_port": 0}}), proxy=True)
+    try:
+        yield p
+    finally:
+        problem = finish(p)
         if problem is not None:
             pytest.fail(problem)
 

@@ -206,3 +206,27 @@ def test_expired_ticket_reason_is_readable_by_the_page(
     assert "has expired" in state["reason"]
     assert "has expired" in page.inner_text("#message")
     assert daemon.status(ticket_id)["transferred"] == 0
+
+
+def test_upload_through_a_proxy(daemon: Daemon, proxy: Daemon, page: Page, tmp_path: Path) -> None:
+    # The admin portal uploads to the proxy on the engine's host, which
+    # relays each chunk to the daemon on the host that holds the disk.
+    size = 20 * MiB + 3
+    source = make_file(tmp_path / "proxied.raw", size)
+    ticket_id, image = daemon.add_ticket(size=size)
+    ticket = {
+        "uuid": ticket_id,
+        "size": size,
+        "ops": ["write"],
+        "timeout": 300,
+        "url": transfer_url(daemon.port, ticket_id),
+        "transfer_id": f"proxy-{ticket_id[:8]}",
+    }
+    proxy.result("Ticket.add", ticket=ticket)
+    state = upload(page, source, transfer_url(proxy.port, ticket_id), chunkSize=4 * MiB)
+    assert state["phase"] == "done", state
+    assert len(state["requests"]) == 6
+    assert {r["status"] for r in state["requests"]} == {200}
+    assert_uploaded(daemon, ticket_id, image, source)
+    assert wait_idle(proxy, ticket_id)["transferred"] == size
+    assert_progress_shown(page, state)

@@ -35,15 +35,23 @@ def daemon() -> Iterator[Daemon]:
 @pytest.fixture
 def make_daemon() -> Iterator[MakeDaemon]:
     """Start daemons with conf.d options: make_daemon(http={"max_writers": 1});
-    make_daemon(directory=killed.dir) restarts on a killed daemon's directory."""
+    make_daemon(directory=killed.dir) restarts on a killed daemon's directory;
+    make_daemon(directory=host.dir, proxy=True) starts a proxy beside host."""
     started: list[Daemon] = []
 
-    def make(directory: Path | None = None, **conf: dict[str, Any]) -> Daemon:
-        d = Daemon(directory or new_directory(), ini(conf) if conf else "")
+    def make(
+        directory: Path | None = None,
+        *,
+        proxy: bool = False,
+        port: int = 0,
+        **conf: dict[str, Any],
+    ) -> Daemon:
+        d = Daemon(directory or new_directory(), ini(conf) if conf else "", proxy=proxy, port=port)
         started.append(d)
         return d
 
     yield make
-    for d in started:
+    # Last started first: a proxy lives in the directory of its host daemon.
+    for d in reversed(started):
         if not d.killed:  # a killed one has nothing left to stop
             _stop(d)

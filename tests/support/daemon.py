@@ -11,6 +11,7 @@ on a 9p root needs minutes where loopback on the host needs seconds.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import re
 import shutil
@@ -69,26 +70,44 @@ class Daemon:
     appended to and ``log()`` returns this instance's part only.
     """
 
-    def __init__(self, directory: Path, conf: str = "", *, limits: Limits = LOOPBACK) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        conf: str = "",
+        *,
+        limits: Limits = LOOPBACK,
+        proxy: bool = False,
+        prefix: tuple[str, ...] = (),
+        port: int = 0,
+    ) -> None:
+        # proxy: a proxy beside the daemon of directory (serve --proxy, whose
+        # own files are in DIR/proxy). prefix runs the command inside
+        # something (ip netns exec NAME). port: 0 for any free port.
         self.dir = directory
         self.limits = limits
+        self.proxy = proxy
+        self.home = directory / "proxy" if proxy else directory
         self.images = directory / "images"
         self.ca = directory / "pki" / "ca.pem"
-        self.control_path = str(directory / "control.sock")
-        self.log_path = directory / "daemon.log"
-        self.run_dir = directory / "run"
+        self.control_path = str(self.home / "control.sock")
+        self.log_path = self.home / "daemon.log"
+        self.run_dir = self.home / "run"
         self.port = 0
+        self.ticket_port = 0
         self.unix_socket = ""
         self.killed = False
         self._control: ControlClient | None = None
         self._ssl: ssl.SSLContext | None = None
+        self.home.mkdir(parents=True, exist_ok=True)
         if conf:
-            (directory / "conf.d").mkdir(parents=True, exist_ok=True)
-            (directory / "conf.d" / "50-test.conf").write_text(conf)
+            (self.home / "conf.d").mkdir(parents=True, exist_ok=True)
+            (self.home / "conf.d" / "50-test.conf").write_text(conf)
         self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._log: IO[bytes] = open(self.log_path, "ab")  # owned until stop()
+        argv = [*prefix, str(PROGRAM), "serve", "--local", str(directory)]
+        argv += ["--proxy"] if proxy else []
         self.proc = subprocess.Popen(
-            [str(PROGRAM), "serve", "--local", str(directory), "--port", "0"],
+            [*argv, "--port", str(port)],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=self._log,
@@ -107,6 +126,8 @@ class Daemon:
                 if line.startswith("ready data="):
                     url = line.split()[1].removeprefix("data=")
                     self.port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+                    if (m := re.search(r" tickets=http://\S+:(\d+)/", line)) is not None:
+                        self.ticket_port = int(m.group(1))
                     return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
@@ -236,7 +257,20 @@ class Daemon:
         self.killed = True
 
     def remove(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        # A proxy's files are in its host daemon's directory: each removes
+        # its own, and the last one the directory, in either order.
+        if self.proxy:
+            shutil.rmtree(self.home, ignore_errors=True)
+        elif self.dir.is_dir():
+            for entry in self.dir.iterdir():
+                if entry.name == "proxy" and entry.is_dir():
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()
 
     def _close_control(self) -> None:
         if self._control is not None:
@@ -245,9 +279,17 @@ class Daemon:
 
 
 class MakeDaemon(Protocol):
-    """The make_daemon fixture: conf.d options by section, or a restart."""
+    """The make_daemon fixture: conf.d options by section, a restart, or a
+    proxy beside the daemon of directory (on port, 0 for any)."""
 
-    def __call__(self, directory: Path | None = None, **conf: dict[str, Any]) -> Daemon: ...
+    def __call__(
+        self,
+        directory: Path | None = None,
+        *,
+        proxy: bool = False,
+        port: int = 0,
+        **conf: dict[str, Any],
+    ) -> Daemon: ...
 
 
 def ini(conf: dict[str, dict[str, Any]]) -> str:

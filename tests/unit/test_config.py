@@ -120,3 +120,80 @@ def test_show_config_prints_effective_json(tmp_path: Path) -> None:
     assert shown["http"]["buffer_size"] == 1048576
     assert shown["tls"]["port"] == 0
     assert shown["control"]["socket"] == str(tmp_path.resolve() / "control.sock")
+
+
+def test_proxy_profile_sits_beside_the_local_daemon(tmp_path: Path) -> None:
+    local = config.local_profile(Config(), tmp_path)
+    proxy = config.proxy_profile(Config(), tmp_path)
+    d = tmp_path.resolve()
+    assert (proxy.tls.port, proxy.control.ticket_port) == (54323, 54324)
+    assert proxy.control.ticket_host == "127.0.0.1"
+    # Its own sockets and run directory, the host daemon's CA.
+    assert proxy.control.socket == str(d / "proxy/control.sock")
+    assert proxy.control.ticket_socket == str(d / "proxy/tickets.sock")
+    assert proxy.daemon.run_dir == str(d / "proxy/run")
+    assert proxy.local.socket != local.local.socket
+    assert proxy.tls.port != local.tls.port
+    assert proxy.backend_http.ca_file == local.tls.ca_file == str(d / "pki/ca.pem")
+    assert proxy.tls.cert_file == local.tls.cert_file
+
+
+def test_ticket_api_on_tcp_is_off_by_default() -> None:
+    assert Config().control.ticket_port == 0
+    config.validate(Config())
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_ticket_api_binds_loopback_addresses(host: str) -> None:
+    cfg = config.update(Config(), {"control": {"ticket_port": 54324, "ticket_host": host}})
+    config.validate(cfg)
+
+
+@pytest.mark.parametrize("host", ["", "0.0.0.0", "::", "192.0.2.7", "engine.example.com"])
+def test_ticket_api_refuses_other_addresses_unless_allowed(host: str) -> None:
+    cfg = config.update(Config(), {"control": {"ticket_port": 54324, "ticket_host": host}})
+    with pytest.raises(ConfigError) as e:
+        config.validate(cfg)
+    assert "[control] ticket_host" in str(e.value)
+    assert "allow_remote_tickets" in str(e.value)
+    allowed = config.update(cfg, {"control": {"allow_remote_tickets": True}})
+    config.validate(allowed)
+
+
+def test_ticket_port_past_65535_is_refused() -> None:
+    cfg = config.update(Config(), {"control": {"ticket_port": 65536}})
+    with pytest.raises(ConfigError, match=r"\[control\] ticket_port"):
+        config.validate(cfg)
+
+
+def _serve(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vdsm_imageio.cli", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_proxy_needs_local_dir(tmp_path: Path) -> None:
+    out = _serve("--proxy", "--show-config")
+    assert out.returncode == 2
+    assert "--proxy needs --local DIR" in out.stderr
+
+
+def test_proxy_reads_its_own_dropins(tmp_path: Path) -> None:
+    write(tmp_path / "conf.d/50.conf", "[http]\nmax_readers = 3\n")
+    write(tmp_path / "proxy/conf.d/50.conf", "[backend_http]\ntimeout = 7\n")
+    out = _serve("--local", str(tmp_path), "--proxy", "--show-config")
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert shown["backend_http"]["timeout"] == 7.0
+    assert shown["http"]["max_readers"] == 8
+    assert shown["tls"]["port"] == 54323
+
+
+def test_a_public_ticket_api_stops_the_start(tmp_path: Path) -> None:
+    write(tmp_path / "conf.d/50.conf", "[control]\nticket_port = 54324\nticket_host = 0.0.0.0\n")
+    out = _serve("--local", str(tmp_path), "--show-config")
+    assert out.returncode == 2
+    assert "configuration error: [control] ticket_host: 0.0.0.0 is not a loopback" in out.stderr

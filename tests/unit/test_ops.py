@@ -8,6 +8,7 @@ import socket
 import subprocess
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,11 @@ import pytest
 from tests.support.clock import FakeClock
 from tests.support.tickets import valid_ticket
 from vdsm_imageio import checksum, ops, ticketspec
-from vdsm_imageio.backends import DirtyExtent, ZeroExtent
+from vdsm_imageio.backends import DirtyExtent, HostOptions, ZeroExtent
 from vdsm_imageio.backends.file import open_file
 from vdsm_imageio.backends.handles import Handles
 from vdsm_imageio.backends.sectorlock import SectorLocks
-from vdsm_imageio.errors import TicketCanceled
+from vdsm_imageio.errors import HostRefused, TicketCanceled
 from vdsm_imageio.pipeline import BufferPool
 from vdsm_imageio.tickets import Ticket
 
@@ -234,3 +235,192 @@ def test_a_file_download_is_spliced_only_into_a_plain_socket(image: str, plain: 
     assert got == expected
     # Spliced bytes never pass through our buffers.
     assert (pool.allocated() == 0) == plain
+
+
+# Backends that gain from capabilities of their own (the http backend of a
+# proxy has all three): the operations use them, no handler knows them.
+
+
+class StreamingBackend(MemoryBackend):
+    """Streams: told a request's range first, as one exchange with its storage."""
+
+    def __init__(self, data: bytes, events: list[str], *, refuse: bool = False) -> None:
+        super().__init__(data)
+        self.events = events
+        self.refuse = refuse
+
+    @contextmanager
+    def reading(self, start: int, length: int) -> Iterator[None]:
+        if self.refuse:
+            raise HostRefused(host="h:1", status=404, reason="no such image")
+        self.events.append(f"reading {start} {length}")
+        yield
+        self.events.append("read")
+
+    @contextmanager
+    def writing(self, start: int, length: int, *, flush: bool) -> Iterator[None]:
+        self.events.append(f"writing {start} {length} flush={flush}")
+        yield
+        self.events.append("written")
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        self.events.append("readinto")
+        return super().readinto(offset, buf)
+
+    def write(self, offset: int, buf: memoryview) -> int:
+        self.events.append("write")
+        return super().write(offset, buf)
+
+
+def test_a_streaming_backend_is_told_the_range_before_the_head() -> None:
+    data = os.urandom(3 * MiB)
+    events: list[str] = []
+    backend = StreamingBackend(data, events)
+    sent = bytearray()
+    download = ops.Download(
+        Handles(lambda: backend, transfer_id="t1"),
+        MiB,
+        2 * MiB,
+        caps(BufferPool(MiB, 4)),
+        begin=lambda: events.append("head"),
+        send=sent.extend,
+    )
+    make_ticket(len(data)).run(download)
+    assert sent == data[MiB:]
+    assert events[:2] == [f"reading {MiB} {2 * MiB}", "head"]
+    assert events[2:] == ["readinto", "readinto", "read"]
+
+
+def test_a_refusal_of_a_streamed_range_comes_before_the_head() -> None:
+    events: list[str] = []
+    backend = StreamingBackend(bytes(MiB), events, refuse=True)
+    download = ops.Download(
+        Handles(lambda: backend, transfer_id="t1"),
+        0,
+        MiB,
+        caps(BufferPool(MiB, 4)),
+        begin=lambda: events.append("head"),
+        send=lambda data: None,
+    )
+    with pytest.raises(HostRefused):
+        make_ticket(MiB).run(download)
+    # No head went out: the refusal is still the reply's status.
+    assert events == []
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_an_upload_of_known_length_is_one_streamed_write(flush: bool) -> None:
+    data = os.urandom(2 * MiB + 7)
+    events: list[str] = []
+    backend = StreamingBackend(bytes(len(data) + KiB), events)
+    upload = ops.Upload(
+        backend=backend,
+        body=Body(data),
+        start=KiB,
+        declared=len(data),
+        size=len(data) + KiB,
+        flush=flush,
+        pool=BufferPool(MiB, 4),
+    )
+    make_ticket(len(data) + KiB).run(upload)
+    assert backend.data[KiB:] == data
+    assert events == [f"writing {KiB} {len(data)} flush={flush}", *["write"] * 3, "written"]
+    # The storage flushed the stream as told: no flush of its own after.
+    assert backend.flushed == 0
+
+
+def test_an_upload_of_unknown_length_is_written_and_flushed_the_plain_way() -> None:
+    data = os.urandom(MiB + 3)
+    events: list[str] = []
+    backend = StreamingBackend(bytes(2 * MiB), events)
+    upload = ops.Upload(
+        backend=backend,
+        body=Body(data),
+        start=0,
+        declared=None,
+        size=2 * MiB,
+        flush=True,
+        pool=BufferPool(MiB, 4),
+    )
+    make_ticket(2 * MiB).run(upload)
+    assert backend.data[: len(data)] == data
+    assert events == ["write", "write"] and backend.flushed == 1
+
+
+class RelayedBackend(MemoryBackend):
+    """Relayed: the image is on another daemon, which tells its options and
+    computes checksums; its data must not be read for them."""
+
+    def __init__(self, size: int, options: HostOptions) -> None:
+        super().__init__(bytes(size))
+        self.options = options
+        self.asked: list[tuple[str, int]] = []
+
+    def host_options(self) -> HostOptions:
+        return self.options
+
+    def checksum(self, algorithm: str, block_size: int) -> str:
+        self.asked.append((algorithm, block_size))
+        return "computed-by-the-host"
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        raise AssertionError("a relayed checksum read the image")
+
+
+def test_a_relayed_checksum_is_computed_by_the_host_and_counted() -> None:
+    backend = RelayedBackend(5 * MiB, HostOptions(frozenset(), 1, 1, None, None))
+    ticket = make_ticket(5 * MiB)
+    digest = ticket.run(
+        ops.Checksum(
+            handles=Handles(lambda: backend, transfer_id="t1"),
+            length=5 * MiB,
+            algorithm="sha256",
+            block_size=MiB,
+            zero_digest=lambda n: b"",
+            lanes=2,
+            pool=BufferPool(MiB, 4),
+        )
+    )
+    assert digest == "computed-by-the-host"
+    assert backend.asked == [("sha256", MiB)]
+    assert ticket.status().transferred == 5 * MiB
+
+
+def test_the_offer_for_a_relayed_image_is_at_most_the_hosts() -> None:
+    host = HostOptions(frozenset({"extents", "zero", "other"}), 2, 1, 3 * MiB, "\0/host")
+    backend = RelayedBackend(3 * MiB, host)
+    features = ["checksum", "extents", "zero", "flush"]
+    got = ops.offer(backend, features=features, readers=8, writers=8, size=4 * MiB)
+    assert got == ops.Offer(["extents", "zero"], 2, 1, 3 * MiB)
+    # A read-only ticket offers no writer, whatever the host takes.
+    got = ops.offer(backend, features=features, readers=1, writers=0, size=MiB)
+    assert got == ops.Offer(["extents", "zero"], 1, 0, MiB)
+
+
+def test_the_offer_for_a_local_image_is_the_services() -> None:
+    features = ["checksum", "extents"]
+    got = ops.offer(MemoryBackend(bytes(MiB)), features=features, readers=8, writers=4, size=MiB)
+    assert got == ops.Offer(features, 8, 4, MiB)
+
+
+class AbortableBackend(MemoryBackend):
+    def __init__(self) -> None:
+        super().__init__(b"")
+        self.aborted = 0
+
+    def abort(self) -> None:
+        self.aborted += 1
+
+
+def test_an_abort_reaches_the_storage_opened_before_and_after() -> None:
+    before = AbortableBackend()
+    handles = Handles(lambda: before, transfer_id="t1")
+    assert handles.backend is before
+    handles.abort()
+    assert before.aborted == 1
+    # Opened while the abort ran, or after it: stopped as it opens.
+    after = AbortableBackend()
+    late = Handles(lambda: after, transfer_id="t1")
+    late.abort()
+    assert after.aborted == 0
+    assert late.backend is after and after.aborted == 1

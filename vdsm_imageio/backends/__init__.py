@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -117,3 +118,49 @@ class SpliceReaders(Protocol):
     def open_splice_reader(self) -> SpliceReader | None:
         """A new connection for spliced reads, or None when reads through
         another connection could miss this handle's writes."""
+
+
+@dataclass(frozen=True)
+class HostOptions:
+    """What another daemon's OPTIONS advertised for an image (proxy mode)."""
+
+    features: frozenset[str]
+    max_readers: int
+    max_writers: int
+    size: int | None
+    unix_socket: str | None
+
+
+@runtime_checkable
+class Relayed(Protocol):
+    """A backend that relays to the daemon holding the image (http)."""
+
+    def host_options(self) -> HostOptions:
+        """What that daemon advertises for the image; the proxy offers no
+        more (features, limits) and never its unix socket."""
+
+    def checksum(self, algorithm: str, block_size: int) -> str:
+        """The image's checksum (``vdsm_imageio.checksum``'s digest) computed
+        by that daemon, where the data is."""
+
+
+@runtime_checkable
+class Streams(Protocol):
+    """A backend that moves a request's whole range in one exchange with its
+    storage when told the range first (http: one GET or PUT to the host)."""
+
+    def reading(self, start: int, length: int) -> AbstractContextManager[None]:
+        """Inside, readinto calls read [start, start + length) in order.
+        Storage errors are raised on entry, before a reply's head goes out."""
+
+    def writing(self, start: int, length: int, *, flush: bool) -> AbstractContextManager[None]:
+        """Inside, write calls fill [start, start + length) in order; a clean
+        exit returns once the storage has them, flushed if flush."""
+
+
+@runtime_checkable
+class Abortable(Protocol):
+    """A backend whose blocking I/O another thread can stop (a cancel)."""
+
+    def abort(self) -> None:
+        """Make the I/O under way fail now, and every later I/O; any thread."""

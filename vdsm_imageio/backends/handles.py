@@ -9,6 +9,9 @@ spliced reads (``SpliceReaders``) serve one request: its caller closes them.
 
 Failing to open an extra handle is not an error: the request runs with
 those it has.
+
+``abort`` (a canceled ticket, from another thread) stops the I/O of the
+handles that can stop it (``Abortable``), also of those opened after it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from ..errors import BackendError
-from . import Backend, ParallelReads, SpliceReader, SpliceReaders
+from . import Abortable, Backend, ParallelReads, SpliceReader, SpliceReaders
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +39,12 @@ class Handles:
         self.transfer_id = transfer_id
         self._backend: Backend | None = None
         self._readers: list[Backend] = []
+        self._aborted = False
 
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            self._backend = self._open()
+            self._backend = self._opened(self._open())
         return self._backend
 
     def readers(self, count: int) -> list[Backend]:
@@ -48,7 +52,8 @@ class Handles:
         main = self.backend
         if isinstance(main, ParallelReads):
             want = count - 1 - len(self._readers)
-            self._readers += self._open_some(main.open_reader, want, 1 + len(self._readers))
+            more = self._open_some(main.open_reader, want, 1 + len(self._readers))
+            self._readers += [self._opened(r) for r in more]
         return [main, *self._readers[: count - 1]]
 
     def splice_readers(self, backend: SpliceReaders, count: int) -> list[SpliceReader]:
@@ -81,6 +86,19 @@ class Handles:
                 handle.close()
             raise
         return opened
+
+    def abort(self) -> None:
+        """Make the I/O under way fail now, and every later I/O; any thread."""
+        self._aborted = True
+        for handle in [self._backend, *self._readers]:
+            if isinstance(handle, Abortable):
+                handle.abort()
+
+    def _opened(self, handle: Backend) -> Backend:
+        # abort() may have run while it was opening.
+        if self._aborted and isinstance(handle, Abortable):
+            handle.abort()
+        return handle
 
     def close(self) -> None:
         readers, self._readers = self._readers, []

@@ -11,6 +11,8 @@ Two steps, with ``[storage] url_roots`` checked at each
   since the add.
 
 Volume tickets skip the roots: their paths are the storage plane's own.
+A proxy ticket's ``https`` URL names an image on another daemon, which
+confines its own storage: it is only checked to be a transfer URL.
 Adding a backend means a scheme here and the backend protocol
 (``vdsm_imageio.backends``); nothing in the HTTP handlers changes.
 """
@@ -28,6 +30,9 @@ from ..ticketspec import TicketSpec
 from ..urlroots import UrlRoots
 from . import Backend
 from .file import open_file
+from .hostconn import Connector
+from .hostconn import parse_url as parse_host_url
+from .http import open_http
 from .nbd import is_nbd_url, open_nbd, parse_url, unix_url
 from .sectorlock import SectorLocks
 
@@ -39,6 +44,12 @@ def resolve_url(spec: TicketSpec, roots: UrlRoots) -> str:
     parts = urlsplit(spec.url)
     if is_nbd_url(spec.url):
         return _resolve_nbd(spec.url, roots)
+    if parts.scheme == "https":
+        try:
+            parse_host_url(spec.url)
+        except ValueError as e:
+            raise InvalidTicket(field="url", reason=str(e)) from None
+        return spec.url
     if parts.scheme != "file":
         raise InvalidTicket(
             field="url", reason=f"{parts.scheme} URLs are not supported by this service"
@@ -68,15 +79,21 @@ def _stat(path: str) -> os.stat_result:
         raise InvalidTicket(field="url", reason=f"cannot use {path}: {e.strerror}") from None
 
 
-def open_ticket(ticket: Ticket, *, roots: UrlRoots, locks: SectorLocks) -> Backend:
+def open_ticket(
+    ticket: Ticket, *, roots: UrlRoots, locks: SectorLocks, connector: Connector
+) -> Backend:
     """Open the ticket's storage, read-write if the ticket allows writing.
 
-    locks is the process's sector lock table (``backends.sectorlock``).
+    locks is the process's sector lock table (``backends.sectorlock``),
+    connector how proxy tickets reach their host daemons (``backends.hostconn``).
     """
     spec = ticket.spec
+    mode = "rw" if spec.allows("write") else "r"
+    if urlsplit(ticket.url).scheme == "https":
+        return open_http(ticket.url, mode=mode, connector=connector, transfer_id=ticket.transfer_id)
     return open_url(
         ticket.url,
-        mode="rw" if spec.allows("write") else "r",
+        mode=mode,
         sparse=spec.sparse,
         dirty=spec.dirty,
         # Volume URLs are the storage plane's own paths, not the caller's.

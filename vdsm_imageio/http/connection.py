@@ -10,7 +10,8 @@ closes on exit: its socket, its place on the ticket that authorized it and
 the handles on that ticket's storage (``backends.handles``); a request
 borrows its I/O buffers from the shared pool (``vdsm_imageio.pipeline``).
 Canceling a ticket calls ``abort()``, which shuts the socket down so a
-request blocked on a slow peer fails at once.
+request blocked on a slow peer fails at once, and aborts the handles so a
+request blocked on its storage (a proxy waiting for its host) fails too.
 """
 
 from __future__ import annotations
@@ -103,6 +104,11 @@ class Connection:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        # A request may wait on its storage, not on the client (a proxy
+        # waiting for its host daemon): stop that wait too.
+        handles = self._handles
+        if handles is not None:
+            handles.abort()
 
     def bind(self, ticket: Ticket, kind: Kind) -> Handles:
         """Use ticket, which authorized the current request, on this connection.
@@ -121,6 +127,9 @@ class Connection:
         if self._handles is None:
             opener = partial(self._context.open_backend, ticket)
             self._handles = Handles(opener, transfer_id=ticket.transfer_id)
+            if self._aborted:
+                # abort() ran before these handles existed.
+                self._handles.abort()
         ticket.touch()
         # From now on the ticket's inactivity timeout bounds every wait.
         self.sock.settimeout(ticket.spec.inactivity_timeout or None)

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 from .. import errors as e
 
+# In the table: the status the host daemon answered (HostRefused.status).
+HOST_STATUS = 0
+
 # Most specific class first: the first match wins.
 STATUS: tuple[tuple[type[e.ImageioError], int], ...] = (
     (e.Forbidden, 403),
@@ -26,6 +29,16 @@ STATUS: tuple[tuple[type[e.ImageioError], int], ...] = (
     (e.HeadersTooLarge, 431),
     (e.TooManyConnections, 503),
     (e.ServiceBusy, 503),
+    # The host daemon behind a proxy ticket (backends.http). Its refusals
+    # reach the client with the host's own status and message, as if the
+    # client had asked the host: a 403 stays 403 and closes, a 416 keeps
+    # the host's size, a 503 its retry. A host that cannot be reached,
+    # breaks off or answers with a failure of its own is this gateway's
+    # failure (RFC 9110 section 15.6.3), one that says nothing for too
+    # long a gateway timeout (section 15.6.5).
+    (e.HostRefused, HOST_STATUS),
+    (e.HostTimeout, 504),
+    (e.HostError, 502),
     # RFC 4918 section 11.5, in the IANA registry for any method: the server
     # cannot store what the request needs. Neither a bug ("see the log")
     # nor the client's fault; retrying after space is freed succeeds.
@@ -79,6 +92,9 @@ def reply_for(error: Exception) -> Reply | None:
         return None
     for cls, status in STATUS:
         if isinstance(error, cls):
+            if status == HOST_STATUS:
+                assert isinstance(error, e.HostRefused)
+                status = error.status
             return Reply(
                 status, error.message, _headers(error, status), status in CLOSES_CONNECTION
             )
@@ -91,6 +107,9 @@ INTERNAL = Reply(500, "Internal server error, see the log", {}, True)
 def _headers(error: e.ImageioError, status: int) -> dict[str, str]:
     if isinstance(error, e.RangeNotSatisfiable):
         # RFC 7233 section 4.4: tell the client the current length.
+        return {"Content-Range": f"bytes */{error.size}"}
+    if isinstance(error, e.HostRefused) and status == 416 and error.size is not None:
+        # The host's 416, with the length it has, as ours would tell it.
         return {"Content-Range": f"bytes */{error.size}"}
     if isinstance(error, e.MethodNotAllowed):
         return {"Allow": error.allow}

@@ -75,14 +75,20 @@ class Images:
             spec = ticket.spec
             writable = spec.allows("write")
             allow = "OPTIONS,GET,PUT,PATCH" if writable else "OPTIONS,GET"
-            options["features"] = WRITE_FEATURES if writable else READ_FEATURES
-            options["max_readers"] = self._http.max_readers
-            options["max_writers"] = (
-                ops.max_writers(handles.backend, self._http.max_writers) if writable else 0
+            offer = ops.offer(
+                handles.backend,
+                features=WRITE_FEATURES if writable else READ_FEATURES,
+                readers=self._http.max_readers,
+                writers=self._http.max_writers if writable else 0,
+                # What a client otherwise learns from a whole extents call:
+                # the size extents cover.
+                size=spec.size,
             )
-            # What a client otherwise learns from a whole extents call: the
-            # size extents cover, and what this ticket lets it do.
-            options["size"] = spec.size
+            options["features"] = offer.features
+            options["max_readers"] = offer.max_readers
+            options["max_writers"] = offer.max_writers
+            options["size"] = offer.size
+            # And what this ticket lets it do.
             options["ops"] = [op for op in OPS if spec.allows(op)]
             log.info("OPTIONS transfer=%s", ticket.transfer_id)
         ex.response.reply_json(options, headers={"Allow": allow})

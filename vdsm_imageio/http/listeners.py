@@ -1,4 +1,4 @@
-"""Listening sockets of the data server: TLS on TCP, plain HTTP on a unix socket."""
+"""Listening sockets: TLS (or plain HTTP) on TCP, plain HTTP on a unix socket."""
 
 from __future__ import annotations
 
@@ -38,7 +38,15 @@ class Listener:
         return int(self.sock.getsockname()[1])
 
 
-def tcp_listener(host: str, port: int, context: ssl.SSLContext) -> Listener:
+def tcp_listener(
+    host: str,
+    port: int,
+    context: ssl.SSLContext | None,
+    *,
+    name: str = "tls",
+    trusted: bool = False,
+) -> Listener:
+    """TLS on host:port, or plain HTTP without a context; "" binds every address."""
     if host == "" and socket.has_dualstack_ipv6():
         sock = socket.create_server(
             ("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=BACKLOG
@@ -46,7 +54,7 @@ def tcp_listener(host: str, port: int, context: ssl.SSLContext) -> Listener:
     else:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.create_server((host, port), family=family, backlog=BACKLOG)
-    return Listener(sock, "tls", context)
+    return Listener(sock, name, context, trusted=trusted)
 
 
 def unix_listener(address: str, mode: int = 0o660) -> Listener:

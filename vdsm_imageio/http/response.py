@@ -38,7 +38,9 @@ REASONS = {
     416: "Range Not Satisfiable",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
+    502: "Bad Gateway",
     503: "Service Unavailable",
+    504: "Gateway Timeout",
     507: "Insufficient Storage",
 }
 TEXT = "text/plain; charset=utf-8"

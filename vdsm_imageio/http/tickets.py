@@ -11,9 +11,13 @@ an existing uuid with other content replaces the ticket, ``DELETE
 ``http.errors`` (InvalidTicket 400, TicketNotFound 404, TicketConflict and
 TicketBusy 409, HookFailed 403).
 
-The API serves its own listener (``[control] ticket_socket``) through its
-own router: the data listeners never route /tickets, so a data client
-cannot add tickets.
+The API serves its own listeners (``[control] ticket_socket``, and on a
+proxy ``[control] ticket_port`` on a loopback address, as the engine
+drives ovirt-imageio's proxy on its host) through its own router: the data
+listeners never route /tickets, so a data client cannot add tickets.
+Both are trusted (authorized from accept): the socket's file mode admits
+only vdsm, and the TCP port only this host (``config.validate`` refuses
+another address unless the administrator allowed it).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from ..registry import Registry
 from ..tickets import Ticket
 from ..ticketspec import MAX_TIMEOUT, check_integer, show
 from .exchange import Exchange
-from .listeners import Listener, unix_listener
+from .listeners import Listener, tcp_listener, unix_listener
 from .message import read_json
 from .router import Router, route
 from .server import Server
@@ -108,23 +112,42 @@ def _require(ticket_id: str) -> None:
 
 
 class TicketServer:
-    """The ticket API's own listener and workers on a unix socket path."""
+    """The ticket API's own listeners and workers: a unix socket path, a
+    TCP address, or both."""
 
-    def __init__(self, config: Config, registry: Registry, path: str) -> None:
+    def __init__(
+        self,
+        config: Config,
+        registry: Registry,
+        path: str | None,
+        *,
+        tcp: tuple[str, int] | None = None,
+    ) -> None:
         self.path = path
+        self._tcp = tcp
         self._mode = config.control.mode
         self._server = Server(config, Tickets(registry).router(), _no_backend)
         self._inode: int | None = None
+        self.port: int | None = None
 
     def start(self) -> None:
-        listener = unix_listener(self.path, self._mode)
-        self._inode = os.stat(self.path).st_ino
-        self._server.add_listener(Listener(listener.sock, "tickets", None, trusted=True))
+        if self.path is not None:
+            listener = unix_listener(self.path, self._mode)
+            self._inode = os.stat(self.path).st_ino
+            self._server.add_listener(Listener(listener.sock, "tickets", None, trusted=True))
+            log.info("LISTEN tickets=%s mode=%o", self.path, self._mode)
+        if self._tcp is not None:
+            host, port = self._tcp
+            tcp = tcp_listener(host, port, None, name="tickets-tcp", trusted=True)
+            self._server.add_listener(tcp)
+            self.port = tcp.port
+            log.info("LISTEN tickets=%s:%d", host, self.port)
         self._server.start()
-        log.info("LISTEN tickets=%s mode=%o", self.path, self._mode)
 
     def stop(self) -> None:
         self._server.stop()
+        if self.path is None:
+            return
         # Leave a socket that another daemon bound after us in place.
         with suppress(OSError):
             if os.stat(self.path).st_ino == self._inode:
