@@ -19,6 +19,11 @@ whatever the buffer: a straight read loops over the records here, in one
 frame, so a 4 MiB buffer costs 256 trips through this loop rather than
 256 through the body's framing and this reader's checks. Each record's
 wait keeps the connection's timeout (CPython's ``SSLSocket`` enforces it).
+A TLS socket is never made blocking with ``SO_RCVTIMEO`` as the plain one
+is: CPython retries an SSL read that the kernel's timeout interrupted
+(SSL_ERROR_WANT_READ on a blocking socket) without end, so that timeout
+would bound nothing. It costs little: a read polls only when no record
+is waiting.
 """
 
 from __future__ import annotations
