@@ -24,15 +24,7 @@ class RangeSet:
     def add(self, start: int, end: int) -> None:
         if end <= start:
             return
-        # First range whose end reaches start, last whose start reaches end;
-        # everything in between merges with the new range.
-        lo = bisect.bisect_left(self._ends, start)
-        hi = bisect.bisect_right(self._starts, end)
-        if lo < hi:
-            start = min(start, self._starts[lo])
-            end = max(end, self._ends[hi - 1])
-        self._starts[lo:hi] = [start]
-        self._ends[lo:hi] = [end]
+        merge(self._starts, self._ends, start, end)
 
     def total(self) -> int:
         return sum(e - s for s, e in zip(self._starts, self._ends, strict=True))
@@ -48,3 +40,17 @@ class RangeSet:
 
     def __len__(self) -> int:
         return len(self._starts)
+
+
+def merge(starts: list[int], ends: list[int], start: int, end: int) -> None:
+    """Add [start, end) (start < end) to the sorted, disjoint, non-adjacent
+    ranges whose bounds are starts and ends, in place."""
+    # First range whose end reaches start, last whose start reaches end;
+    # everything in between merges with the new range.
+    lo = bisect.bisect_left(ends, start)
+    hi = bisect.bisect_right(starts, end)
+    if lo < hi:
+        start = min(start, starts[lo])
+        end = max(end, ends[hi - 1])
+    starts[lo:hi] = [start]
+    ends[lo:hi] = [end]

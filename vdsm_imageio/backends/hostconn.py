@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 
 from .. import tls
 from ..errors import HostError, HostGone, HostTimeout, HostUnreachable, HostUntrusted
+from ..unixhttp import UnixHTTPConnection
 
 log = logging.getLogger(__name__)
 
@@ -113,24 +114,6 @@ class Connector:
                         host=server, reason=f"cannot load [backend_http] certificates: {e}"
                     ) from None
             return self._context
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """http.client on a unix socket; a leading NUL is an abstract name."""
-
-    def __init__(self, address: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.address = address
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.address)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 class HostConnection:

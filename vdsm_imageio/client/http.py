@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .. import tls
+from ..unixhttp import UnixHTTPConnection as UnixHTTPConnection
 from .errors import ConnectionLost, ProtocolError, Unreachable, Untrusted, UsageError
 
 log = logging.getLogger(__name__)
@@ -62,24 +63,6 @@ def parse_url(text: str) -> TransferUrl:
     except ValueError:
         raise UsageError(reason="the transfer URL has an invalid port") from None
     return TransferUrl(u.scheme, u.hostname, port, u.path)
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """http.client over a unix socket; a leading NUL is an abstract name."""
-
-    def __init__(self, address: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.address = address
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.address)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 class Endpoint:

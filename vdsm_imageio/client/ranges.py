@@ -5,6 +5,8 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Iterator
 
+from .. import measure
+
 
 class Ranges:
     """Disjoint, sorted, non-adjacent [start, end) ranges; adding merges."""
@@ -34,16 +36,8 @@ class Ranges:
     def add(self, start: int, end: int) -> None:
         if start < 0 or end < start:
             raise ValueError(f"invalid range [{start}, {end})")
-        if start == end:
-            return
-        # Every range that touches [start, end) merges into it.
-        lo = bisect.bisect_left(self._ends, start)
-        hi = bisect.bisect_right(self._starts, end)
-        if lo < hi:
-            start = min(start, self._starts[lo])
-            end = max(end, self._ends[hi - 1])
-        self._starts[lo:hi] = [start]
-        self._ends[lo:hi] = [end]
+        if start != end:
+            measure.merge(self._starts, self._ends, start, end)
 
     def missing(self, start: int, end: int) -> Iterator[tuple[int, int]]:
         """The parts of [start, end) not in the set, in order."""
