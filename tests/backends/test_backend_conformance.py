@@ -10,7 +10,6 @@ import pytest
 from vdsm_imageio.backends import ZeroExtent
 from vdsm_imageio.errors import BackendError, StorageReadOnly
 
-from .conftest import BackendFactory
 from .images import (
     METADATA_SLACK,
     KiB,
@@ -23,6 +22,7 @@ from .images import (
     read,
     write,
 )
+from .targets import BackendFactory
 
 
 def test_size_is_image_size(backend_factory: BackendFactory) -> None:

@@ -14,8 +14,8 @@ from vdsm_imageio.backends.file import FileBackend, open_file
 from vdsm_imageio.backends.sectorlock import SectorLocks
 from vdsm_imageio.errors import BackendError, UnsupportedContext
 
-from .conftest import BackendFactory, make_image
 from .images import KiB, MiB, pattern, read, write
+from .targets import BackendFactory, make_image
 
 ODD_SIZE = MiB + 1000
 

@@ -29,8 +29,9 @@ from vdsm_imageio.errors import (
     UnsupportedContext,
 )
 
-from .conftest import IMAGE_SIZE, ServerMaker, make_image
+from .conftest import ServerMaker
 from .images import METADATA_SLACK, KiB, MiB, allocated, pattern, read, write
+from .targets import IMAGE_SIZE, make_image
 
 GiB = 1024 * MiB
 CLUSTER = 64 * KiB

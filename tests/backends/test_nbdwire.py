@@ -15,8 +15,9 @@ from vdsm_imageio.backends.nbd import open_nbd
 from vdsm_imageio.backends.nbdwire import WireReader
 from vdsm_imageio.errors import BackendError
 
-from .conftest import ServerMaker, make_image
+from .conftest import ServerMaker
 from .images import MiB, pattern
+from .targets import make_image
 
 SIZE = 8 * MiB
 

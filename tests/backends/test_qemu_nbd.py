@@ -13,7 +13,8 @@ from tests.support.loopfs import run
 from vdsm_imageio.backends.nbd import NbdBackend
 from vdsm_imageio.errors import VolumeError
 
-from .conftest import IMAGE_SIZE, ServerMaker, make_image
+from .conftest import ServerMaker
+from .targets import IMAGE_SIZE, make_image
 
 
 def alive(pid: int) -> bool:

@@ -21,8 +21,8 @@ import pytest
 from tests.support.together import together
 from vdsm_imageio.backends import Backend
 
-from .conftest import BackendFactory, Target, file_target, loop_target, nbd_raw_target
 from .images import KiB
+from .targets import BackendFactory, Target, file_target, loop_target, nbd_raw_target
 
 ROUND_TIMEOUT = 30.0
 
