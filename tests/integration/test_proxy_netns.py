@@ -33,6 +33,7 @@ from bench import twohosts as netns
 from storage.qemu_nbd import QemuNbd
 from tests.integration.clientrun import CLIENT
 from tests.integration.proxypair import Pair, add_pair, host_links, stop
+from tests.integration.proxyrig import pattern, request
 from tests.support.daemon import Daemon, ini, new_directory
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,22 +113,6 @@ def rig() -> Iterator[Rig]:
 def _stop_unless_killed(daemon: Daemon) -> None:
     if not daemon.killed:
         stop(daemon)
-
-
-def pattern(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-def request(
-    conn: http.client.HTTPConnection,
-    method: str,
-    target: str,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-) -> tuple[http.client.HTTPResponse, bytes]:
-    conn.request(method, target, body=body, headers=headers or {})
-    resp = conn.getresponse()
-    return resp, resp.read()
 
 
 def sparse_file(path: Path, size: int, runs: list[tuple[int, int]], seed: int) -> None:

@@ -1,6 +1,6 @@
 """The daemon's TLS port, probed with the real openssl s_client.
 
-tests/unit/test_tls_suites.py covers every suite on the contexts; this checks the
+tests/unit/tls/test_tls_suites.py covers every suite on the contexts; this checks the
 listener the daemon builds from its configuration uses them.
 """
 

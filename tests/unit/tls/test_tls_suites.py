@@ -12,18 +12,12 @@ from dataclasses import dataclass
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.unit.tls_support import (
+from tests.unit.tls.support import (
     WAIT,
     TlsServer,
     connect,
 )
 from vdsm_imageio import pki, tls
-
-
-@pytest.fixture(scope="module")
-def local(tmp_path_factory: pytest.TempPathFactory) -> pki.LocalPki:
-    return pki.ensure_local_pki(tmp_path_factory.mktemp("tls") / "pki")
-
 
 # Cipher suites: on TLS 1.2 only AEAD with an ECDHE key exchange; TLS 1.3 as is.
 

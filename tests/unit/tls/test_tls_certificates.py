@@ -11,27 +11,11 @@ from pathlib import Path
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from tests.unit.tls_support import (
+from tests.unit.tls.support import (
     TlsServer,
     connect,
 )
 from vdsm_imageio import pki, tls
-
-
-@pytest.fixture(scope="module")
-def local(tmp_path_factory: pytest.TempPathFactory) -> pki.LocalPki:
-    return pki.ensure_local_pki(tmp_path_factory.mktemp("tls") / "pki")
-
-
-@pytest.fixture
-def server_ctx(local: pki.LocalPki) -> ssl.SSLContext:
-    return tls.server_context(str(local.cert_file), str(local.key_file), ca_file=None)
-
-
-@pytest.fixture
-def server(server_ctx: ssl.SSLContext) -> Iterator[TlsServer]:
-    with TlsServer(server_ctx) as srv:
-        yield srv
 
 
 @pytest.mark.parametrize("name", ["127.0.0.1", "localhost"])

@@ -14,11 +14,6 @@ from vdsm_imageio import pki, tls
 WAIT = 10.0
 
 
-@pytest.fixture(scope="module")
-def local(tmp_path_factory: pytest.TempPathFactory) -> pki.LocalPki:
-    return pki.ensure_local_pki(tmp_path_factory.mktemp("tls") / "pki")
-
-
 def server_side(local: pki.LocalPki) -> tuple[ssl.SSLSocket, socket.socket]:
     ctx = tls.server_context(str(local.cert_file), str(local.key_file), ca_file=None)
     a, b = socket.socketpair()

@@ -8,11 +8,10 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from tests.unit.tls_support import (
+from tests.unit.tls.support import (
     DEADLINE,
     WAIT,
     TlsServer,
@@ -21,22 +20,6 @@ from tests.unit.tls_support import (
     pinned_client,
 )
 from vdsm_imageio import pki, tls
-
-
-@pytest.fixture(scope="module")
-def local(tmp_path_factory: pytest.TempPathFactory) -> pki.LocalPki:
-    return pki.ensure_local_pki(tmp_path_factory.mktemp("tls") / "pki")
-
-
-@pytest.fixture
-def server_ctx(local: pki.LocalPki) -> ssl.SSLContext:
-    return tls.server_context(str(local.cert_file), str(local.key_file), ca_file=None)
-
-
-@pytest.fixture
-def server(server_ctx: ssl.SSLContext) -> Iterator[TlsServer]:
-    with TlsServer(server_ctx) as srv:
-        yield srv
 
 
 def test_contexts_set_tls12_floor_and_no_compression(local: pki.LocalPki) -> None:
