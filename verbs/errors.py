@@ -122,6 +122,9 @@ def verb(
             return _refused(label, e, errors_of(e))
 
     method.__name__ = method.__qualname__ = f"verb({label})"
+    # jsonrpcserver checks every call's arguments against the method's
+    # signature; computed once here, not by inspect at every request.
+    method.__signature__ = inspect.signature(method)  # type: ignore[attr-defined]
     return method
 
 

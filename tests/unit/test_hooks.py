@@ -128,6 +128,31 @@ def test_hook_that_cannot_start_vetoes(tmp_path: Path) -> None:
     assert e.value.fields["status"] == 126
 
 
+def test_event_without_hooks_wakes_no_runner(tmp_path: Path) -> None:
+    # Most hosts have no hooks: a ticket verb must not pay for a runner
+    # thread's wake-up (or the thread) for nothing.
+    (tmp_path / "after_ticket_add").mkdir()
+    hook(tmp_path, "after_ticket_add", ".hidden", "true")
+    hooks = Hooks(str(tmp_path), timeout=10)
+    assert not hooks.installed("after_ticket_add")
+    assert not hooks.installed("after_ticket_remove")
+    hooks.run("after_ticket_add", STATUS)
+    hooks.run("after_ticket_remove", STATUS)
+    assert hooks._worker is None
+    hooks.close(timeout=1)
+
+
+def test_hook_installed_while_running_is_seen_at_the_next_event(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    hooks = Hooks(str(tmp_path / "hooks"), timeout=10)
+    hooks.run("after_ticket_add", STATUS)
+    hook(tmp_path / "hooks", "after_ticket_add", "10-touch", f"touch {marker}")
+    assert hooks.installed("after_ticket_add")
+    hooks.run("after_ticket_add", STATUS)
+    hooks.close(timeout=10)
+    assert marker.exists()
+
+
 def test_after_hooks_run_in_order_in_the_background(tmp_path: Path) -> None:
     log_file = tmp_path / "events"
     hook(

@@ -23,6 +23,9 @@ class Recorder(Hooks):
         super().__init__("/nonexistent", timeout=0)  # runs no hook
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
+    def installed(self, event: str) -> bool:
+        return True  # every event has a hook, to see every payload
+
     def run(self, event: str, payload: Payload) -> None:
         self.calls.append((event, dict(payload)))
 
