@@ -10,6 +10,7 @@ every process that had files open on it has exited.
 from __future__ import annotations
 
 import argparse
+import compileall
 import logging
 import os
 import platform
@@ -180,6 +181,11 @@ def _start_daemons(
 ) -> list[Daemon]:
     base = args.dir / "daemons"
     program = REPO / ".venv" / "bin" / "vdsm-imageio"
+    # An installed package carries its byte code (pip compiled ovirt-imageio's
+    # when it installed it); the checkout's modules are compiled once here,
+    # or every start would compile them from source (PYTHONDONTWRITEBYTECODE).
+    for package in ("vdsm_imageio", "verbs", "storage"):
+        compileall.compile_dir(REPO / package, quiet=1)
     ours = Ours(base / "ours", buffer_size=args.buffer_size, program=program, url_root=url_root)
     ours.start()
     stack.callback(ours.stop)
