@@ -60,6 +60,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="image size (default 2G)",
     )
     p.add_argument(
+        "--proxy-size",
+        type=imagesmod.parse_size,
+        default=imagesmod.parse_size(_env("BENCH_PROXY_SIZE", "1G")),
+        help="image size of the proxy rows (default 1G: every byte crosses two "
+        "daemons and a veth link, so they take twice a profile's time per GiB)",
+    )
+    p.add_argument(
         "--runs",
         type=int,
         default=int(_env("BENCH_RUNS", "3")),
@@ -96,7 +103,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="TUNED run: this buffer size in both daemons (default: each daemon's own)",
     )
     p.add_argument("--random-reads", type=int, default=int(_env("BENCH_RANDOM_READS", "20000")))
-    p.add_argument("--random-seconds", type=float, default=float(_env("BENCH_RANDOM_SECONDS", "5")))
+    p.add_argument("--random-seconds", type=float, default=float(_env("BENCH_RANDOM_SECONDS", "3")))
     p.add_argument("--latency-count", type=int, default=int(_env("BENCH_LATENCY_COUNT", "200")))
     p.add_argument("--list", action="store_true", help="list case ids and exit")
     return p.parse_args(argv)
@@ -152,7 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     if proxy_cases:
         # Proxy mode between two network namespaces (bench.proxybench).
         try:
-            proxybench.run(args, images, stamp, proxy_cases)
+            proxy_images = (
+                images
+                if args.proxy_size == args.size
+                else imagesmod.ensure(args.dir, args.proxy_size)
+            )
+            proxybench.run(args, proxy_images, stamp, proxy_cases)
         except proxyrig.BenchError as e:
             print(f"proxy rows not run: {e}")
     _print_summary(done, time.monotonic() - started)

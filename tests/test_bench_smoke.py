@@ -81,6 +81,7 @@ def _bench_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = dict(
         os.environ,
         BENCH_SIZE="16M",
+        BENCH_PROXY_SIZE="16M",
         BENCH_RUNS="1",
         BENCH_CASES=",".join(CASES),
         BENCH_DIR=str(_not_tmpfs(tmp_path) / "bench"),
