@@ -13,7 +13,9 @@ startup case measures.
 
 A third daemon, ours with ``[http] nbd_splice = false`` (LIBNBD_ONLY),
 runs only the nbd download case: the same download with and without the
-hand-written NBD reader.
+hand-written NBD reader. With ``--before DIR`` another one (BEFORE) runs
+the code of an earlier checkout from the same virtual environment and
+takes its turn in every case: old and new code measured in one run.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 IO_TIMEOUT = 60.0
 LIBNBD_ONLY = "ours-libnbd"
+BEFORE = "before"
 
 
 def free_port() -> int:
@@ -167,13 +170,18 @@ class Ours(Daemon):
         program: Path,
         url_root: Path,
         nbd_splice: bool = True,
+        checkout: Path | None = None,
     ) -> None:
         super().__init__(workdir, buffer_size=buffer_size)
         self.program = program
         self.nbd_splice = nbd_splice
+        self.checkout = checkout
         if not nbd_splice:
             self.name = LIBNBD_ONLY
             self.label = "vdsm-imageio, libnbd reads only (nbd_splice = false)"
+        if checkout is not None:
+            self.name = BEFORE
+            self.label = f"vdsm-imageio of {checkout}"
         # The bench's images and upload targets live outside the daemon's
         # --local directory, which alone is allowed by default.
         self.url_root = url_root
@@ -186,11 +194,19 @@ class Ours(Daemon):
         log = open(self.dir / "daemon.log", "wb")
         with log:
             return subprocess.Popen(
-                [str(self.program), "serve", "--local", str(self.dir), "--port", str(self.port)],
+                [*self._command(), "serve", "--local", str(self.dir), "--port", str(self.port)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
             )
+
+    def _command(self) -> list[str]:
+        if self.checkout is None:
+            return [str(self.program)]
+        # The checkout's package first; -P: without it the working directory
+        # (this checkout, when the bench runs from it) would come first.
+        python = self.program.with_name("python")
+        return ["env", f"PYTHONPATH={self.checkout}", str(python), "-P", "-m", "vdsm_imageio.cli"]
 
     def _conf(self) -> str:
         http = []
@@ -202,7 +218,7 @@ class Ours(Daemon):
         return text + ("[http]\n" + "\n".join(http) + "\n" if http else "")
 
     def settings(self) -> dict[str, Any]:
-        cfg = _show_config([str(self.program), "serve", "--local", str(self.dir), "--show-config"])
+        cfg = _show_config([*self._command(), "serve", "--local", str(self.dir), "--show-config"])
         http = cfg["http"]
         keys = ("buffer_size", "buffer_pool_bytes", "parallel_reads", "nbd_splice")
         return {f"http.{k}": http[k] for k in keys if k in http}

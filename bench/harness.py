@@ -18,7 +18,7 @@ from typing import Any
 
 from . import procs
 from .cases import Case
-from .daemons import Daemon
+from .daemons import BEFORE, Daemon
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ def measure(
     case: Case, daemons: list[Daemon], runs: int, cache: procs.PageCache, files: list[Path]
 ) -> CaseResult:
     started = time.monotonic()
-    daemons = [d for d in daemons if d.name in case.sides]
+    # An earlier checkout (BEFORE) takes its turn in every case.
+    daemons = [d for d in daemons if d.name in case.sides or d.name == BEFORE]
     sides = {d.name: Side() for d in daemons}
     for d in daemons:
         reason = case.unsupported(d)

@@ -6,11 +6,11 @@ side; one JSON per profile under bench/results/ (schema in
 bench/README.md).
 
     python -m bench.run [--profiles disk,fast] [--size 2G] [--runs 3]
-                        [--cases ID,...] [--list]
+                        [--cases ID,...] [--before DIR] [--list]
 
 Every option has an environment twin (BENCH_PROFILES, BENCH_SIZE,
 BENCH_RUNS, BENCH_CASES, BENCH_DIR, BENCH_SHM, BENCH_RESULTS, BENCH_BUFFER_SIZE,
-BENCH_RANDOM_READS, BENCH_RANDOM_SECONDS, BENCH_LATENCY_COUNT) so the smoke
+BENCH_RANDOM_READS, BENCH_RANDOM_SECONDS, BENCH_LATENCY_COUNT, BENCH_BEFORE) so the smoke
 test can run the harness with tiny images. Progress goes to stderr.
 
 The defaults fit ``make bench`` (both profiles) in 25 minutes on a
@@ -105,6 +105,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--random-reads", type=int, default=int(_env("BENCH_RANDOM_READS", "20000")))
     p.add_argument("--random-seconds", type=float, default=float(_env("BENCH_RANDOM_SECONDS", "3")))
     p.add_argument("--latency-count", type=int, default=int(_env("BENCH_LATENCY_COUNT", "200")))
+    p.add_argument(
+        "--before",
+        type=Path,
+        default=Path(os.environ["BENCH_BEFORE"]) if os.environ.get("BENCH_BEFORE") else None,
+        help="a checkout of an earlier commit whose daemon takes its turn in every case",
+    )
     p.add_argument("--list", action="store_true", help="list case ids and exit")
     return p.parse_args(argv)
 

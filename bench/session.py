@@ -28,7 +28,7 @@ from . import clientbench, physical, procs, profiles, proxybench, report
 from . import images as imagesmod
 from .cases import NBDWIRE_CASE, Context, all_cases, case_ids
 from .clients import ImageioClient
-from .daemons import Daemon, Ours, Theirs
+from .daemons import BEFORE, Daemon, Ours, Theirs
 from .harness import CaseResult, measure
 from .nbdserver import QemuNbd
 
@@ -198,6 +198,17 @@ def _start_daemons(
     theirs.start()
     stack.callback(theirs.stop)
     daemons: list[Daemon] = [ours, theirs]
+    if args.before is not None:
+        before = Ours(
+            base / BEFORE,
+            buffer_size=args.buffer_size,
+            program=program,
+            url_root=url_root,
+            checkout=args.before,
+        )
+        before.start()
+        stack.callback(before.stop)
+        daemons.append(before)
     if libnbd:
         plain = Ours(
             base / "ours-libnbd",
