@@ -1,15 +1,23 @@
 """The pipes and helper threads of spliced downloads live as long as their
 connection: its keep-alive downloads reuse them, and they are gone when the
-client closes the connection or drops it in the middle of a body."""
+client closes the connection or drops it in the middle of a body. A unix
+socket connection's send buffer lets a download run ahead of its client by
+``[http] unix_send_buffer``."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import socket
+import struct
+import termios
 import time
+from pathlib import Path
 
-from tests.support.daemon import Daemon
+import pytest
+
+from tests.support.daemon import Daemon, MakeDaemon
 
 MiB = 1024**2
 SIZE = 16 * MiB
@@ -100,3 +108,39 @@ def test_connection_dropped_mid_body_releases_pipes_and_helpers(daemon: Daemon) 
         finally:
             sock.close()
     assert settled(pid, before) == before
+
+
+# How far a download runs ahead of a client that does not read.
+
+WMEM_MAX = Path("/proc/sys/net/core/wmem_max")
+
+
+def queued_for_client(daemon: Daemon, ticket_id: str) -> int:
+    """Bytes of a download waiting in the socket of a client that reads nothing."""
+    with daemon.raw_unix() as sock:
+        sock.sendall(f"GET /images/{ticket_id} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+        deadline = time.monotonic() + SETTLE
+        last = -1
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            (queued,) = struct.unpack("i", fcntl.ioctl(sock, termios.FIONREAD, b"\0" * 4))
+            assert isinstance(queued, int)
+            if queued == last:
+                return queued
+            last = queued
+        return last
+
+
+@pytest.mark.skipif(
+    int(WMEM_MAX.read_text()) < 2 * MiB, reason="net.core.wmem_max caps SO_SNDBUF below 2 MiB"
+)
+def test_unix_download_runs_ahead_of_its_client_by_the_send_buffer(daemon: Daemon) -> None:
+    ticket_id, _ = daemon.add_ticket(size=SIZE, data=os.urandom(SIZE), ops=("read",))
+    # More than the default socket buffer (212 KiB) plus the pipes hold.
+    assert queued_for_client(daemon, ticket_id) >= 2 * MiB
+
+
+def test_unix_send_buffer_zero_keeps_the_kernel_default(make_daemon: MakeDaemon) -> None:
+    daemon = make_daemon(http={"unix_send_buffer": 0})
+    ticket_id, _ = daemon.add_ticket(size=SIZE, data=os.urandom(SIZE), ops=("read",))
+    assert queued_for_client(daemon, ticket_id) < MiB
