@@ -86,6 +86,7 @@ class Http:
     buffer_pool_bytes: int = _opt(160 * 1024**2, "I/O buffer memory shared by all connections", minimum=64 * 1024)
     nbd_splice: bool = _opt(True, "NBD downloads over the unix socket splice each read from NBD connections of our own (backends/nbdwire) instead of copying through libnbd; kept while the bench case nbd-download-unix-curl measures what the hand-written reader gains")
     parallel_reads: int = _opt(2, "reads in flight per download (zero-copy file downloads, NBD exports: one more NBD connection each); 1 reads one piece at a time", minimum=1)
+    unix_send_buffer: int = _opt(4 * 1024**2, "SO_SNDBUF of unix socket connections: a download can run this far ahead of its client, who then takes it in few large reads instead of one per default socket buffer (212 KiB); the kernel caps it at net.core.wmem_max; 0 keeps the kernel's default", minimum=0)
     max_connections: int = _opt(256, "authorized connections (a request proved a live ticket) served at once, over every listener; unauthenticated ones never take these slots, so at most max_connections + max_unauthenticated sockets are open (256 + 64)", minimum=1)
     max_unauthenticated: int = _opt(64, "connections that have not proved a ticket yet (TLS handshake, request head, OPTIONS *); when full the oldest is closed to admit a new one, never the new one refused", minimum=1)
     max_unauthenticated_per_peer: int = _opt(16, "unauthenticated connections per client address (IPv6: per /64, unix socket: per uid); when full that peer's oldest is closed; raise it behind a proxy", minimum=1)

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, closing, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
@@ -80,6 +80,9 @@ class Capabilities:
     nbd_splice: bool
     # I/O buffers shared by every connection.
     pool: BufferPool
+    # The connection's pipes and helper threads for splicing, kept between
+    # its requests (None: a download makes its own).
+    splicer: zerocopy.Splicer | None = None
 
 
 class Body(Protocol):
@@ -187,8 +190,13 @@ class Download:
             return backend.reading(self.start, self.length)
         return nullcontext()
 
+    def _splicer(self) -> AbstractContextManager[zerocopy.Splicer]:
+        splicer = self._caps.splicer
+        return nullcontext(splicer) if splicer is not None else closing(zerocopy.Splicer())
+
     def _splice_file(self, fd: int, sock: socket.socket, progress: Progress) -> bool:
-        zerocopy.send(fd, self.start, self.length, sock, progress, lanes=self._caps.lanes)
+        with self._splicer() as splicer:
+            splicer.send(fd, self.start, self.length, sock, progress, lanes=self._caps.lanes)
         return True
 
     def _splice_readers(
@@ -199,7 +207,8 @@ class Download:
             if not readers:
                 return False
             fills: list[zerocopy.Fill] = [rd.fill for rd in readers]
-            zerocopy.send_from(fills, self.start, self.length, sock, progress)
+            with self._splicer() as splicer:
+                splicer.send_from(fills, self.start, self.length, sock, progress)
             return True
         finally:
             for reader in readers:

@@ -17,6 +17,7 @@ from vdsm_imageio import zerocopy
 from vdsm_imageio.backends.file import FileBackend, open_file
 from vdsm_imageio.backends.sectorlock import SectorLocks
 from vdsm_imageio.errors import BackendError, ImageEnded, PeerClosed, TicketCanceled
+from vdsm_imageio.stall import Stall
 
 MiB = 1024**2
 
@@ -55,6 +56,7 @@ def run_send(
     progress: Callable[[int], None] | None = None,
     timeout: float = 10.0,
     lanes: int = zerocopy.LANES,
+    splicer: zerocopy.Splicer | None = None,
 ) -> tuple[list[int | str], list[int]]:
     a, b = socket.socketpair()
     out: list[int | str] = []
@@ -66,7 +68,10 @@ def run_send(
             fd = backend.splice_source(offset, length)
             assert fd is not None
             a.settimeout(timeout)
-            zerocopy.send(fd, offset, length, a, progress or done.append, lanes=lanes)
+            if splicer is None:
+                zerocopy.send(fd, offset, length, a, progress or done.append, lanes=lanes)
+            else:
+                splicer.send(fd, offset, length, a, progress or done.append, lanes=lanes)
     finally:
         a.close()
         reader.join(10)
@@ -94,6 +99,47 @@ def test_segments_from_every_lane_arrive_in_order(
     out, progress = run_send(image, offset, length, lanes=lanes)
     assert out[-1] == expected
     assert sum(progress) == length
+    assert not io_threads()
+
+
+def sha256_of(path: str, offset: int, length: int) -> str:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return hashlib.sha256(f.read(length)).hexdigest()
+
+
+def test_splicer_keeps_its_helpers_between_downloads(image: str) -> None:
+    splicer = zerocopy.Splicer()
+    seen = []
+    try:
+        for i in range(8):
+            offset, length = (i % 4) * MiB, MiB + (i % 3) * MiB // 2
+            out, _ = run_send(image, offset, length, splicer=splicer)
+            assert out[-1] == sha256_of(image, offset, length)
+            seen.append({t.ident for t in io_threads()})
+    finally:
+        splicer.close()
+    # The same helpers, one per lane, served every download.
+    assert len(seen[0]) == zerocopy.LANES
+    assert all(s == seen[0] for s in seen)
+    assert not io_threads()
+
+
+def test_splicer_recovers_after_a_failed_download(image: str) -> None:
+    def cancel_after_a_segment(n: int) -> None:
+        raise TicketCanceled(transfer_id="t")
+
+    splicer = zerocopy.Splicer()
+    try:
+        with pytest.raises(TicketCanceled):
+            run_send(image, 0, 5 * MiB, progress=cancel_after_a_segment, splicer=splicer)
+        # Whatever the canceled download left in its pipes never reaches
+        # the next one.
+        out, progress = run_send(image, MiB, 3 * MiB, splicer=splicer)
+        assert out[-1] == sha256_of(image, MiB, 3 * MiB)
+        assert sum(progress) == 3 * MiB
+    finally:
+        splicer.close()
     assert not io_threads()
 
 
@@ -209,17 +255,18 @@ def send_from_fills(
     return out
 
 
-def pattern_fill(wfd: int, pos: int, n: int) -> None:
+def pattern_fill(wfd: int, pos: int, n: int) -> int:
     data = bytes((pos + i) % 251 for i in range(n))
     view = memoryview(data)
     while view:
         view = view[os.write(wfd, view) :]
+    return n
 
 
 def test_lane_that_puts_less_than_asked_is_image_ended() -> None:
-    def short_fill(wfd: int, pos: int, n: int) -> None:
+    def short_fill(wfd: int, pos: int, n: int) -> int:
         # The last segment comes up short and the lane ends without an error.
-        pattern_fill(wfd, pos, n if pos + n < 3 * MiB else n // 2)
+        return pattern_fill(wfd, pos, n if pos + n < 3 * MiB else n // 2)
 
     with pytest.raises(ImageEnded) as e:
         send_from_fills([short_fill, short_fill], 3 * MiB)
@@ -229,10 +276,10 @@ def test_lane_that_puts_less_than_asked_is_image_ended() -> None:
 
 
 def test_unexpected_error_in_a_lane_reaches_the_request() -> None:
-    def broken_fill(wfd: int, pos: int, n: int) -> None:
+    def broken_fill(wfd: int, pos: int, n: int) -> int:
         if pos >= MiB:
             raise RuntimeError("bug in a fill")
-        pattern_fill(wfd, pos, n)
+        return pattern_fill(wfd, pos, n)
 
     with pytest.raises(RuntimeError, match="bug in a fill"):
         send_from_fills([broken_fill, broken_fill], 3 * MiB)
@@ -252,15 +299,15 @@ def test_file_shorter_than_the_range_is_image_ended(image: str) -> None:
 T = 2.0
 
 
-def limit_of(stall: zerocopy.Stall, now: float) -> float:
+def limit_of(stall: Stall, now: float) -> float:
     limit = stall.wait_limit(now)
     assert limit is not None, "a stall with a timeout has a limit"
     return limit
 
 
 def test_stall_waits_in_slices_of_the_timeout() -> None:
-    step = T / zerocopy.Stall.SLICES
-    stall = zerocopy.Stall(T, now=100.0)
+    step = T / Stall.SLICES
+    stall = Stall(T, now=100.0)
     assert stall.wait_limit(100.0) == step
     # Sends that nothing came back from (EAGAIN) leave the stall running.
     assert stall.wait_limit(100.0 + T - step / 2) == pytest.approx(step / 2)
@@ -268,16 +315,16 @@ def test_stall_waits_in_slices_of_the_timeout() -> None:
 
 
 def test_send_that_moved_all_it_was_asked_restarts_the_stall() -> None:
-    step = T / zerocopy.Stall.SLICES
-    stall = zerocopy.Stall(T, now=100.0)
+    step = T / Stall.SLICES
+    stall = Stall(T, now=100.0)
     stall.sent(started=101.0, now=101.5, moved=MiB, asked=MiB, limit=step)
     assert stall.wait_limit(101.5 + T - 0.1) == pytest.approx(0.1)
 
 
 def test_short_send_that_returned_before_its_limit_restarts_the_stall() -> None:
     # The pipe ran dry: the client took everything there was.
-    step = T / zerocopy.Stall.SLICES
-    stall = zerocopy.Stall(T, now=100.0)
+    step = T / Stall.SLICES
+    stall = Stall(T, now=100.0)
     stall.sent(started=101.0, now=101.0 + step / 2, moved=4096, asked=MiB, limit=step)
     assert stall.wait_limit(101.0 + step / 2 + T - 0.1) == pytest.approx(0.1)
 
@@ -285,19 +332,19 @@ def test_short_send_that_returned_before_its_limit_restarts_the_stall() -> None:
 def test_short_send_that_waited_out_its_limit_counts_the_wait_as_stall() -> None:
     # The bytes went at the start of a wait that lasted the whole limit:
     # the client has taken nothing since then.
-    step = T / zerocopy.Stall.SLICES
-    stall = zerocopy.Stall(T, now=100.0)
+    step = T / Stall.SLICES
+    stall = Stall(T, now=100.0)
     stall.sent(started=101.0, now=101.0 + step, moved=4096, asked=MiB, limit=step)
     assert limit_of(stall, 101.0 + T) <= 0
     assert stall.wait_limit(101.0 + T - 0.1) == pytest.approx(0.1)
 
 
 def test_slice_is_bounded_for_long_timeouts() -> None:
-    assert zerocopy.Stall(3600.0, now=0.0).wait_limit(0.0) == zerocopy.Stall.MAX_SLICE
+    assert Stall(3600.0, now=0.0).wait_limit(0.0) == Stall.MAX_SLICE
 
 
 def test_no_timeout_waits_forever() -> None:
-    stall = zerocopy.Stall(None, now=0.0)
+    stall = Stall(None, now=0.0)
     assert stall.wait_limit(1e9) is None
     stall.sent(started=0.0, now=1.0, moved=1, asked=2, limit=None)
     assert stall.wait_limit(1e9) is None

@@ -104,8 +104,9 @@ class ParallelReads(Protocol):
 class SpliceReader(Protocol):
     """A connection whose reads go into a pipe without passing through us."""
 
-    def fill(self, wfd: int, offset: int, length: int) -> None:
-        """Put exactly length bytes of the image at offset into the pipe wfd."""
+    def fill(self, wfd: int, offset: int, length: int) -> int:
+        """Put exactly length bytes of the image at offset into the pipe wfd;
+        returns length."""
 
     def close(self) -> None:
         """Release the connection; idempotent."""

@@ -109,7 +109,7 @@ class WireReader:
         """The caller consumed the whole payload of the last read."""
         self._in_step = True
 
-    def fill(self, wfd: int, offset: int, length: int) -> None:
+    def fill(self, wfd: int, offset: int, length: int) -> int:
         """Splice [offset, offset+length) of the export into the pipe wfd."""
         self.start_read(offset, length)
         try:
@@ -119,6 +119,7 @@ class WireReader:
                 raise
             raise BackendError(reason=f"NBD read failed: {e.strerror or e}") from None
         self.finished_read()
+        return length
 
     def close(self) -> None:
         if self._sock.fileno() < 0:

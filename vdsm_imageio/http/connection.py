@@ -6,8 +6,9 @@ ticket; from then on the ticket's inactivity timeout bounds every wait),
 makes an exchange of it (``http.exchange``: the request, its body and its
 response, new for every request), dispatches it through the router and
 turns a domain error into an error response (``http.errors``). It owns, and
-closes on exit: its socket, its place on the ticket that authorized it and
-the handles on that ticket's storage (``backends.handles``); a request
+closes on exit: its socket, its place on the ticket that authorized it,
+the handles on that ticket's storage (``backends.handles``) and the pipes
+and helper threads of its spliced downloads (``zerocopy.Splicer``); a request
 borrows its I/O buffers from the shared pool (``vdsm_imageio.pipeline``).
 Canceling a ticket calls ``abort()``, which shuts the socket down so a
 request blocked on a slow peer fails at once, and aborts the handles so a
@@ -79,6 +80,11 @@ class Connection:
         connection by (the lobby admitted it before it became a Connection).
         """
         self.sock = sock
+        if context.http.unix_send_buffer and sock.family == socket.AF_UNIX:
+            # A client reading with one recv per wake-up (ovirt-imageio's
+            # client: a poll and a recv, with its GIL) needs fewer of them
+            # when more of the body waits for it in the socket.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, context.http.unix_send_buffer)
         self.peer = peer
         self.admission = admission
         self._context = context
@@ -94,6 +100,9 @@ class Connection:
         self._head_due = head_due
         # Whether the kernel encrypts this TLS connection; asked on first use.
         self._kernel_tls: bool | None = None
+        # Pipes and helper threads of spliced downloads, made on first use
+        # and kept for the next requests (zerocopy's theory of operation).
+        self.splicer = zerocopy.Splicer()
 
     # Ownership.
 
@@ -159,6 +168,7 @@ class Connection:
 
     def close(self) -> None:
         try:
+            self.splicer.close()
             self._release_ticket()
             if self._linger and not self._aborted:
                 self._drop_input()

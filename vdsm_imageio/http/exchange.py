@@ -15,6 +15,7 @@ from typing import Protocol
 
 from ..backends.handles import Handles
 from ..tickets import Kind, Ticket
+from ..zerocopy import Splicer
 from .message import Body, Request
 from .response import Response
 
@@ -29,6 +30,10 @@ class Link(Protocol):
     @property
     def splice_target(self) -> socket.socket | None:
         """The client's socket when image data may be spliced into it (not TLS)."""
+
+    @property
+    def splicer(self) -> Splicer:
+        """The connection's pipes and helper threads for spliced downloads."""
 
     def bind(self, ticket: Ticket, kind: Kind) -> Handles:
         """Use ticket, which authorized this request, on the connection;

@@ -43,11 +43,13 @@ class Images:
         self._unix_socket = unix_socket
 
     def capabilities(self, ex: Exchange) -> ops.Capabilities:
+        target = ex.link.splice_target
         return ops.Capabilities(
-            splice=ex.link.splice_target,
+            splice=target,
             lanes=self._http.parallel_reads,
             nbd_splice=self._http.nbd_splice,
             pool=self._pool,
+            splicer=ex.link.splicer if target is not None else None,
         )
 
     # OPTIONS
