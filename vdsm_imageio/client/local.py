@@ -146,6 +146,8 @@ class LocalImage:
             os.path.join(self._tmp, "nbd.sock"),
             read_only=not self.writable,
             spawner=_OwnSession(),
+            # A server of this transfer alone, gone when it ends.
+            reuse_buffers=True,
         )
         try:
             with _translated(self.path):
