@@ -28,3 +28,26 @@ def test_qcow2_source_reads_spare_qemu_nbd_fresh_pages(tmp_path: Path) -> None:
     # glibc's defaults would map, fault in and zero fresh pages for every
     # request: a fault per page read.
     assert faults < reads * MiB // 4096 // 4
+
+
+def test_qcow2_source_splices_its_data_and_raw_does_not(tmp_path: Path) -> None:
+    raw = tmp_path / "src.raw"
+    data = os.urandom(4 * MiB)
+    raw.write_bytes(data)
+    image = tmp_path / "src.qcow2"
+    run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(image))
+    with LocalImage(str(image), "qcow2", writable=False) as local, local.open() as h:
+        fills = h.splice_fills()
+        assert fills is not None and len(fills) >= 2
+        rfd, wfd = os.pipe()
+        try:
+            # Each lane on its own connection: both in step, in any order.
+            fills[1](wfd, 3 * MiB, 4096)
+            fills[0](wfd, MiB + 512, 1000)
+            got = os.read(rfd, 8192)
+        finally:
+            os.close(rfd)
+            os.close(wfd)
+        assert got == data[3 * MiB : 3 * MiB + 4096] + data[MiB + 512 : MiB + 1512]
+    with LocalImage(str(raw), "raw", writable=False) as local, local.open() as h:
+        assert h.splice_fills() is None
