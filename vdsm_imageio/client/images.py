@@ -244,11 +244,15 @@ class ImageConnection:
             try:
                 zerocopy.send_from(fills, offset, length, sock, progress)
             except PeerClosed as e:
+                # The server stopped taking the body; its reply may say why.
                 raise ConnectionResetError(e.fields.get("reason", str(e))) from None
-            except ImageioError as e:
-                # The body stopped short: nothing more can go on this connection.
+            except BaseException as e:
+                # The body stopped short: the server would take whatever
+                # this connection sends next for the rest of it.
                 self._conn.close()
-                raise LocalImageError(path="the source", reason=e.message) from None
+                if isinstance(e, ImageioError):
+                    raise LocalImageError(path="the source", reason=e.message) from None
+                raise
 
         self._put(offset, length, body)
 

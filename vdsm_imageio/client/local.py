@@ -186,20 +186,14 @@ class Handle:
         """Functions that put source data into a pipe (``zerocopy.Fill``),
         one per lane, each on an NBD connection of its own whose replies
         are spliced, never copied (``backends.nbdwire``); None for a raw
-        file, whose reads take the backend's path."""
+        file, whose reads take the backend's path. They raise the
+        backends' errors: the caller owns the request they fail."""
         if self._nbd_socket is None:
             return None
         with _translated(self._path):
             while len(self._wires) < zerocopy.LANES:
                 self._wires.append(WireReader(self._nbd_socket, ""))
-        return [self._fill_from(wire) for wire in self._wires]
-
-    def _fill_from(self, wire: WireReader) -> Fill:
-        def fill(wfd: int, offset: int, length: int) -> None:
-            with _translated(self._path):
-                wire.fill(wfd, offset, length)
-
-        return fill
+        return [wire.fill for wire in self._wires]
 
     def buffer(self, size: int) -> memoryview:
         if self._nbd_socket is None:
