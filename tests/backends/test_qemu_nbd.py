@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 
 import nbd
 import pytest
 
-from storage.qemu_nbd import QemuNbd
+from storage.qemu_nbd import STOP_TIMEOUT, QemuNbd
 from tests.support.loopfs import run
 from tests.support.procs import minor_faults
 from vdsm_imageio.backends.nbd import NbdBackend
@@ -48,6 +49,25 @@ def test_stop_kills_a_server_that_ignores_sigterm(cache_dir: str, socket_dir: st
         server.stop()
         assert not alive(pid)
         assert not os.path.exists(server.socket_path)
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_stop_kills_a_read_only_server_at_once(cache_dir: str, socket_dir: str) -> None:
+    server = QemuNbd(
+        make_image(cache_dir), "raw", os.path.join(socket_dir, "k.sock"), read_only=True
+    )
+    server.start()
+    pid = server.pid
+    assert pid is not None
+    try:
+        # Stopped, it would sit on SIGTERM until the stop timeout.
+        os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        server.stop()
+        assert time.monotonic() - started < STOP_TIMEOUT / 2
+        assert not alive(pid)
     finally:
         if alive(pid):
             os.kill(pid, signal.SIGKILL)
