@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 
+import nbd
 import pytest
 
-from storage.qemu_nbd import QemuNbd
+from storage.qemu_nbd import STOP_TIMEOUT, QemuNbd
 from tests.support.loopfs import run
+from tests.support.procs import minor_faults
 from vdsm_imageio.backends.nbd import NbdBackend
 from vdsm_imageio.errors import VolumeError
 
 from .conftest import ServerMaker
+from .images import MiB
 from .targets import IMAGE_SIZE, make_image
 
 
@@ -45,6 +49,25 @@ def test_stop_kills_a_server_that_ignores_sigterm(cache_dir: str, socket_dir: st
         server.stop()
         assert not alive(pid)
         assert not os.path.exists(server.socket_path)
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_stop_kills_a_read_only_server_at_once(cache_dir: str, socket_dir: str) -> None:
+    server = QemuNbd(
+        make_image(cache_dir), "raw", os.path.join(socket_dir, "k.sock"), read_only=True
+    )
+    server.start()
+    pid = server.pid
+    assert pid is not None
+    try:
+        # Stopped, it would sit on SIGTERM until the stop timeout.
+        os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        server.stop()
+        assert time.monotonic() - started < STOP_TIMEOUT / 2
+        assert not alive(pid)
     finally:
         if alive(pid):
             os.kill(pid, signal.SIGKILL)
@@ -171,3 +194,58 @@ def test_start_with_unusable_socket_directory_fails(cache_dir: str, socket_dir: 
         assert server.pid is None
     finally:
         os.unlink(not_a_dir)
+
+
+def faults_of_reads(image: str, server: QemuNbd, reads: int) -> int:
+    """Page faults qemu-nbd takes for reads of 1 MiB, after a warm-up."""
+    with server:
+        assert server.pid is not None
+        h = nbd.NBD()
+        h.connect_unix(server.socket_path)
+        try:
+            size = os.path.getsize(image)
+            for i in range(4):
+                h.pread(MiB, i * MiB % size)
+            before = minor_faults(server.pid)
+            for i in range(reads):
+                h.pread(MiB, i * MiB % size)
+            return minor_faults(server.pid) - before
+        finally:
+            h.shutdown()
+
+
+def test_reused_buffers_spare_qemu_nbd_fresh_pages_for_each_read(
+    cache_dir: str, socket_dir: str
+) -> None:
+    # Data, not zeros: qemu-nbd answers a hole without reading into a buffer.
+    image = os.path.join(cache_dir, "random.img")
+    with open(image, "wb") as f:
+        f.write(os.urandom(16 * MiB))
+    reads = 128
+    fresh = faults_of_reads(
+        image, QemuNbd(image, "raw", os.path.join(socket_dir, "g.sock"), read_only=True), reads
+    )
+    reused = faults_of_reads(
+        image,
+        QemuNbd(
+            image, "raw", os.path.join(socket_dir, "h.sock"), read_only=True, reuse_buffers=True
+        ),
+        reads,
+    )
+    # glibc's defaults: a new mapping, a fault per page, for every read.
+    assert fresh >= reads * MiB // 4096 // 2
+    assert reused * 4 < fresh
+
+
+def test_reused_buffers_keep_tunables_set_before(
+    monkeypatch: pytest.MonkeyPatch, cache_dir: str
+) -> None:
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1")
+    server = QemuNbd(make_image(cache_dir), "raw", "/nonexistent.sock", reuse_buffers=True)
+    env = server.environment()
+    assert env is not None
+    tunables = env["GLIBC_TUNABLES"].split(":")
+    # glibc takes the last value of a tunable: the caller's wins.
+    assert tunables[-1] == "glibc.malloc.trim_threshold=1"
+    assert "glibc.malloc.mmap_threshold=33554432" in tunables
+    assert QemuNbd(make_image(cache_dir), "raw", "/nonexistent.sock").environment() is None

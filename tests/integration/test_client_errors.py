@@ -16,6 +16,9 @@ from tests.integration.clientrun import MiB, run_client, start_client, stop, wai
 from tests.integration.relay import Relay
 from tests.support.loopfs import ext4_on_loop, needs_root
 from vdsm_imageio.client import errors
+from vdsm_imageio.client.images import ImageConnection
+from vdsm_imageio.client.session import Session, Settings
+from vdsm_imageio.errors import BackendError
 from vdsm_imageio.pki import ensure_local_pki
 
 if TYPE_CHECKING:
@@ -104,11 +107,22 @@ def test_source_larger_than_the_disk_is_exit_5(
 
 
 @pytest.mark.loop
-def test_full_storage_on_the_server_is_exit_6(make_daemon: MakeDaemon, tmp_path: Path) -> None:
+# A qcow2 source over the unix socket is spliced (client.upload): the
+# server's reply to a body it stopped taking must still be read.
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_full_storage_on_the_server_is_exit_6(
+    make_daemon: MakeDaemon, tmp_path: Path, fmt: str
+) -> None:
     needs_root()
     d = make_daemon()
     src = tmp_path / "src.raw"
     write_runs(src, 48 * MiB, [(0, 48 * MiB)], seed=22)
+    if fmt == "qcow2":
+        qcow2 = tmp_path / "src.qcow2"
+        subprocess.run(
+            ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(src), str(qcow2)], check=True
+        )
+        src = qcow2
     with ext4_on_loop(d.images, "fs", size=24 * MiB, reserve=False) as fs:
         disk = fs / "disk.raw"
         with open(disk, "wb") as f:
@@ -191,3 +205,23 @@ def test_help_documents_every_exit_code() -> None:
         text = run_client(command, "--help").stdout
         for _, code, why in errors.EXIT_CODES:
             assert f"{code:>3}  {why}" in text, (command, code)
+
+
+def test_source_failing_mid_splice_closes_the_connection(daemon: Daemon) -> None:
+    ticket_id, path = daemon.add_ticket(size=SIZE)
+    with Session(url(daemon.port, ticket_id), Settings(cafile=str(daemon.ca))) as session:
+        conn = ImageConnection(session.endpoint)
+        try:
+            assert conn.can_splice
+
+            def fill(wfd: int, offset: int, length: int) -> None:
+                raise BackendError(reason="the source broke")
+
+            with pytest.raises(errors.LocalImageError, match="the source broke"):
+                conn.put_spliced(0, 2 * MiB, [fill, fill], progress=lambda n: None)
+            # On the half-sent body this request would be taken as its rest.
+            conn.zero(0, MiB)
+            conn.flush()
+        finally:
+            conn.close()
+    assert path.read_bytes() == bytes(SIZE)

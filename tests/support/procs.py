@@ -29,3 +29,10 @@ def qemu_nbd_pids(root: Path) -> list[int]:
     (root: a daemon's --local directory)."""
     needle = f"--socket={root / 'run' / 'nbd'}/".encode()
     return [pid for pid, argv in running(b"qemu-nbd") if any(a.startswith(needle) for a in argv)]
+
+
+def minor_faults(pid: int) -> int:
+    """The process's minor page faults so far (proc(5): field 10 of stat)."""
+    stat = (Path("/proc") / str(pid) / "stat").read_text()
+    # The command name, in parentheses, may hold spaces.
+    return int(stat.rpartition(")")[2].split()[7])

@@ -9,7 +9,9 @@ by concept:
   daemon's unix socket on its own host);
 - ``images``: the API's requests over one connection, statuses to errors;
 - ``local``: the image on this host, raw directly or anything else through
-  a private qemu-nbd (``nbdread``: reads with several commands in flight);
+  a private qemu-nbd (``nbdread``: reads with several commands in flight;
+  over the daemon's unix socket an upload splices qemu-nbd's replies
+  instead, ``backends.nbdwire`` and ``zerocopy``);
 - ``plan``: what to do with each range (pure), ``ranges``: sets of ranges;
 - ``workers``: one thread per connection, items in image order,
   checkpoints into the ``journal``;

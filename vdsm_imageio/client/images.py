@@ -11,11 +11,15 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .. import zerocopy
 from ..backends import DirtyExtent, ZeroExtent
+from ..errors import ImageioError, PeerClosed
+from ..zerocopy import Fill
 from .errors import (
     ClientError,
     ConnectionLost,
@@ -209,21 +213,58 @@ class ImageConnection:
         progress: Callable[[int], None],
     ) -> None:
         """Send [offset, offset+length) from read(), unflushed."""
+
+        def body() -> None:
+            pos, end = offset, offset + length
+            while pos < end:
+                n = read(pos, buf[: min(len(buf), end - pos)])
+                if n == 0:
+                    raise _source_ended(pos, end)
+                self._conn.send(buf[:n])
+                pos += n
+                progress(n)
+
+        self._put(offset, length, body)
+
+    @property
+    def can_splice(self) -> bool:
+        """True when request bodies may be spliced into the connection's
+        socket: the daemon's unix socket, where no TLS stands between."""
+        return self._endpoint.transport == "unix" and zerocopy.available()
+
+    def put_spliced(
+        self, offset: int, length: int, fills: list[Fill], *, progress: Callable[[int], None]
+    ) -> None:
+        """Like put, the body spliced from fills (``zerocopy.send_from``):
+        the data moves from the source's socket to ours in the kernel."""
+
+        def body() -> None:
+            sock = self._conn.sock
+            assert isinstance(sock, socket.socket)
+            try:
+                zerocopy.send_from(fills, offset, length, sock, progress)
+            except PeerClosed as e:
+                # The server stopped taking the body; its reply may say why.
+                raise ConnectionResetError(e.fields.get("reason", str(e))) from None
+            except BaseException as e:
+                # The body stopped short: the server would take whatever
+                # this connection sends next for the rest of it.
+                self._conn.close()
+                if isinstance(e, ImageioError):
+                    raise LocalImageError(path="the source", reason=e.message) from None
+                raise
+
+        self._put(offset, length, body)
+
+    def _put(self, offset: int, length: int, body: Callable[[], None]) -> None:
         with self._endpoint.errors():
             self._conn.putrequest("PUT", f"{self._path}?flush=n", skip_accept_encoding=True)
             self._conn.putheader("Content-Type", "application/octet-stream")
             self._conn.putheader("Content-Length", str(length))
             self._conn.putheader("Content-Range", f"bytes {offset}-{offset + length - 1}/*")
             self._conn.endheaders()
-            pos, end = offset, offset + length
             try:
-                while pos < end:
-                    n = read(pos, buf[: min(len(buf), end - pos)])
-                    if n == 0:
-                        raise _source_ended(pos, end)
-                    self._conn.send(buf[:n])
-                    pos += n
-                    progress(n)
+                body()
             except OSError:
                 # The server may have answered and closed before taking the
                 # whole body (507, 403): its reply says why.

@@ -34,11 +34,14 @@ from typing import Any
 from storage import spawn
 from storage.qemu_nbd import QemuNbd
 
+from .. import zerocopy
 from ..backends import Backend, ZeroExtent
 from ..backends.file import open_file
 from ..backends.nbd import open_nbd
+from ..backends.nbdwire import WireReader
 from ..backends.sectorlock import SectorLocks
 from ..errors import ImageioError
+from ..zerocopy import Fill
 from .errors import LocalImageError, UsageError
 from .nbdread import PipelinedReader
 
@@ -146,6 +149,8 @@ class LocalImage:
             os.path.join(self._tmp, "nbd.sock"),
             read_only=not self.writable,
             spawner=_OwnSession(),
+            # A server of this transfer alone, gone when it ends.
+            reuse_buffers=True,
         )
         try:
             with _translated(self.path):
@@ -168,6 +173,7 @@ class Handle:
         self._path = path
         self._nbd_socket = nbd_socket
         self._reader: PipelinedReader | None = None
+        self._wires: list[WireReader] = []
         self.size = backend.size
 
     def __enter__(self) -> Handle:
@@ -175,6 +181,19 @@ class Handle:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def splice_fills(self) -> list[Fill] | None:
+        """Functions that put source data into a pipe (``zerocopy.Fill``),
+        one per lane, each on an NBD connection of its own whose replies
+        are spliced, never copied (``backends.nbdwire``); None for a raw
+        file, whose reads take the backend's path. They raise the
+        backends' errors: the caller owns the request they fail."""
+        if self._nbd_socket is None:
+            return None
+        with _translated(self._path):
+            while len(self._wires) < zerocopy.LANES:
+                self._wires.append(WireReader(self._nbd_socket, ""))
+        return [wire.fill for wire in self._wires]
 
     def buffer(self, size: int) -> memoryview:
         if self._nbd_socket is None:
@@ -212,6 +231,8 @@ class Handle:
 
     def close(self) -> None:
         try:
+            for wire in self._wires:
+                wire.close()
             if self._reader is not None:
                 self._reader.close()
         finally:

@@ -38,6 +38,10 @@ class PipelinedReader:
             end = min(size, start + step)
             self._parts.append((start, end, nbd.Buffer.from_buffer(self.buffer[start:end])))
         self._h: Any = nbd.NBD()
+        # libnbd zeroes a read's buffer before sending the command, in case
+        # a caller uses the buffer of a failed read: ours raises instead,
+        # and a successful read fills every byte.
+        self._h.set_pread_initialize(False)
         try:
             self._h.connect_unix(socket_path)
         except nbd.Error as e:

@@ -6,6 +6,11 @@ and the disk past the source's end is zeroed. Each worker owns one
 connection; ranges enter the journal after a PATCH flush on the
 connection that wrote them. After the last flush the journal is removed
 and, when the server computes checksums, the disk is verified.
+
+A qcow2 (NBD) source sent over the daemon's unix socket is spliced: the
+replies of the local qemu-nbd go from its socket through a pipe into the
+daemon's, and the data never enters this process (``zerocopy``). Over
+TLS, and from a raw file, it is read into a buffer and sent from there.
 """
 
 from __future__ import annotations
@@ -50,13 +55,17 @@ class UploadHandler(Ends[ImageConnection, Handle]):
         can_flush: bool,
     ) -> None:
         super().__init__(conn, src)
-        self._buf = src.buffer(buffer_size)
+        # Spliced when both ends allow: no copy of the data in this process.
+        self._fills = src.splice_fills() if conn.can_splice else None
+        self._buf = src.buffer(buffer_size) if self._fills is None else memoryview(b"")
         self._progress = progress
         self._can_flush = can_flush
         self.sent = 0
 
     def run(self, item: Item) -> None:
-        if item.op is Op.COPY:
+        if item.op is Op.COPY and self._fills is not None:
+            self._conn.put_spliced(item.start, item.length, self._fills, progress=self._sent)
+        elif item.op is Op.COPY:
             self._conn.put(item.start, item.length, self._buf, self._read, progress=self._sent)
         else:
             self._conn.zero(item.start, item.length)
