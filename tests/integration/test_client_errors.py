@@ -214,7 +214,7 @@ def test_source_failing_mid_splice_closes_the_connection(daemon: Daemon) -> None
         try:
             assert conn.can_splice
 
-            def fill(wfd: int, offset: int, length: int) -> None:
+            def fill(wfd: int, offset: int, length: int) -> int:
                 raise BackendError(reason="the source broke")
 
             with pytest.raises(errors.LocalImageError, match="the source broke"):
