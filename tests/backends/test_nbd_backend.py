@@ -1,6 +1,7 @@
 """What only the nbd backend and its qemu-nbd do: qcow2 allocation, dirty
-bitmaps, read-only exports, several connections, URL parsing and the pure
-block status helpers. qemu-nbd's own lifecycle is in test_qemu_nbd.py."""
+bitmaps, read-only exports, several connections. qemu-nbd's own lifecycle
+is in test_qemu_nbd.py; URL parsing in tests/unit/test_nbd_url.py, the
+block status helpers in tests/unit/test_nbdstatus.py."""
 
 from __future__ import annotations
 
@@ -12,17 +13,7 @@ import pytest
 
 from tests.support.loopfs import run
 from vdsm_imageio.backends import DirtyExtent, ZeroExtent
-from vdsm_imageio.backends.nbd import NbdBackend, open_nbd, parse_url, unix_url
-from vdsm_imageio.backends.nbdstatus import (
-    ALLOCATION,
-    DEPTH,
-    Run,
-    dirty_extent,
-    intersect,
-    merge,
-    runs,
-    zero_extent,
-)
+from vdsm_imageio.backends.nbd import NbdBackend, open_nbd
 from vdsm_imageio.errors import (
     BackendError,
     StorageReadOnly,
@@ -330,124 +321,6 @@ def test_a_reader_of_a_writer_sees_its_writes(
         reader.close()
 
 
-# Pure helpers.
-
-
-@pytest.mark.parametrize(
-    "url, expected",
-    [
-        ("nbd:unix:/run/a.sock", ("/run/a.sock", "")),
-        ("nbd:unix:/run/a.sock:exportname=vol", ("/run/a.sock", "vol")),
-        ("nbd:unix:/run/a:b.sock:exportname=x:y", ("/run/a:b.sock", "x:y")),
-    ],
-)
-def test_parse_url(url: str, expected: tuple[str, str]) -> None:
-    assert parse_url(url) == expected
-
-
-@pytest.mark.parametrize(
-    "url, expected",
-    [
-        # The NBD URI standard: export after the first "/", socket in the query.
-        ("nbd+unix:///vol?socket=/run/a.sock", ("/run/a.sock", "vol")),
-        ("nbd+unix://?socket=/run/a.sock", ("/run/a.sock", "")),
-        ("nbd+unix:///?socket=/run/a.sock", ("/run/a.sock", "")),
-        ("nbd+unix:////abs?socket=/run/a.sock", ("/run/a.sock", "/abs")),
-        ("nbd+unix:///a%20b%2Fc?socket=/run/my%20dir/a.sock", ("/run/my dir/a.sock", "a b/c")),
-        # "+" is a plus in a URI, not a space as in a form.
-        ("nbd+unix:///a+b?socket=/run/a+b.sock", ("/run/a+b.sock", "a+b")),
-        ("nbd+unix:///d%C3%ADsk?socket=/run/a.sock", ("/run/a.sock", "d\u00edsk")),
-        ("nbd+unix:///x:y=z?socket=/run/a:b.sock", ("/run/a:b.sock", "x:y=z")),
-    ],
-)
-def test_parse_standard_unix_uri(url: str, expected: tuple[str, str]) -> None:
-    assert parse_url(url) == expected
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        "nbd:unix:run/a.sock",
-        "nbd://host/x",
-        "file:///a",
-        "nbd+unix:///vol",  # no socket
-        "nbd+unix:///vol?socket=",  # empty socket
-        "nbd+unix:///vol?socket=run/a.sock",  # relative socket
-        "nbd+unix:///vol?socket=/a&socket=/b",  # two sockets
-        "nbd+unix:///vol?socket=/a&tls=on",  # unknown parameter
-        "nbd+unix:///vol?socket",  # no value
-        "nbd+unix://host/vol?socket=/a",  # a host
-        "nbd+unix://:10809/vol?socket=/a",  # a port
-        "nbd+unix:///vol?socket=/a#frag",  # a fragment
-        "nbd+unix:///v%00l?socket=/a",  # a NUL in the export
-        "nbd+unix:///vol?socket=/a%0a",  # a newline in the socket
-        "nbd+unix:///v%ffl?socket=/a",  # not UTF-8
-        "nbd+unix:vol?socket=/a",  # not "//"
-        "nbd+tcp://host/vol",
-        "nbds+unix:///vol?socket=/a",
-    ],
-)
-def test_parse_url_refuses_other_forms(url: str) -> None:
-    with pytest.raises(ValueError):
-        parse_url(url)
-
-
-@pytest.mark.parametrize(
-    "path, export",
-    [
-        ("/run/a.sock", ""),
-        ("/run/a.sock", "vol"),
-        ("/run/my dir/a+b:c.sock", "a b/c?d#e&f=g+h"),
-        ("/run/d\u00edsk/\u78c1.sock", "\u05d0"),
-    ],
-)
-@pytest.mark.parametrize("form", ["nbd:unix:/x", "nbd+unix:///?socket=/x"])
-def test_unix_url_keeps_the_form_and_parses_back(path: str, export: str, form: str) -> None:
-    url = unix_url(path, export, like=form)
-    assert url.startswith(form.split(":/", 1)[0])
-    assert parse_url(url) == (path, export)
-
-
-def test_runs_pair_lengths_with_flags() -> None:
-    assert runs([4096, 3, 0, 1, 512, 0]) == [(4096, 3), (512, 0)]
-    with pytest.raises(ValueError):
-        runs([4096])
-
-
-def test_intersect_cuts_where_any_context_changes() -> None:
-    alloc = [(100, 3), (50, 0)]
-    depth = [(30, 0), (120, 1)]
-    assert intersect(1000, [alloc, depth], 2000) == [
-        Run(1000, 30, (3, 0)),
-        Run(1030, 70, (3, 1)),
-        Run(1100, 50, (0, 1)),
-    ]
-
-
-def test_intersect_stops_at_end_and_at_the_shortest_reply() -> None:
-    assert intersect(0, [[(100, 1)], [(60, 2), (100, 0)]], 80) == [
-        Run(0, 60, (1, 2)),
-        Run(60, 20, (1, 0)),
-    ]
-    assert intersect(0, [[(100, 1)], [(60, 2)]], 1000) == [Run(0, 60, (1, 2))]
-    assert intersect(0, [[(100, 1)], []], 1000) == []
-
-
-def test_merge_joins_equal_neighbours_only() -> None:
-    assert merge(
-        [
-            DirtyExtent(0, 10, dirty=True, zero=False),
-            DirtyExtent(10, 5, dirty=True, zero=False),
-            DirtyExtent(15, 5, dirty=True, zero=True),
-            DirtyExtent(30, 5, dirty=True, zero=True),
-        ]
-    ) == [
-        DirtyExtent(0, 15, dirty=True, zero=False),
-        DirtyExtent(15, 5, dirty=True, zero=True),
-        DirtyExtent(30, 5, dirty=True, zero=True),
-    ]
-
-
 def test_backend_keeps_no_reference_to_caller_buffers(
     cache_dir: str, serve: ServerMaker, backends: Callable[..., NbdBackend]
 ) -> None:
@@ -458,44 +331,3 @@ def test_backend_keeps_no_reference_to_caller_buffers(
     assert backend.readinto(0, view[:8192]) == 8192
     view.release()
     region.close()  # BufferError if a view of it is still exported
-
-
-@pytest.mark.parametrize(
-    "flags, expected",
-    [
-        ((0, 1), (False, False)),  # data allocated in this image
-        ((3, 1), (True, False)),  # a zero cluster
-        ((3, 0), (True, True)),  # unallocated everywhere
-        ((0, 2), (False, True)),  # a backing file's data
-    ],
-)
-def test_allocation_depth_decides_holes(
-    flags: tuple[int, int], expected: tuple[bool, bool]
-) -> None:
-    ext = zero_extent(Run(0, 512, flags), [ALLOCATION, DEPTH])
-    assert (ext.zero, ext.hole) == expected
-
-
-@pytest.mark.parametrize(
-    "flags, expected",
-    [
-        ((0,), (False, False)),
-        ((2,), (True, False)),
-        ((3,), (True, True)),
-    ],
-)
-def test_without_depth_base_allocation_decides_holes(
-    flags: tuple[int], expected: tuple[bool, bool]
-) -> None:
-    ext = zero_extent(Run(0, 512, flags), [ALLOCATION])
-    assert (ext.zero, ext.hole) == expected
-
-
-def test_dirty_extent_takes_zero_from_base_allocation() -> None:
-    bitmap = "qemu:dirty-bitmap:b"
-    assert dirty_extent(Run(8, 4, (1, 3)), [bitmap, ALLOCATION]) == DirtyExtent(
-        8, 4, dirty=True, zero=True
-    )
-    assert dirty_extent(Run(8, 4, (0, 0)), [bitmap, ALLOCATION]) == DirtyExtent(
-        8, 4, dirty=False, zero=False
-    )
