@@ -82,11 +82,11 @@ def discover(directory: Path, event: str) -> list[Path]:
         entries = sorted(os.scandir(directory / event), key=lambda e: e.name)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return [
-        Path(e.path)
-        for e in entries
-        if not e.name.startswith(".") and e.is_file() and os.access(e.path, os.X_OK)
-    ]
+    return [Path(e.path) for e in entries if _is_hook(e)]
+
+
+def _is_hook(entry: os.DirEntry[str]) -> bool:
+    return not entry.name.startswith(".") and entry.is_file() and os.access(entry.path, os.X_OK)
 
 
 def execute(path: Path, stdin: bytes, env: Mapping[str, str], timeout: float) -> Outcome:
@@ -167,7 +167,7 @@ class Hooks:
         """
         try:
             with os.scandir(self._event_dirs[event]) as entries:
-                return any(not e.name.startswith(".") for e in entries)
+                return any(_is_hook(e) for e in entries)
         except (FileNotFoundError, NotADirectoryError):
             return False
 

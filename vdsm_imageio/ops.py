@@ -12,9 +12,9 @@ connection can (``Capabilities``). The ways, tried in this order:
 
 - splice from the file: a plain (unix socket) connection, a range of at
   least ``SPLICE_MIN``, a ``Spliceable`` backend whose direct I/O allows
-  the range (``zerocopy.send``);
+  the range (``zerocopy.Splicer.send``);
 - splice from NBD connections of our own: the same connection and range,
-  a ``SpliceReaders`` backend, ``[http] nbd_splice`` (``zerocopy.send_from``);
+  a ``SpliceReaders`` backend, ``[http] nbd_splice`` (``zerocopy.Splicer.send_from``);
   passed over when no such connection opens;
 - read lanes: ``[http] parallel_reads`` above 1, a range of more than two
   buffers, a backend with more than one reader (``ParallelReads``); passed
@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, closing, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
@@ -192,7 +192,7 @@ class Download:
 
     def _splicer(self) -> AbstractContextManager[zerocopy.Splicer]:
         splicer = self._caps.splicer
-        return nullcontext(splicer) if splicer is not None else closing(zerocopy.Splicer())
+        return nullcontext(splicer) if splicer is not None else zerocopy.Splicer()
 
     def _splice_file(self, fd: int, sock: socket.socket, progress: Progress) -> bool:
         with self._splicer() as splicer:

@@ -94,22 +94,16 @@ def send(
 
     The socket's timeout bounds each wait for the client to take more data.
     """
-    splicer = Splicer()
-    try:
+    with Splicer() as splicer:
         splicer.send(src_fd, offset, length, sock, progress, lanes=lanes)
-    finally:
-        splicer.close()
 
 
 def send_from(
     fills: list[Fill], offset: int, length: int, sock: socket.socket, progress: Progress
 ) -> None:
     """Send length bytes at offset to sock, segment k filled by fills[k % lanes]."""
-    splicer = Splicer()
-    try:
+    with Splicer() as splicer:
         splicer.send_from(fills, offset, length, sock, progress)
-    finally:
-        splicer.close()
 
 
 def fill_from_file(src_fd: int, wfd: int, pos: int, length: int) -> int:
@@ -145,6 +139,12 @@ class Splicer:
 
     def __init__(self) -> None:
         self._lanes: list[_Lane] = []
+
+    def __enter__(self) -> Splicer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def send(
         self,

@@ -51,3 +51,22 @@ def test_qcow2_source_splices_its_data_and_raw_does_not(tmp_path: Path) -> None:
         assert got == data[3 * MiB : 3 * MiB + 4096] + data[MiB + 512 : MiB + 1512]
     with LocalImage(str(raw), "raw", writable=False) as local, local.open() as h:
         assert h.splice_fills() is None
+
+
+def test_pipelined_reads_skip_libnbd_zeroing_and_fill_the_buffer(tmp_path: Path) -> None:
+    # libnbd zeroes every read buffer first unless told not to; a
+    # successful read fills all of it, so the zeroing was a second pass
+    # over each buffer for nothing.
+    raw = tmp_path / "src.raw"
+    data = os.urandom(4 * MiB)
+    raw.write_bytes(data)
+    image = tmp_path / "src.qcow2"
+    run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(image))
+    with LocalImage(str(image), "qcow2", writable=False) as local, local.open() as h:
+        buf = h.buffer(4 * MiB)
+        buf[:] = b"\xff" * len(buf)
+        assert h.readinto(0, buf) == 4 * MiB
+        assert bytes(buf) == data
+        reader = h._reader
+        assert reader is not None
+        assert reader._h.get_pread_initialize() is False

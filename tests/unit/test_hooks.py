@@ -131,8 +131,9 @@ def test_hook_that_cannot_start_vetoes(tmp_path: Path) -> None:
 def test_event_without_hooks_wakes_no_runner(tmp_path: Path) -> None:
     # Most hosts have no hooks: a ticket verb must not pay for a runner
     # thread's wake-up (or the thread) for nothing.
-    (tmp_path / "after_ticket_add").mkdir()
     hook(tmp_path, "after_ticket_add", ".hidden", "true")
+    hook(tmp_path, "after_ticket_add", "15-not-executable", "true", mode=0o644)
+    (tmp_path / "after_ticket_add" / "12-directory").mkdir()
     hooks = Hooks(str(tmp_path), timeout=10)
     assert not hooks.installed("after_ticket_add")
     assert not hooks.installed("after_ticket_remove")
