@@ -10,12 +10,18 @@ from tests.support.procs import minor_faults, running
 from vdsm_imageio.client.local import LocalImage
 
 
-def test_qcow2_source_reads_spare_qemu_nbd_fresh_pages(tmp_path: Path) -> None:
-    # Data, not zeros: qemu-nbd answers a hole without reading into a buffer.
+def qcow2_of(tmp_path: Path, data: bytes) -> tuple[Path, Path]:
+    """A raw file holding data and its qcow2 copy."""
     raw = tmp_path / "src.raw"
-    raw.write_bytes(os.urandom(16 * MiB))
+    raw.write_bytes(data)
     image = tmp_path / "src.qcow2"
     run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(image))
+    return raw, image
+
+
+def test_qcow2_source_reads_spare_qemu_nbd_fresh_pages(tmp_path: Path) -> None:
+    # Data, not zeros: qemu-nbd answers a hole without reading into a buffer.
+    _, image = qcow2_of(tmp_path, os.urandom(16 * MiB))
     reads = 128
     with LocalImage(str(image), "qcow2", writable=False) as local, local.open() as h:
         (pid,) = [pid for pid, argv in running(b"qemu-nbd") if str(image).encode() in argv]
@@ -31,11 +37,8 @@ def test_qcow2_source_reads_spare_qemu_nbd_fresh_pages(tmp_path: Path) -> None:
 
 
 def test_qcow2_source_splices_its_data_and_raw_does_not(tmp_path: Path) -> None:
-    raw = tmp_path / "src.raw"
     data = os.urandom(4 * MiB)
-    raw.write_bytes(data)
-    image = tmp_path / "src.qcow2"
-    run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(image))
+    raw, image = qcow2_of(tmp_path, data)
     with LocalImage(str(image), "qcow2", writable=False) as local, local.open() as h:
         fills = h.splice_fills()
         assert fills is not None and len(fills) >= 2
@@ -57,11 +60,8 @@ def test_pipelined_reads_skip_libnbd_zeroing_and_fill_the_buffer(tmp_path: Path)
     # libnbd zeroes every read buffer first unless told not to; a
     # successful read fills all of it, so the zeroing was a second pass
     # over each buffer for nothing.
-    raw = tmp_path / "src.raw"
     data = os.urandom(4 * MiB)
-    raw.write_bytes(data)
-    image = tmp_path / "src.qcow2"
-    run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(image))
+    _, image = qcow2_of(tmp_path, data)
     with LocalImage(str(image), "qcow2", writable=False) as local, local.open() as h:
         buf = h.buffer(4 * MiB)
         buf[:] = b"\xff" * len(buf)
