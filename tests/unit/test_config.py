@@ -55,6 +55,8 @@ def test_files_not_ending_in_conf_are_ignored(tmp_path: Path) -> None:
         ("[http]\nparallel_reads = 0\n", "[http] parallel_reads: expected at least 1, got 0"),
         ("[http]\nmax_readers = -1\n", "[http] max_readers: expected at least 1, got -1"),
         ("[http]\nbuffer_size = 4096\n", "[http] buffer_size: expected at least 65536"),
+        ("[http]\nunix_send_buffer = -1\n", "[http] unix_send_buffer: expected at least 0, got -1"),
+        ("[http]\nunix_send_buffer = 4M\n", "[http] unix_send_buffer: expected int"),
     ],
 )
 def test_bad_dropin_names_file_section_option(tmp_path: Path, text: str, message: str) -> None:
